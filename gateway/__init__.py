@@ -1,0 +1,3 @@
+"""Tailguard: a resilience gateway for model backends."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Background loops: active health checks and other periodic control work."""

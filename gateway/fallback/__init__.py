@@ -1,0 +1,1 @@
+"""Fallbacks served when the primary path cannot answer."""

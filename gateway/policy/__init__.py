@@ -1,0 +1,1 @@
+"""The declarative policy language: YAML with line numbers → validated model → runtime snapshot."""

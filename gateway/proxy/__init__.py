@@ -1,0 +1,1 @@
+"""The data path: the HTTP edge, the pipeline stages, attempt orchestration, upstream transports."""

@@ -1,0 +1,68 @@
+"""Outcome classification, done once and in one place.
+
+Every attempt against a backend ends in exactly one `Outcome`. Breakers,
+outlier detection, retries and metrics all read the same classification, so a
+client's bad request can never be counted as a backend failure in one place and
+not in another.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # 4xx other than 408/429: the caller's fault
+    CONNECT_FAILURE = "connect_failure"
+    RESET = "reset"  # connection dropped before a complete answer
+    TIMEOUT = "timeout"  # per-try timeout or 408
+    STATUS_5XX = "5xx"
+    STATUS_429 = "429"
+    MALFORMED = "malformed"  # truncated, wrong length, unparsable
+    CANCELLED = "cancelled"  # lost a hedge race or the client left: nobody's fault
+
+    @property
+    def is_failure(self) -> bool:
+        """True when the backend is to blame; feeds breakers and outlier detection."""
+        return self in _BACKEND_FAILURES
+
+    @property
+    def is_countable(self) -> bool:
+        """False for outcomes that say nothing about the backend's health."""
+        return self not in (Outcome.CANCELLED, Outcome.CLIENT_ERROR)
+
+
+_BACKEND_FAILURES = frozenset(
+    {
+        Outcome.CONNECT_FAILURE,
+        Outcome.RESET,
+        Outcome.TIMEOUT,
+        Outcome.STATUS_5XX,
+        Outcome.STATUS_429,
+        Outcome.MALFORMED,
+    }
+)
+
+
+def classify_status(status: int) -> Outcome:
+    """Map a complete upstream answer's HTTP status to its outcome."""
+    if status < 400:
+        return Outcome.SUCCESS
+    if status == 429:
+        return Outcome.STATUS_429
+    if status == 408:
+        return Outcome.TIMEOUT
+    if status < 500:
+        return Outcome.CLIENT_ERROR
+    return Outcome.STATUS_5XX
+
+
+# Names used by `retries.on` in policies, mapped to the outcomes they cover.
+RETRY_CONDITIONS: dict[str, frozenset[Outcome]] = {
+    "connect-failure": frozenset({Outcome.CONNECT_FAILURE}),
+    "reset": frozenset({Outcome.RESET, Outcome.MALFORMED}),
+    "timeout": frozenset({Outcome.TIMEOUT}),
+    "5xx": frozenset({Outcome.STATUS_5XX}),
+    "429": frozenset({Outcome.STATUS_429}),
+}

@@ -1,0 +1,1 @@
+"""Simulated model servers with a fault-injection control API."""

@@ -1,0 +1,1 @@
+"""State stores shared by gateway replicas."""

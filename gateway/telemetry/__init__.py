@@ -1,0 +1,1 @@
+"""Metric catalog, Prometheus exposition, structured logs."""
