@@ -62,6 +62,13 @@ class ClientError(TailguardError):
     code = "bad_request"
 
 
+class RequestTimeout(ClientError):
+    """The client did not deliver its request in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class RouteNotFound(ClientError):
     status = 404
     code = "route_not_found"

@@ -1,0 +1,138 @@
+"""The `tailguard` command: run | validate | schema | sim | demo | version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        return (host.strip("[]") or "127.0.0.1", int(port))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tailguard", description="Resilience gateway for model backends.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve traffic with a policy file")
+    run.add_argument("--policy", "-p", required=True, help="policy YAML file")
+    run.add_argument("--listen", type=_parse_hostport, help="override gateway.listen (HOST:PORT)")
+    run.add_argument("--admin-listen", type=_parse_hostport, help="override gateway.admin_listen")
+    run.add_argument("--log-level", default="info")
+
+    val = sub.add_parser("validate", help="check policy files; exit 1 if any is invalid")
+    val.add_argument("files", nargs="+")
+
+    sub.add_parser("schema", help="print the policy JSON Schema (for editors)")
+
+    sim = sub.add_parser("sim", help="run a simulated model server", add_help=False)
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+
+    demo = sub.add_parser("demo", help="simulated backends in two regions + gateway + live summary")
+    demo.add_argument("--duration", type=float, default=0.0, help="seconds (0 = until Ctrl-C)")
+    demo.add_argument("--rate", type=float, default=50.0, help="requests per second")
+    demo.add_argument("--no-faults", action="store_true", help="skip the region-failure act")
+
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["sim"]:
+        from gateway.sim.main import main as sim_main
+
+        return sim_main(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    if args.command == "version":
+        print(f"tailguard {__version__}")
+        return 0
+    if args.command == "validate":
+        return _validate(args.files)
+    if args.command == "schema":
+        from gateway.policy.schema import policy_json_schema
+
+        print(json.dumps(policy_json_schema(), indent=2))
+        return 0
+    if args.command == "run":
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        return _run_loop(_serve(args.policy, args.listen, args.admin_listen))
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return _run_loop(run_demo(args.duration, args.rate, faults=not args.no_faults))
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+def _validate(files: Sequence[str]) -> int:
+    from gateway.errors import PolicyError
+    from gateway.policy.load import load_policy
+
+    bad = 0
+    for f in files:
+        try:
+            load_policy(f)
+        except PolicyError as e:
+            bad += 1
+            for issue in e.issues:
+                print(issue, file=sys.stderr)
+        except OSError as e:
+            bad += 1
+            print(f"{f}: cannot read: {e.strerror}", file=sys.stderr)
+        else:
+            print(f"{f}: ok")
+    return 1 if bad else 0
+
+
+def _run_loop(coro: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type, no-any-return]
+
+
+async def _serve(policy: str, listen: tuple[str, int] | None, admin: tuple[str, int] | None) -> int:
+    from gateway.app import Gateway, tune_gc
+    from gateway.errors import PolicyError
+
+    try:
+        gw = Gateway(policy, listen=listen, admin_listen=admin)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{policy}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        where = await gw.start()
+    except OSError as e:
+        print(f"cannot listen: {e}", file=sys.stderr)
+        await gw.stop()
+        return 1
+    print(f"tailguard listening on {where.url} (admin {where.admin_url})", flush=True)
+    tune_gc()
+    await stop.wait()
+    logging.getLogger("tailguard").info("stopping: draining in-flight requests")
+    with contextlib.suppress(Exception):
+        await gw.stop()
+    return 0

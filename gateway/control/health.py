@@ -1,0 +1,150 @@
+"""Active health checks and the periodic outlier sweep.
+
+The loops only do I/O and timing; whether an endpoint is healthy, when the
+next probe is due, and who is ejected are decided by `HealthState` and
+`OutlierDetector`. Each loop reads the *current* snapshot on every turn, so a
+reload changes what is probed without restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+
+from gateway.clock import Clock
+from gateway.errors import AttemptFailed
+from gateway.policy.compile import BackendRuntime, EndpointState, Snapshot
+from gateway.proxy.upstream import Transports
+from gateway.telemetry.catalog import Metrics
+
+log = logging.getLogger("tailguard.health")
+
+
+class HealthChecker:
+    """One probing task per checked endpoint, started and stopped as snapshots change."""
+
+    def __init__(
+        self,
+        current: Callable[[], Snapshot],
+        transports: Transports,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._current = current
+        self._transports = transports
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._sweepers: dict[str, asyncio.Task[None]] = {}
+
+    def sync(self) -> None:
+        """Match the running tasks to the current snapshot; call after every swap."""
+        snapshot = self._current()
+        wanted = {
+            s.spec.id: b.name
+            for b in snapshot.backends.values()
+            if b.health_check is not None
+            for s in b.states
+        }
+        for eid in [e for e in self._tasks if e not in wanted]:
+            self._tasks.pop(eid).cancel()
+        for eid, backend in wanted.items():
+            if eid not in self._tasks:
+                self._tasks[eid] = asyncio.ensure_future(self._probe_loop(backend, eid))
+        sweeping = {b.name for b in snapshot.backends.values() if b.outlier is not None}
+        for name in [n for n in self._sweepers if n not in sweeping]:
+            self._sweepers.pop(name).cancel()
+        for name in sweeping:
+            if name not in self._sweepers:
+                self._sweepers[name] = asyncio.ensure_future(self._sweep_loop(name))
+
+    async def close(self) -> None:
+        tasks = [*self._tasks.values(), *self._sweepers.values()]
+        self._tasks.clear()
+        self._sweepers.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    def _lookup(self, backend: str, eid: str) -> tuple[BackendRuntime, EndpointState] | None:
+        b = self._current().backends.get(backend)
+        if b is None or b.health_check is None:
+            return None
+        for s in b.states:
+            if s.spec.id == eid:
+                return b, s
+        return None
+
+    async def _probe_loop(self, backend_name: str, eid: str) -> None:
+        while True:
+            found = self._lookup(backend_name, eid)
+            if found is None:
+                return
+            backend, state = found
+            try:
+                await self.probe(backend, state)
+            except Exception:  # a bug here must not silently stop health checking
+                log.exception("health probe of %s failed unexpectedly", eid)
+            check = backend.health_check
+            assert check is not None and state.health is not None
+            idle = self._clock.now() - state.last_used > check.config.idle_interval
+            await asyncio.sleep(state.health.next_delay(idle, self._rng.random()))
+
+    async def probe(self, backend: BackendRuntime, state: EndpointState) -> bool:
+        """Probe every path of one endpoint once and record the verdict; True when all passed."""
+        check = backend.health_check
+        assert check is not None and state.health is not None
+        transport = self._transports.get(state.spec, backend.pool, backend.protocol)
+        ok = True
+        for path in check.paths:
+            try:
+                status = await transport.get_status(path, check.config.timeout)
+            except AttemptFailed:
+                ok = False
+                break
+            if status not in check.expect:
+                ok = False
+                break
+        m = self._metrics
+        url = state.spec.url
+        m.health_checks.labels(backend.name, url, "pass" if ok else "fail").inc()
+        if state.health.record(ok):
+            log.warning(
+                "endpoint %s of %s is now %s",
+                url,
+                backend.name,
+                "healthy" if state.health.healthy else "unhealthy",
+            )
+        m.endpoint_healthy.labels(backend.name, url).set(1 if state.health.healthy else 0)
+        if ok and backend.outlier is not None:
+            now = self._clock.now()
+            if backend.outlier.is_ejected(state.spec.id, now):
+                backend.outlier.uneject(state.spec.id, now)
+                log.info("endpoint %s of %s un-ejected by a passing health check", url, backend.name)
+                m.ejected.labels(backend.name).set(len(backend.outlier.ejected(now)))
+        return ok
+
+    async def _sweep_loop(self, backend_name: str) -> None:
+        while True:
+            backend = self._current().backends.get(backend_name)
+            if backend is None or backend.outlier is None:
+                return
+            await asyncio.sleep(backend.outlier.config.interval)
+            backend = self._current().backends.get(backend_name)
+            if backend is None or backend.outlier is None:
+                return
+            now = self._clock.now()
+            for ejection in backend.outlier.sweep(now):
+                reason = ejection.reason.value
+                self._metrics.outliers_detected.labels(backend_name, reason).inc()
+                self._metrics.ejections.labels(backend_name, reason).inc()
+                log.warning("ejected %s (%s) until +%.0fs", ejection.endpoint, reason,
+                            ejection.until - now)
+            self._metrics.ejected.labels(backend_name).set(len(backend.outlier.ejected(now)))

@@ -1,0 +1,499 @@
+"""Policy model → runtime snapshot.
+
+The snapshot is what a request reads from start to end: matchers, splits and
+the decision objects of every backend and route, all built here once so the
+request path only asks questions. A reload compiles a new snapshot beside the
+running one and swaps one reference; per-endpoint state (breaker, health,
+recent latency) is carried over by endpoint identity so a reload never resets
+a tripped breaker or forgets an unhealthy endpoint.
+
+Nothing here does I/O: connection pools are owned by the proxy and looked up by
+endpoint id, so a snapshot stays a pure value plus pure decision objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from gateway.resilience.admission import AdmissionConfig
+from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
+from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from gateway.resilience.budget import TokenBudget
+from gateway.resilience.health import HealthConfig, HealthState
+from gateway.resilience.hedge import HedgeConfig, HedgePolicy
+from gateway.resilience.outcome import RETRY_CONDITIONS, Outcome
+from gateway.resilience.outlier import Ejection, OutlierConfig, OutlierDetector
+from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
+from gateway.resilience.split import SplitEntry, WeightedSplit
+from gateway.resilience.windows import LatencyWindow
+
+if TYPE_CHECKING:
+    from gateway.policy.model import BackendModel, PolicyModel, RouteModel
+
+BreakerListener = Callable[[str, str, BreakerState, BreakerState], None]
+
+DEFAULT_HEALTH_PATHS = {"kserve-v2": "/v2/health/ready", "openai": "/v1/models", "http": "/"}
+PRIORITY_NAMES = {"critical": 4, "high": 3, "normal": 2, "low": 1, "sheddable": 0}
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """An endpoint's identity and static settings; `id` is what state is carried over by."""
+
+    id: str
+    backend: str
+    url: str
+    region: str
+    weight: int
+    drain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    max_connections: int
+    connect_timeout: float
+    idle_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckSpec:
+    """What the health checker probes on each endpoint, and how often."""
+
+    paths: tuple[str, ...]
+    expect: frozenset[int]
+    config: HealthConfig
+
+
+class EndpointState:
+    """Mutable per-endpoint state; survives reloads when the endpoint keeps its id."""
+
+    __slots__ = ("admin_drain", "breaker", "health", "last_used", "latency", "outstanding", "spec")
+
+    def __init__(self, spec: EndpointSpec) -> None:
+        self.spec = spec
+        self.breaker: CircuitBreaker | None = None
+        self.health: HealthState | None = None
+        self.latency = LatencyWindow()
+        self.outstanding = 0
+        self.admin_drain = False
+        self.last_used = 0.0
+
+    def usable(self, now: float, ejected: bool) -> bool:
+        """True when the endpoint may get new traffic: not draining, healthy, not ejected, not open."""
+        if self.spec.drain or self.admin_drain or ejected:
+            return False
+        if self.health is not None and not self.health.healthy:
+            return False
+        return self.breaker is None or self.breaker.state(now) is not BreakerState.OPEN
+
+
+class BackendRuntime:
+    """One backend's endpoints with their balancer, breakers, outlier detector and health state."""
+
+    __slots__ = (
+        "balancer", "endpoints", "health_check", "latency", "name", "outlier", "pool", "protocol",
+        "states",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        name: str,
+        protocol: str,
+        endpoints: tuple[EndpointSpec, ...],
+        states: tuple[EndpointState, ...],
+        balancer: LocalityBalancer,
+        outlier: OutlierDetector | None,
+        pool: PoolSpec,
+        health_check: HealthCheckSpec | None,
+        latency: LatencyWindow,
+    ) -> None:
+        self.name = name
+        self.protocol = protocol
+        self.endpoints = endpoints
+        self.states = states
+        self.balancer = balancer
+        self.outlier = outlier
+        self.pool = pool
+        self.health_check = health_check
+        self.latency = latency
+
+    def availability(self, now: float) -> list[bool]:
+        """Which endpoints may take new traffic right now, in endpoint order."""
+        outlier = self.outlier
+        return [
+            s.usable(now, outlier is not None and outlier.is_ejected(s.spec.id, now))
+            for s in self.states
+        ]
+
+    def report(self, index: int, outcome: Outcome, latency: float, now: float) -> Ejection | None:
+        """Feed one finished attempt to the breaker, outlier detector and latency stats.
+
+        Returns the ejection it caused, if any, so the caller can count it.
+        """
+        state = self.states[index]
+        if state.breaker is not None:
+            state.breaker.record(outcome, latency, now)
+        if outcome is Outcome.SUCCESS:
+            state.latency.record(now, latency)
+            self.latency.record(now, latency)
+        if self.outlier is not None:
+            return self.outlier.record(state.spec.id, outcome, now)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    path_prefix: str | None
+    path: str | None
+    model: str | None
+    headers: tuple[tuple[str, str], ...]
+    methods: frozenset[str]
+
+    def matches(self, method: str, path: str, model: str | None, headers: Mapping[str, str]) -> bool:
+        if self.path is not None and path != self.path:
+            return False
+        if self.path_prefix is not None and not path.startswith(self.path_prefix):
+            return False
+        if self.model is not None and model != self.model:
+            return False
+        if self.methods and method not in self.methods:
+            return False
+        return all(headers.get(k) == v for k, v in self.headers)
+
+
+@dataclass(slots=True)
+class RouteRuntime:
+    name: str
+    match: RouteMatch
+    split: WeightedSplit
+    backends: tuple[str, ...]
+    sticky_header: str | None
+    timeout: float
+    retry: RetryPolicy | None
+    retry_budget: TokenBudget | None
+    hedge: HedgePolicy | None
+    hedge_budget: TokenBudget | None
+    admission: AdmissionConfig | None
+    adaptive: bool
+    priority_header: str | None
+
+    def pick_backend(self, sticky_key: str | None, rnd: float) -> str:
+        """The backend for one request: hashed on the sticky key when there is one."""
+        if len(self.backends) == 1:
+            return self.backends[0]
+        if sticky_key is not None:
+            return self.split.pick_sticky(sticky_key)
+        return self.split.pick(rnd)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    region: str
+    listen: tuple[str, int]
+    admin_listen: tuple[str, int]
+    max_body: int
+    max_concurrency: int | None
+    deadline_header: str | None
+    drain_timeout: float
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The running policy: read-only for requests, replaced whole by a reload."""
+
+    source: str
+    sha256: str
+    settings: GatewaySettings
+    routes: tuple[RouteRuntime, ...]
+    backends: dict[str, BackendRuntime]
+    needs_model: bool = field(default=False)
+
+    def route_for(self, method: str, path: str, headers: Mapping[str, str]) -> RouteRuntime | None:
+        """First route whose match holds, in policy order; None means 404."""
+        model = model_from_path(path) if self.needs_model else None
+        for route in self.routes:
+            if route.match.matches(method, path, model, headers):
+                return route
+        return None
+
+    def endpoint_states(self) -> dict[str, EndpointState]:
+        return {s.spec.id: s for b in self.backends.values() for s in b.states}
+
+
+def model_from_path(path: str) -> str | None:
+    """The KServe v2 model name in `/v2/models/<name>/...`, or None."""
+    if not path.startswith("/v2/models/"):
+        return None
+    rest = path[11:]
+    name, _, _ = rest.partition("/")
+    return name or None
+
+
+def compile_policy(
+    policy: PolicyModel,
+    *,
+    source: str,
+    text: str,
+    region: str | None = None,
+    previous: Snapshot | None = None,
+    on_breaker_transition: BreakerListener | None = None,
+) -> Snapshot:
+    """Build a runtime snapshot; `previous` donates the state of endpoints that keep their id.
+
+    `region` overrides the policy's own (the TAILGUARD_REGION environment variable, read by the
+    caller). The caller swaps the returned snapshot in; nothing here has side effects on
+    `previous` other than sharing its endpoint state objects.
+    """
+    gw = policy.gateway
+    local_region = region or gw.region
+    settings = GatewaySettings(
+        region=local_region,
+        listen=tuple(gw.listen),  # type: ignore[arg-type]
+        admin_listen=tuple(gw.admin_listen),  # type: ignore[arg-type]
+        max_body=gw.max_body,
+        max_concurrency=gw.max_concurrency,
+        deadline_header=gw.deadline_header.lower() if gw.deadline_header else None,
+        drain_timeout=gw.drain_timeout,
+    )
+    old_states = previous.endpoint_states() if previous is not None else {}
+    old_backends = previous.backends if previous is not None else {}
+
+    models_by_backend: dict[str, set[str]] = {}
+    for r in policy.routes:
+        if r.match.model:
+            for s in r.split:
+                models_by_backend.setdefault(s.backend, set()).add(r.match.model)
+
+    backends = {
+        name: _compile_backend(
+            name,
+            b,
+            local_region,
+            old_states,
+            old_backends.get(name),
+            models_by_backend.get(name, set()),
+            on_breaker_transition,
+        )
+        for name, b in policy.backends.items()
+    }
+    routes = tuple(_compile_route(r) for r in policy.routes)
+    return Snapshot(
+        source=source,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        settings=settings,
+        routes=routes,
+        backends=backends,
+        needs_model=any(r.match.model is not None for r in routes),
+    )
+
+
+def _compile_backend(
+    name: str,
+    b: BackendModel,
+    local_region: str,
+    old_states: Mapping[str, EndpointState],
+    old: BackendRuntime | None,
+    models: set[str],
+    on_transition: BreakerListener | None,
+) -> BackendRuntime:
+    specs = tuple(
+        EndpointSpec(
+            id=f"{name}/{e.url.rstrip('/')}",
+            backend=name,
+            url=e.url.rstrip("/"),
+            region=e.region or local_region,
+            weight=e.weight,
+            drain=e.drain,
+        )
+        for e in b.endpoints
+    )
+    breaker_cfg = _breaker_config(b)
+    health_check = _health_check(b, models)
+    states = []
+    for spec in specs:
+        state = old_states.get(spec.id)
+        if state is None:
+            state = EndpointState(spec)
+        else:
+            state.spec = spec
+        if breaker_cfg is None:
+            state.breaker = None
+        elif state.breaker is None or state.breaker.config != breaker_cfg:
+            state.breaker = CircuitBreaker(
+                breaker_cfg, on_transition=_listener(on_transition, name, spec.id)
+            )
+        if health_check is None:
+            state.health = None
+        elif state.health is None or state.health.config != health_check.config:
+            state.health = HealthState(health_check.config)
+        states.append(state)
+
+    outlier = None
+    if b.outlier_detection is not None:
+        o = b.outlier_detection
+        cfg = OutlierConfig(
+            consecutive_failures=o.consecutive_failures,
+            interval=o.interval,
+            failure_percentage=o.failure_percentage,
+            request_volume=o.request_volume,
+            base_ejection=o.base_ejection,
+            max_ejection=o.max_ejection,
+            max_ejection_percent=o.max_ejection_percent,
+        )
+        ids = [s.id for s in specs]
+        if old is not None and old.outlier is not None and old.outlier.config == cfg:
+            outlier = old.outlier.with_endpoints(ids)
+        else:
+            outlier = OutlierDetector(cfg, ids)
+
+    loc = b.locality
+    balancer = LocalityBalancer(
+        LocalityConfig(
+            local_region=local_region,
+            priority=tuple(loc.priority),
+            overprovisioning=loc.overprovisioning,
+            panic_threshold=loc.panic_threshold,
+        ),
+        [EndpointInfo(s.id, s.region, s.weight) for s in specs],
+    )
+    pool = PoolSpec(
+        max_connections=b.pool.max_connections,
+        connect_timeout=b.pool.connect_timeout,
+        idle_timeout=b.pool.idle_timeout,
+    )
+    return BackendRuntime(
+        name=name,
+        protocol=b.protocol,
+        endpoints=specs,
+        states=tuple(states),
+        balancer=balancer,
+        outlier=outlier,
+        pool=pool,
+        health_check=health_check,
+        latency=old.latency if old is not None else LatencyWindow(),
+    )
+
+
+def _listener(
+    on_transition: BreakerListener | None, backend: str, endpoint: str
+) -> Callable[[BreakerState, BreakerState, float], None] | None:
+    if on_transition is None:
+        return None
+
+    def notify(old: BreakerState, new: BreakerState, now: float) -> None:
+        on_transition(backend, endpoint, old, new)
+
+    return notify
+
+
+def _breaker_config(b: BackendModel) -> BreakerConfig | None:
+    cb = b.circuit_breaker
+    if cb is None:
+        return None
+    return BreakerConfig(
+        window=cb.window,
+        window_calls=cb.window_calls,
+        minimum_calls=cb.minimum_calls,
+        failure_rate=cb.failure_rate,
+        slow_call_duration=cb.slow_call.duration if cb.slow_call else None,
+        slow_call_rate=cb.slow_call.rate if cb.slow_call else 1.0,
+        open_for=cb.open_for,
+        half_open_calls=cb.half_open_calls,
+    )
+
+
+def _health_check(b: BackendModel, models: set[str]) -> HealthCheckSpec | None:
+    h = b.health
+    if h is None:
+        return None
+    paths = [h.path or DEFAULT_HEALTH_PATHS[b.protocol]]
+    if b.protocol == "kserve-v2" and h.models:
+        paths.extend(f"/v2/models/{m}/ready" for m in sorted(models))
+    return HealthCheckSpec(
+        paths=tuple(paths),
+        expect=frozenset(h.expect),
+        config=HealthConfig(
+            interval=h.interval,
+            idle_interval=h.idle_interval,
+            timeout=h.timeout,
+            jitter=h.jitter,
+            unhealthy_threshold=h.unhealthy_threshold,
+            healthy_threshold=h.healthy_threshold,
+        ),
+    )
+
+
+def _compile_route(r: RouteModel) -> RouteRuntime:
+    m = r.match
+    match = RouteMatch(
+        path_prefix=m.path_prefix,
+        path=m.path,
+        model=m.model,
+        headers=tuple((k.lower(), v) for k, v in _pairs(m.headers)),
+        methods=frozenset(x.upper() for x in m.methods),
+    )
+    entries = [SplitEntry(s.backend, float(s.weight)) for s in r.split]
+    live = tuple(e.backend for e in entries if e.weight > 0)
+    retry = budget = None
+    if r.retries is not None:
+        rt = r.retries
+        on: frozenset[Outcome] = frozenset().union(*(RETRY_CONDITIONS[c] for c in rt.on))
+        retry = RetryPolicy(
+            RetryConfig(
+                attempts=rt.attempts,
+                per_try_timeout=rt.per_try_timeout,
+                on=on,
+                backoff=BackoffConfig(base=rt.backoff.base, max=rt.backoff.max),
+                non_idempotent=rt.non_idempotent,
+            )
+        )
+        budget = TokenBudget(ratio=rt.budget, reserve=float(rt.min_retries))
+    hedge = hedge_budget = None
+    if r.hedging is not None:
+        hd = r.hedging
+        hedge = HedgePolicy(
+            HedgeConfig(
+                delay=hd.delay,
+                percentile=hd.delay_percentile,
+                min_delay=hd.min_delay,
+                max_delay=hd.max_delay,
+                max_extra=hd.max_extra,
+                budget_ratio=hd.budget,
+            )
+        )
+        hedge_budget = TokenBudget(ratio=hd.budget, reserve=1.0)
+    admission = None
+    adaptive = False
+    priority_header = None
+    if r.admission is not None:
+        a = r.admission
+        admission = AdmissionConfig(
+            max_concurrency=a.max_concurrency, queue=a.queue, queue_timeout=a.queue_timeout
+        )
+        adaptive = a.adaptive
+        priority_header = a.priority_header.lower() if a.priority_header else None
+    return RouteRuntime(
+        name=r.name,
+        match=match,
+        split=WeightedSplit(entries),
+        backends=live,
+        sticky_header=r.sticky.header.lower() if r.sticky else None,
+        timeout=r.timeout,
+        retry=retry,
+        retry_budget=budget,
+        hedge=hedge,
+        hedge_budget=hedge_budget,
+        admission=admission,
+        adaptive=adaptive,
+        priority_header=priority_header,
+    )
+
+
+def _pairs(headers: object) -> Sequence[tuple[str, str]]:
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return list(headers)  # type: ignore[call-overload]

@@ -1,0 +1,393 @@
+"""Attempt orchestration: retries, hedging, per-try timeouts and breaker accounting.
+
+The decisions (which endpoint, whether to retry, how long to back off, whether
+to hedge) are asked of the pure objects in `gateway.resilience`; this module
+only does what they say: it starts attempts, waits, cancels losers and reports
+every outcome back exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+from gateway.clock import Clock
+from gateway.errors import (
+    AttemptFailed,
+    DeadlineExceeded,
+    NoHealthyEndpoint,
+    TailguardError,
+    UpstreamUnavailable,
+)
+from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRuntime
+from gateway.proxy.exchange import Exchange, ProxyRequest
+from gateway.proxy.upstream import HOP_BY_HOP, Transports, UpstreamResponse
+from gateway.resilience.outcome import Outcome
+from gateway.resilience.retry import parse_retry_after
+from gateway.telemetry.catalog import Metrics
+
+# How long a computed hedge percentile is reused before it is recomputed.
+HEDGE_DELAY_TTL = 0.25
+
+
+class AttemptResult:
+    """How one attempt ended. A failure carries either an HTTP answer or just a message."""
+
+    __slots__ = ("index", "message", "outcome", "response", "retry_after", "started", "unreported")
+
+    def __init__(
+        self,
+        index: int,
+        outcome: Outcome,
+        response: UpstreamResponse | None,
+        message: str,
+        retry_after: float | None,
+        started: float = 0.0,
+        unreported: bool = False,
+    ) -> None:
+        self.started = started
+        self.unreported = unreported
+        self.index = index
+        self.outcome = outcome
+        self.response = response
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def acceptable(self) -> bool:
+        """A success, or the client's own error: either way, nothing to retry."""
+        return not self.outcome.is_failure
+
+
+def upstream_headers(req: ProxyRequest) -> dict[str, str]:
+    """The headers an attempt sends: the client's, minus hop-by-hop, plus forwarding facts."""
+    out: dict[str, str] = {}
+    named = req.headers.get("Connection")
+    extra = {h.strip().lower() for h in named.split(",")} if named else ()
+    for k, v in req.headers.items():
+        lk = k.lower()
+        if lk in HOP_BY_HOP or lk in extra or lk == "host" or lk == "content-length":
+            continue
+        if lk == "x-forwarded-for":
+            v = f"{v}, {req.client_ip}"
+        out[k] = v
+    out.setdefault("X-Forwarded-For", req.client_ip)
+    out["X-Forwarded-Proto"] = req.scheme
+    out["X-Request-Id"] = req.request_id
+    return out
+
+
+class AttemptRunner:
+    """Runs the attempts of one request against one backend and returns the answer to give."""
+
+    def __init__(
+        self,
+        transports: Transports,
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random,
+        deadline_header: Callable[[], str | None],
+    ) -> None:
+        self._transports = transports
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng
+        self._deadline_header = deadline_header
+        self._hedge_delay_cache: dict[str, tuple[float, float | None]] = {}
+
+    async def run(self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime) -> AttemptResult:
+        """The answer for the client: the first acceptable one, else the last failed HTTP answer.
+
+        The result always has a `response`. When it is a stream, the caller must copy it and then
+        call `finish_stream` with how it ended. Raises a `TailguardError` when no attempt produced
+        an HTTP answer at all.
+        """
+        if route.retry_budget is not None:
+            route.retry_budget.deposit()
+        ex.upstream_headers = upstream_headers(ex.request)
+        if route.hedge is None:
+            result = await self._sequential(ex, route, backend)
+        else:
+            if route.hedge_budget is not None:
+                route.hedge_budget.deposit()
+            result = await self._hedged(ex, route, backend)
+        self._metrics.attempts_per_request.labels(route.name).observe(ex.attempts)
+        if result.response is None:
+            self._raise_for(ex, result)
+        return result
+
+    # --- the two loops -------------------------------------------------------------------
+
+    async def _sequential(
+        self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
+    ) -> AttemptResult:
+        tried: set[int] = set()
+        last: AttemptResult | None = None
+        while True:
+            index = self._pick(backend, tried, None)
+            if index is None:
+                if last is not None:
+                    return last
+                raise NoHealthyEndpoint(f"no usable endpoint in backend '{backend.name}'")
+            tried.add(index)
+            result = await self._attempt(ex, route, backend, index)
+            if result.acceptable:
+                if last is not None:
+                    self._discard(backend, last)
+                return result
+            last = self._keep_most_informative(backend, last, result)
+            delay = self._retry_delay(ex, route, result)
+            if delay is None:
+                return last
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _hedged(
+        self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
+    ) -> AttemptResult:
+        hedge = route.hedge
+        assert hedge is not None
+        max_extra = hedge.config.max_extra
+        tried: set[int] = set()
+        pending: dict[asyncio.Task[AttemptResult], int] = {}
+        last: AttemptResult | None = None
+        extra = 0
+
+        def launch(delay: float, avoid_region: str | None) -> int | None:
+            index = self._pick(backend, tried, avoid_region)
+            if index is not None:
+                tried.add(index)
+                task = asyncio.ensure_future(self._attempt(ex, route, backend, index, delay))
+                pending[task] = index
+            return index
+
+        first = launch(0.0, None)
+        if first is None:
+            raise NoHealthyEndpoint(f"no usable endpoint in backend '{backend.name}'")
+        first_region = backend.endpoints[first].region
+        hedge_delay = hedge.delay(self._recent_percentile(backend, hedge.config.percentile))
+        next_hedge = self._clock.now() + hedge_delay if hedge_delay is not None else None
+        try:
+            while pending:
+                wait_for = None
+                if next_hedge is not None and extra < max_extra:
+                    wait_for = max(0.0, next_hedge - self._clock.now())
+                done, _ = await asyncio.wait(
+                    pending, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    assert hedge_delay is not None
+                    remaining = ex.deadline - self._clock.now()
+                    if hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget):
+                        if launch(0.0, first_region) is not None:
+                            extra += 1
+                            self._metrics.hedges_sent.labels(route.name).inc()
+                        next_hedge = self._clock.now() + hedge_delay
+                    else:
+                        if route.hedge_budget is not None and remaining > hedge_delay:
+                            self._metrics.budget_exhausted.labels(route.name, "hedge").inc()
+                        next_hedge = None
+                    continue
+                winner: AttemptResult | None = None
+                for task in done:
+                    pending.pop(task)
+                    result = task.result()
+                    if winner is None and result.acceptable:
+                        winner = result
+                        continue
+                    if result.acceptable:
+                        self._discard(backend, result)  # a second winner in the same tick
+                    else:
+                        last = self._keep_most_informative(backend, last, result)
+                if winner is not None:
+                    if last is not None:
+                        self._discard(backend, last)
+                    if winner.index != first:
+                        ex.hedged = True
+                        self._metrics.hedges_won.labels(route.name).inc()
+                    return winner
+                if not pending and last is not None:
+                    delay = self._retry_delay(ex, route, last)
+                    if delay is None or launch(delay, None) is None:
+                        return last
+                    if last.response is not None and last.response.stream is not None:
+                        self._discard(backend, last)
+            assert last is not None
+            return last
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                # cancelled losers report CANCELLED and close their connections before we go on
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    def _keep_most_informative(
+        self, backend: BackendRuntime, last: AttemptResult | None, new: AttemptResult
+    ) -> AttemptResult:
+        """Of two failures keep the newer, unless only the older has an HTTP answer to pass on."""
+        if last is None:
+            return new
+        if new.response is None and last.response is not None and last.response.stream is None:
+            return last
+        self._discard(backend, last)
+        return new
+
+    def _discard(self, backend: BackendRuntime, result: AttemptResult) -> None:
+        """Let go of an answer nobody will read: close its connection, settle its report."""
+        if result.response is not None and result.response.stream is not None:
+            result.response.close()
+            result.response = None
+        if result.unreported:
+            result.unreported = False
+            self._finish(backend, result.index, Outcome.CANCELLED, 0.0)
+
+    # --- one attempt ---------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        ex: Exchange,
+        route: RouteRuntime,
+        backend: BackendRuntime,
+        index: int,
+        delay: float = 0.0,
+    ) -> AttemptResult:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        clock = self._clock
+        state = backend.states[index]
+        spec = state.spec
+        now = clock.now()
+        remaining = ex.deadline - now
+        timeout = route.retry.try_timeout(remaining) if route.retry is not None else remaining
+        headers = dict(ex.upstream_headers) if ex.upstream_headers else upstream_headers(ex.request)
+        header = self._deadline_header()
+        if header is not None:
+            headers[header] = str(max(1, int(timeout * 1000)))
+        ex.attempts += 1
+        ex.tried.append(spec.url)
+        transport = self._transports.get(spec, backend.pool, backend.protocol)
+        state.outstanding += 1
+        state.last_used = now
+        req = ex.request
+        response: UpstreamResponse | None = None
+        message = ""
+        retry_after: float | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                response = await transport.send(req.method, req.path_qs, headers, req.body)
+            outcome = response.outcome
+            if response.retry_after is not None:
+                retry_after = parse_retry_after(response.retry_after, time.time())
+            if outcome.is_failure:
+                message = f"{spec.url} answered {response.status}"
+        except AttemptFailed as e:
+            outcome = e.outcome  # type: ignore[assignment]
+            message = f"{spec.url}: {e.message}"
+        except TimeoutError:
+            outcome = Outcome.TIMEOUT
+            message = f"{spec.url}: no answer within {timeout * 1000:.0f} ms"
+        except asyncio.CancelledError:
+            self._finish(backend, index, Outcome.CANCELLED, clock.now() - now)
+            raise
+        if response is not None and response.stream is not None and not outcome.is_failure:
+            # a committed stream reports when it ends; see `finish_stream`
+            ex.endpoint = spec.url
+            return AttemptResult(index, outcome, response, message, retry_after, now, True)
+        self._finish(backend, index, outcome, clock.now() - now)
+        if not outcome.is_failure:
+            ex.endpoint = spec.url
+        return AttemptResult(index, outcome, response, message, retry_after)
+
+    def _finish(self, backend: BackendRuntime, index: int, outcome: Outcome, latency: float) -> None:
+        state = backend.states[index]
+        state.outstanding -= 1
+        ejection = backend.report(index, outcome, latency, self._clock.now())
+        m = self._metrics
+        m.attempts.labels(backend.name, state.spec.url, outcome.value).inc()
+        if outcome is not Outcome.CANCELLED:
+            m.attempt_duration.labels(backend.name).observe(latency)
+        if ejection is not None:
+            m.ejections.labels(backend.name, ejection.reason.value).inc()
+            m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
+
+    def finish_stream(self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome) -> None:
+        """Report a streamed attempt once its body has ended, cleanly or not."""
+        if result.unreported:
+            result.unreported = False
+            self._finish(backend, result.index, outcome, self._clock.now() - result.started)
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def _pick(self, backend: BackendRuntime, tried: set[int], avoid_region: str | None) -> int | None:
+        """An endpoint for the next attempt; one whose breaker refuses is skipped, not waited on."""
+        now = self._clock.now()
+        available = backend.availability(now)
+        outstanding = [s.outstanding for s in backend.states]
+        refused: set[int] = set()
+        for _ in range(len(backend.states)):
+            exclude = tried | refused if refused else tried
+            pick = backend.balancer.pick(
+                available, outstanding, self._rng, exclude=exclude, avoid_region=avoid_region
+            )
+            if pick is None or (pick.excluded and pick.index in refused):
+                return None
+            if pick.panic:
+                self._metrics.panic.labels(backend.name).inc()
+            breaker = backend.states[pick.index].breaker
+            if breaker is None or breaker.allow(now):
+                return pick.index
+            self._metrics.breaker_rejections.labels(
+                backend.name, backend.states[pick.index].spec.url
+            ).inc()
+            refused.add(pick.index)
+            available[pick.index] = False
+            if len(refused) == len(backend.states):
+                return None
+        return None
+
+    def _retry_delay(self, ex: Exchange, route: RouteRuntime, result: AttemptResult) -> float | None:
+        """Seconds to wait before retrying, or None to stop; counts the reason either way."""
+        retry = route.retry
+        if retry is None:
+            return None
+        decision = retry.decide(
+            ex.attempts,
+            result.outcome,
+            idempotent=ex.request.method in IDEMPOTENT_METHODS,
+            remaining=ex.deadline - self._clock.now(),
+            retry_after=result.retry_after,
+            rnd=self._rng.random(),
+            budget=route.retry_budget,
+        )
+        self._metrics.retries.labels(route.name, decision.reason.value).inc()
+        if decision.reason.name == "BUDGET_EXHAUSTED":
+            self._metrics.budget_exhausted.labels(route.name, "retry").inc()
+        return decision.delay if decision.retry else None
+
+    def _recent_percentile(self, backend: BackendRuntime, q: float | None) -> float | None:
+        if q is None:
+            return None
+        now = self._clock.now()
+        cached = self._hedge_delay_cache.get(backend.name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        value = backend.latency.percentile(q, now)
+        self._hedge_delay_cache[backend.name] = (now + HEDGE_DELAY_TTL, value)
+        return value
+
+    def _raise_for(self, ex: Exchange, result: AttemptResult) -> NoReturn:
+        if result.outcome is Outcome.TIMEOUT:
+            raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
+        raise UpstreamUnavailable(f"{result.message}" + _tried_note(ex))
+
+
+def _tried_note(ex: Exchange) -> str:
+    return f" (attempts: {ex.attempts})" if ex.attempts else ""
+
+
+
+
+__all__ = ["AttemptResult", "AttemptRunner", "TailguardError", "upstream_headers"]

@@ -1,0 +1,87 @@
+"""What one client request looks like inside the pipeline.
+
+`ProxyRequest` is the immutable view of what the client sent; `Exchange` is the
+per-request record that stages fill in (route, backend, attempts…) and that the
+edge turns into `x-tailguard-*` headers, metrics and logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    """The client's request as received: never modified after the edge builds it."""
+
+    method: str
+    path: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    request_id: str
+    client_ip: str
+    scheme: str
+    received_at: float
+
+
+class Exchange:
+    """Mutable bookkeeping of one request as it moves through the stages."""
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "deadline",
+        "endpoint",
+        "fallback",
+        "hedged",
+        "request",
+        "route",
+        "snapshot",
+        "tried",
+        "upstream_headers",
+    )
+
+    def __init__(self, request: ProxyRequest, snapshot: Snapshot) -> None:
+        self.request = request
+        self.snapshot = snapshot
+        self.route: RouteRuntime | None = None
+        self.backend: BackendRuntime | None = None
+        self.endpoint: str | None = None
+        self.deadline = 0.0
+        self.attempts = 0
+        self.hedged = False
+        self.fallback: str | None = None
+        self.tried: list[str] = []
+        # built once per request, copied per attempt (each attempt adds its own deadline)
+        self.upstream_headers: dict[str, str] | None = None
+
+    def response_headers(self, headers: CIMultiDict[str]) -> None:
+        """Say what happened, on every answer the gateway gives."""
+        headers["x-request-id"] = self.request.request_id
+        if self.route is not None:
+            headers["x-tailguard-route"] = self.route.name
+        if self.backend is not None:
+            headers["x-tailguard-backend"] = self.backend.name
+        if self.endpoint is not None:
+            headers["x-tailguard-endpoint"] = self.endpoint
+        if self.attempts:
+            headers["x-tailguard-attempts"] = str(self.attempts)
+            headers["x-tailguard-hedged"] = "true" if self.hedged else "false"
+        if self.fallback is not None:
+            headers["x-tailguard-fallback"] = self.fallback
+
+
+class LocalAnswer:
+    """An answer the gateway makes itself (errors now; fallbacks later)."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers or {}

@@ -1,0 +1,200 @@
+"""The request path as an ordered list of stages; the first is the outermost.
+
+A stage is `async (exchange, next) -> answer`. The list is composed once into
+nested closures when the app starts, so a request pays one call per stage and
+nothing else for the composition. Stages keep mechanism apart from policy: they
+read the snapshot the request started with and ask the pure decision objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from gateway.clock import Clock
+from gateway.errors import ClientError, DeadlineExceeded, RouteNotFound, Shed, TailguardError
+from gateway.policy.compile import PRIORITY_NAMES, RouteRuntime
+from gateway.proxy.admission import AdmissionGates
+from gateway.proxy.attempts import AttemptResult, AttemptRunner
+from gateway.proxy.exchange import Exchange, LocalAnswer
+from gateway.telemetry.catalog import Metrics, code_class
+
+log = logging.getLogger("tailguard.proxy")
+
+Answer = AttemptResult | LocalAnswer
+Handler = Callable[[Exchange], Awaitable[Answer]]
+
+# A safety net only: attempts bound themselves by the deadline; this catches a bug, not a backend.
+DEADLINE_SLACK = 0.25
+
+
+class Stage(Protocol):
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer: ...
+
+
+def compose(stages: Sequence[Stage], terminal: Handler) -> Handler:
+    """Nest the stages around `terminal`, first stage outermost."""
+    handler = terminal
+    for stage in reversed(stages):
+        handler = _bind(stage, handler)
+    return handler
+
+
+def _bind(stage: Stage, nxt: Handler) -> Handler:
+    async def call(ex: Exchange) -> Answer:
+        return await stage(ex, nxt)
+
+    return call
+
+
+def error_answer(ex: Exchange, err: TailguardError) -> LocalAnswer:
+    """The JSON error body every gateway-made error uses."""
+    body = json.dumps(
+        {"error": {"code": err.code, "message": err.message, "request_id": ex.request.request_id}}
+    ).encode()
+    headers = {"Content-Type": "application/json", **err.headers}
+    return LocalAnswer(err.status, body, headers)
+
+
+class ObserveStage:
+    """Outermost: counts, times, and turns every error into a JSON answer (never a traceback)."""
+
+    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+        self._m = metrics
+        self._clock = clock
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        m = self._m
+        m.in_flight.inc()
+        try:
+            answer = await nxt(ex)
+        except TailguardError as e:
+            answer = error_answer(ex, e)
+            route = ex.route.name if ex.route is not None else ""
+            m.errors.labels(route, e.code).inc()
+        except Exception:
+            log.exception("unexpected error serving request %s", ex.request.request_id)
+            answer = error_answer(ex, TailguardError("internal error"))
+            m.errors.labels(ex.route.name if ex.route else "", "internal_error").inc()
+        finally:
+            m.in_flight.dec()
+        status = answer.status if isinstance(answer, LocalAnswer) else _status(answer)
+        route_name = ex.route.name if ex.route is not None else ""
+        backend_name = ex.backend.name if ex.backend is not None else ""
+        m.requests.labels(route_name, backend_name, code_class(status)).inc()
+        if ex.route is not None:
+            m.request_duration.labels(route_name).observe(
+                self._clock.now() - ex.request.received_at
+            )
+        return answer
+
+
+def _status(result: AttemptResult) -> int:
+    assert result.response is not None
+    return result.response.status
+
+
+class RouteStage:
+    """Match a route, pick the backend (weighted, sticky) and set the request's deadline."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        req = ex.request
+        route = ex.snapshot.route_for(req.method, req.path, req.headers)
+        if route is None:
+            raise RouteNotFound(f"no route matches {req.method} {req.path}")
+        ex.route = route
+        sticky = req.headers.get(route.sticky_header) if route.sticky_header else None
+        backend = ex.snapshot.backends[route.pick_backend(sticky, self._rng.random())]
+        ex.backend = backend
+        ex.deadline = req.received_at + route.timeout
+        if backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
+            # Triton answers a client's bad JSON with 500; refusing it here keeps one bad client
+            # from being counted against a healthy backend.
+            try:
+                json.loads(req.body)
+            except ValueError as e:
+                raise ClientError(f"request body is not valid JSON: {e}") from None
+        return await nxt(ex)
+
+
+class AdmitStage:
+    """Global and per-route concurrency limits with bounded, prioritised queues."""
+
+    def __init__(self, gates: AdmissionGates) -> None:
+        self._gates = gates
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        route = ex.route
+        assert route is not None
+        gates = self._gates.for_request(ex.snapshot, route)
+        if not gates:
+            return await nxt(ex)
+        priority = _priority(ex, route)
+        acquired = []
+        try:
+            for gate in gates:
+                await gate.acquire(priority, route.name)
+                acquired.append(gate)
+            return await nxt(ex)
+        finally:
+            for gate in acquired:
+                gate.release()
+
+
+def _priority(ex: Exchange, route: RouteRuntime) -> int:
+    if route.priority_header is None:
+        return PRIORITY_NAMES["normal"]
+    value = ex.request.headers.get(route.priority_header)
+    if value is None:
+        return PRIORITY_NAMES["normal"]
+    return PRIORITY_NAMES.get(value.strip().lower(), PRIORITY_NAMES["normal"])
+
+
+class AttemptStage:
+    """Innermost: run the attempts within the deadline."""
+
+    def __init__(self, runner: AttemptRunner, clock: Clock) -> None:
+        self._runner = runner
+        self._clock = clock
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        route, backend = ex.route, ex.backend
+        assert route is not None and backend is not None
+        remaining = ex.deadline - self._clock.now()
+        if remaining <= 0:
+            raise DeadlineExceeded("the route's deadline passed before any attempt")
+        try:
+            async with asyncio.timeout(remaining + DEADLINE_SLACK):
+                return await self._runner.run(ex, route, backend)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within {route.timeout:g}s") from None
+
+
+async def _terminal(ex: Exchange) -> Answer:  # pragma: no cover - never reached
+    raise RuntimeError("the innermost stage must answer")
+
+
+def build_pipeline(stages: Sequence[Stage]) -> Handler:
+    return compose(stages, _terminal)
+
+
+__all__ = [
+    "AdmitStage",
+    "Answer",
+    "AttemptStage",
+    "Handler",
+    "ObserveStage",
+    "RouteStage",
+    "Shed",
+    "Stage",
+    "build_pipeline",
+    "compose",
+    "error_answer",
+]

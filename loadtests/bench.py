@@ -1,0 +1,242 @@
+"""Benchmark: the gateway against a direct call and the bare aiohttp proxy, interleaved in one run.
+
+    python loadtests/bench.py [--rounds 3] [--duration 5] [--markdown]
+
+Targets, each a separate process so its CPU time is its own:
+  direct   the simulated backend called directly (the floor)
+  bare     loadtests/baselines/bare_proxy.py, the least a Python aiohttp proxy can do (the yardstick)
+  minimal  the gateway with one route and one endpoint
+  full     the gateway with the full policy stack: sticky split, breakers, outlier detection,
+           retries with budget, hedging armed (adaptive delay), metrics on
+
+For each round and target: closed loop (wrk, 32 connections) for req/s, p50/p99 and CPU µs per
+request of the proxy process (from /proc utime+stime); then an open-loop fixed rate at half the
+bare proxy's capacity for the added p50 over direct. Reports medians over the rounds.
+The proxy is pinned to CPU 1, the backend and load generator to CPU 0 (taskset) when there are
+two or more CPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = (
+    b'{"id":"b","inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32",'
+    b'"data":[0.1,0.2,0.3,0.4]}]}'
+)
+PATH = "/v2/models/classifier/infer"
+
+MINIMAL = """
+version: 1
+gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: "{up}"}}]
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+    timeout: 5s
+"""
+
+FULL = """
+version: 1
+gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}
+backends:
+  clf-v1:
+    protocol: kserve-v2
+    endpoints: [{{url: "{up}"}}]
+    outlier_detection: {{consecutive_failures: 5}}
+    circuit_breaker: {{window: 10s, minimum_calls: 20, failure_rate: 50%,
+                      slow_call: {{duration: 800ms, rate: 80%}}}}
+  clf-v2:
+    protocol: kserve-v2
+    endpoints: [{{url: "{up}"}}]
+    outlier_detection: {{consecutive_failures: 5}}
+    circuit_breaker: {{window: 10s, minimum_calls: 20, failure_rate: 50%}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf-v1, weight: 95}}, {{backend: clf-v2, weight: 5}}]
+    sticky: {{header: x-user-id}}
+    timeout: 5s
+    retries: {{attempts: 2, per_try_timeout: 2s, budget: 20%, non_idempotent: true}}
+    hedging: {{delay: p95, min_delay: 20ms, max_delay: 500ms, budget: 5%}}
+"""
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-user-id"] = "user-42"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", cpu, *argv]
+    return argv
+
+
+def wrk(url: str, duration: float, lua: Path) -> dict[str, float]:
+    out = subprocess.run(
+        pinned("0", ["wrk", "-t1", "-c32", f"-d{duration:g}s", "--latency", "-s", str(lua), url]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+
+    def lat(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
+
+    return {"rps": rps, "requests": total, "p50_ms": lat("50"), "p99_ms": lat("99"),
+            "errors": int(errors.group(1)) if errors else 0}
+
+
+def openloop(url: str, rate: float, duration: float, body: Path) -> dict[str, float]:
+    out = subprocess.run(
+        pinned("0", [sys.executable, str(ROOT / "loadtests" / "openloop.py"), url,
+                     "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--body", str(body)]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--markdown", action="store_true", help="print the README table")
+    a = ap.parse_args()
+    if not shutil.which("wrk"):
+        print("the benchmark needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="tailguard-bench-"))
+    lua = tmp / "post.lua"
+    lua.write_text(WRK_LUA.format(body=BODY.decode()))
+    body = tmp / "body.json"
+    body.write_bytes(BODY)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def spawn(cpu: str, argv: list[str], port: int) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(pinned(cpu, argv), env=env, stdout=subprocess.DEVNULL)
+        procs.append(p)
+        wait_port(port)
+        return p
+
+    try:
+        sim_port = free_port()
+        spawn("0", [sys.executable, "-m", "gateway", "sim", "--port", str(sim_port),
+                    "--model", "classifier"], sim_port)
+        up = f"http://127.0.0.1:{sim_port}"
+        targets: dict[str, tuple[str, subprocess.Popen[bytes] | None]] = {"direct": (up, None)}
+        bare_port = free_port()
+        targets["bare"] = (f"http://127.0.0.1:{bare_port}", spawn(
+            "1", [sys.executable, str(ROOT / "loadtests" / "baselines" / "bare_proxy.py"),
+                  "--port", str(bare_port), "--upstream", up], bare_port))
+        for name, template in (("minimal", MINIMAL), ("full", FULL)):
+            port, admin = free_port(), free_port()
+            policy = tmp / f"{name}.yaml"
+            policy.write_text(template.format(port=port, admin=admin, up=up))
+            targets[name] = (f"http://127.0.0.1:{port}", spawn(
+                "1", [sys.executable, "-m", "gateway", "run", "--policy", str(policy),
+                      "--log-level", "warning"], port))
+
+        closed: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+        for url, _ in targets.values():  # warm-up: pools, caches, first-call costs
+            wrk(url + PATH, 1.0, lua)
+        for r in range(a.rounds):
+            for name, (url, proc) in targets.items():
+                before = cpu_seconds(proc.pid) if proc else 0.0
+                res = wrk(url + PATH, a.duration, lua)
+                if proc:
+                    res["cpu_us"] = (cpu_seconds(proc.pid) - before) / res["requests"] * 1e6
+                closed[name].append(res)
+                print(f"round {r + 1} {name:8s} {res}", file=sys.stderr)
+
+        bare_rps = statistics.median(x["rps"] for x in closed["bare"])
+        rate = max(100.0, round(bare_rps / 2, -2))
+        opened: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
+        for r in range(a.rounds):
+            for name, (url, _) in targets.items():
+                res = openloop(url + PATH, rate, a.duration, body)
+                opened[name].append(res)
+                print(f"open {r + 1} {name:8s} {res}", file=sys.stderr)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=15)
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(x[key] for x in rows)
+
+    direct_p50 = med(opened["direct"], "p50_ms")
+    bare_cpu = med(closed["bare"], "cpu_us")
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_implementation()} "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"medians of {a.rounds} interleaved rounds of {a.duration:g} s; "
+        f"closed loop = wrk, 32 connections; open loop = {rate:g} req/s.",
+        "",
+        "| target | req/s (closed) | p50 / p99 ms (closed) | CPU µs/req | CPU vs bare | "
+        "p50 ms at fixed rate | added p50 vs direct |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in targets:
+        cpu = f"{med(closed[name], 'cpu_us'):.0f}" if name != "direct" else "—"
+        ratio = f"{med(closed[name], 'cpu_us') / bare_cpu:.2f}×" if name != "direct" else "—"
+        p50o = med(opened[name], "p50_ms")
+        added = f"+{p50o - direct_p50:.2f} ms" if name != "direct" else "—"
+        lines.append(
+            f"| {name} | {med(closed[name], 'rps'):,.0f} | {med(closed[name], 'p50_ms'):.2f} / "
+            f"{med(closed[name], 'p99_ms'):.2f} | {cpu} | {ratio} | {p50o:.2f} | {added} |"
+        )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

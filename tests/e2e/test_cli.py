@@ -1,0 +1,143 @@
+"""The `tailguard` command as a user runs it: a real subprocess, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.request import Request, urlopen
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tailguard(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:
+    end = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if needle in line:
+            return line
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+    raise AssertionError(f"no line with {needle!r}")
+
+
+def test_version() -> None:
+    r = tailguard("version")
+    assert r.returncode == 0
+    assert r.stdout.startswith("tailguard ")
+
+
+def test_validate_accepts_every_shipped_policy() -> None:
+    files = sorted(str(p) for p in (ROOT / "policies").glob("*.yaml"))
+    assert files
+    r = tailguard("validate", *files)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count(": ok") == len(files)
+
+
+def test_validate_points_at_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\n"
+        "backends:\n"
+        "  a:\n"
+        "    endpoints: [{url: http://127.0.0.1:1}]\n"
+        "routes:\n"
+        "  - name: r\n"
+        "    match: {path_prefix: /}\n"
+        "    split: [{backend: a, weight: 150}]\n"
+    )
+    r = tailguard("validate", str(bad))
+    assert r.returncode == 1
+    assert f"{bad}:8:" in r.stderr
+    assert "routes[0].split[0].weight" in r.stderr
+
+
+def test_schema_is_json() -> None:
+    r = tailguard("schema")
+    assert r.returncode == 0
+    schema = json.loads(r.stdout)
+    assert "properties" in schema
+
+
+def test_run_serves_through_a_sim_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    sim_port, port, admin = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sim", "--port", str(sim_port), "--model", "classifier",
+         "--region", "us-east", "--name", "e2e"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    gw = None
+    try:
+        wait_line(sim, "listening")
+        policy = tmp_path / "p.yaml"
+        policy.write_text(
+            f"version: 1\n"
+            f"gateway: {{listen: '127.0.0.1:{port}', admin_listen: '127.0.0.1:{admin}'}}\n"
+            f"backends:\n"
+            f"  clf:\n"
+            f"    protocol: kserve-v2\n"
+            f"    endpoints: [{{url: 'http://127.0.0.1:{sim_port}'}}]\n"
+            f"routes:\n"
+            f"  - name: classify\n"
+            f"    match: {{model: classifier}}\n"
+            f"    split: [{{backend: clf, weight: 100}}]\n"
+        )
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--policy", str(policy)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+        )  # fmt: skip
+        wait_line(gw, "listening")
+        body = json.dumps(
+            {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+        ).encode()
+        req = Request(
+            f"http://127.0.0.1:{port}/v2/models/classifier/infer",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            assert r.headers["x-tailguard-backend"] == "clf"
+            assert r.headers["x-sim-name"] == "e2e"
+        with urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=10) as r:
+            assert r.status == 200
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(timeout=20) == 0
+    finally:
+        for p in (gw, sim):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.slow
+def test_demo_runs_and_stops_by_itself() -> None:
+    r = tailguard("demo", "--duration", "5", "--rate", "20", "--no-faults", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
