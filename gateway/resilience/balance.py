@@ -39,10 +39,11 @@ candidate in these tiers and takes the first tier that has one:
 5. the chosen level, excluded allowed; 6. the other levels, excluded allowed.
 
 A candidate must be usable: available, or in a level in panic. So a retry goes back to an
-endpoint it already tried only when no other usable endpoint exists at all, and `pick`
-returns None only when there is no usable endpoint at all: no endpoints, or nothing
-available with panic disabled (or excluded endpoints are all that is left and the caller
-refuses them: the caller decides that, see `Pick.excluded`).
+endpoint it already tried only when no other usable endpoint exists at all; it is then
+returned with `Pick.excluded=True`, and a caller that must never reuse an endpoint (a
+breaker refused it) checks that flag. `pick` returns None only when there is no usable
+endpoint at all: no endpoints, or nothing available with panic disabled
+(`panic_threshold=0`).
 
 The caller's contract: pass the current availability per endpoint (healthy, not ejected,
 not draining, breaker not known open) and outstanding requests per endpoint, in the
