@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
 from collections import Counter
@@ -95,7 +96,7 @@ async def test_client_errors_are_json_and_never_reach_a_backend(
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "bad_request"
 
-    async with http.post(f"{base}/v2/models/classifier/infer", data=b"x" * (5 << 20)) as r:
+    async with http.post(f"{base}/v2/models/classifier/infer", data=io.BytesIO(b"x" * (5 << 20))) as r:
         assert r.status == 413
         assert (await r.json())["error"]["code"] == "body_too_large"
 
@@ -243,7 +244,7 @@ async def _names(
 async def test_weighted_split_and_local_region_first(
     sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    a, b, d = (await sims(models=["classifier"], region="us-east") for _ in range(3))
+    a, b, d = [await sims(models=["classifier"], region="us-east") for _ in range(3)]
     c = await sims(models=["classifier"], region="eu-west")
     gw = await gateway(
         TWO_REGIONS.format(a=a.url, b=b.url, c=c.url, d=d.url, sticky="")
@@ -260,7 +261,7 @@ async def test_weighted_split_and_local_region_first(
 async def test_sticky_header_keeps_a_user_on_one_backend(
     sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    a, b, d = (await sims(models=["classifier"], region="us-east") for _ in range(3))
+    a, b, d = [await sims(models=["classifier"], region="us-east") for _ in range(3)]
     c = await sims(models=["classifier"], region="eu-west")
     gw = await gateway(
         TWO_REGIONS.format(
