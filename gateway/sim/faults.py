@@ -93,7 +93,7 @@ class Latency:
 
     kinds: `none`; `fixed` (always `ms`); `uniform` (between `ms` and `max_ms`);
     `lognormal` (median `ms`, spread `sigma`); `tail` (`ms`, except a `tail_rate`
-    share of requests that take `tail_factor` × `ms`: a GC pause, a cold cache).
+    share of requests that take `tail_factor` x `ms`: a GC pause, a cold cache).
     """
 
     kind: str = "none"
@@ -231,7 +231,7 @@ class Faults:
                 "retry_after must be a whole number of seconds >= 0 "
                 f"(HTTP Retry-After is delay-seconds), got {retry_after!r}"
             )
-        models = self.unready_models
+        models: object = self.unready_models
         if isinstance(models, str) or not isinstance(models, Iterable):
             raise ValueError(f"unready_models must be a list of model names, got {models!r}")
         names = frozenset(models)

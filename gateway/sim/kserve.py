@@ -5,7 +5,7 @@ carry their data inline, or (the binary tensor extension, tritonclient's
 default) a JSON header of `Inference-Header-Content-Length` bytes followed by
 the raw little-endian tensor bytes. The answer is always JSON, which
 tritonclient parses whatever it asked for. The model is a fixed, deterministic
-function: OUTPUT0 (FP32) = 2 × the first input, same shape.
+function: OUTPUT0 (FP32) = 2 x the first input, same shape.
 """
 
 from __future__ import annotations
@@ -88,15 +88,16 @@ def parse_request(body: bytes, header_length: str | None) -> dict[str, Any]:
         if not isinstance(tensor, dict):
             raise InferError(400, "each input must be an object")
         params = tensor.get("parameters")
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
-        if size is None:
+        data_size: object = params.get("binary_data_size") if isinstance(params, dict) else None
+        if data_size is None:
             continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+        if not isinstance(data_size, int) or data_size < 0 or offset + data_size > len(binary):
             raise InferError(
-                400, f"input '{tensor.get('name')}': binary_data_size {size!r} exceeds the body"
+                400,
+                f"input '{tensor.get('name')}': binary_data_size {data_size!r} exceeds the body",
             )
-        tensor["data"] = _decode(tensor, binary[offset : offset + size])
-        offset += size
+        tensor["data"] = _decode(tensor, binary[offset : offset + data_size])
+        offset += data_size
     return request
 
 
@@ -136,7 +137,7 @@ def _flatten(data: Any, out: list[float], name: object) -> None:
 
 
 def infer(request: dict[str, Any], model: str) -> dict[str, Any]:
-    """Answer a parsed infer request: OUTPUT0 = 2 × the first input, as FP32.
+    """Answer a parsed infer request: OUTPUT0 = 2 x the first input, as FP32.
 
     Raises InferError(400) for what Triton would refuse: missing data, data not
     matching its shape, a requested output that does not exist.

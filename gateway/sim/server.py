@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.sim import kserve, openai
-from gateway.sim.faults import Faults, FaultKind
+from gateway.sim.faults import FaultKind, Faults
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _JSON = "application/json"
 _DUMP = json.JSONEncoder(separators=(",", ":")).encode
 _RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, like a crashed peer
 _MODELS = "/v2/models/"
-_REBIND_TRIES = 50  # × 20 ms: how long revive() waits for the old listener's port to free
+_REBIND_TRIES = 50  # x 20 ms: how long revive() waits for the old listener's port to free
 
 
 class SimStats:
@@ -76,7 +76,7 @@ class SimStats:
         }
 
 
-def _reset_transport(transport: asyncio.BaseTransport) -> None:
+def _reset_transport(transport: asyncio.Transport) -> None:
     """Drop a connection with a TCP RST: the peer sees ECONNRESET, not a polite close."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
@@ -299,7 +299,7 @@ class SimServer:
             raise
         return server, bound
 
-    def _kill(self, spare: asyncio.BaseTransport | None) -> None:
+    def _kill(self, spare: asyncio.Transport | None) -> None:
         """die() without awaiting; `spare` is the connection that asked, closed after its answer."""
         if not self._alive:
             return

@@ -128,12 +128,14 @@ def test_run_serves_through_a_sim_and_stops_cleanly_on_sigterm(tmp_path: Path) -
         with urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=10) as r:
             assert r.status == 200
         gw.send_signal(signal.SIGTERM)
-        assert gw.wait(timeout=20) == 0
+        _, err = gw.communicate(timeout=20)
+        assert gw.returncode == 0, err
     finally:
         for p in (gw, sim):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+            if p is not None:
+                if p.poll() is None:
+                    p.kill()
+                p.communicate(timeout=10)  # reaps the process and closes its pipes
 
 
 @pytest.mark.slow
