@@ -7,7 +7,6 @@ reference), the listeners, the control loops and the order of shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -24,7 +23,15 @@ from gateway.policy.compile import Snapshot, compile_policy
 from gateway.policy.load import load_policy_text
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
-from gateway.proxy.pipeline import AdmitStage, AttemptStage, ObserveStage, RouteStage, compose
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.pipeline import (
+    AdmitStage,
+    Answer,
+    AttemptStage,
+    ObserveStage,
+    RouteStage,
+    compose,
+)
 from gateway.proxy.server import ProxyServer
 from gateway.proxy.upstream import Transports
 from gateway.resilience.breaker import BreakerState
@@ -121,7 +128,9 @@ class Gateway:
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState
     ) -> None:
         url = endpoint.split("/", 1)[1] if "/" in endpoint else endpoint
-        self.metrics.breaker_transitions.labels(backend, url, old.name.lower(), new.name.lower()).inc()
+        self.metrics.breaker_transitions.labels(
+            backend, url, old.name.lower(), new.name.lower()
+        ).inc()
         self.metrics.breaker_state.labels(backend, url).set(BREAKER_STATE_VALUE[new.name.lower()])
         log.warning("breaker of %s (%s): %s -> %s", url, backend, old.name, new.name)
 
@@ -138,7 +147,9 @@ class Gateway:
         host, port = self._listen_override or settings.listen
         ahost, aport = self._admin_override or settings.admin_listen
         server = web.Server(self.proxy.handle, handler_cancellation=False, access_log=None)
-        data_runner = web.ServerRunner(server, access_log=None, shutdown_timeout=settings.drain_timeout)
+        data_runner = web.ServerRunner(
+            server, access_log=None, shutdown_timeout=settings.drain_timeout
+        )
         await data_runner.setup()
         site = web.TCPSite(data_runner, host, port, backlog=1024)
         await site.start()
@@ -155,8 +166,13 @@ class Gateway:
         self.health.sync()
         self.listening = Listening(host, _bound_port(site), ahost, _bound_port(admin_site))
         self.ready = True
-        log.info("tailguard %s serving %s on %s (admin %s)", __version__,
-                 self.snapshot.source, self.listening.url, self.listening.admin_url)
+        log.info(
+            "tailguard %s serving %s on %s (admin %s)",
+            __version__,
+            self.snapshot.source,
+            self.listening.url,
+            self.listening.admin_url,
+        )
         return self.listening
 
     async def stop(self) -> None:
@@ -183,7 +199,7 @@ def _bound_port(site: web.TCPSite) -> int:
     return port
 
 
-async def _never(ex: object) -> object:  # pragma: no cover - the last stage always answers
+async def _never(ex: Exchange) -> Answer:  # pragma: no cover - the last stage always answers
     raise RuntimeError("the innermost stage must answer")
 
 

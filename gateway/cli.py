@@ -23,7 +23,9 @@ def _parse_hostport(value: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tailguard", description="Resilience gateway for model backends.")
+    p = argparse.ArgumentParser(
+        prog="tailguard", description="Resilience gateway for model backends."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="serve traffic with a policy file")
@@ -103,7 +105,7 @@ def _run_loop(coro: object) -> int:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
         return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type, no-any-return]
+    return uvloop.run(coro)  # type: ignore[arg-type]
 
 
 async def _serve(policy: str, listen: tuple[str, int] | None, admin: tuple[str, int] | None) -> int:

@@ -39,7 +39,9 @@ SIMS = [  # (port, region, name)
 ]
 KILL_AT, REVIVE_AT = 10.0, 25.0
 # A realistic shape: 8 ms typical, 3 % of requests 15x slower (a GC pause, a cold cache).
-TAIL = Faults.from_dict({"latency": {"kind": "tail", "ms": 8, "tail_rate": 0.03, "tail_factor": 15}})
+TAIL = Faults.from_dict(
+    {"latency": {"kind": "tail", "ms": 8, "tail_rate": 0.03, "tail_factor": 15}}
+)
 
 
 class Tally:
@@ -77,8 +79,10 @@ class Tally:
 
 
 async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = True) -> int:
-    sims = [SimServer(models=["classifier"], region=r, name=n, port=p, faults=TAIL, seed=p)
-            for p, r, n in SIMS]
+    sims = [
+        SimServer(models=["classifier"], region=r, name=n, port=p, faults=TAIL, seed=p)
+        for p, r, n in SIMS
+    ]
     for s in sims:
         await s.start()
     gateway = Gateway(POLICY)
@@ -149,7 +153,9 @@ async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = 
                 task.add_done_callback(inflight.discard)
                 next_send += 1.0 / rate
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, min(next_send, next_print) - time.monotonic()))
+                await asyncio.wait_for(
+                    stop.wait(), timeout=max(0.0, min(next_send, next_print) - time.monotonic())
+                )
         if inflight:
             await asyncio.wait(inflight, timeout=5)
     await gateway.stop()

@@ -117,7 +117,9 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
 def wrk(url: str, duration: float, lua: Path) -> dict[str, float]:
     out = subprocess.run(
         pinned("0", ["wrk", "-t1", "-c32", f"-d{duration:g}s", "--latency", "-s", str(lua), url]),
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -129,15 +131,34 @@ def wrk(url: str, duration: float, lua: Path) -> dict[str, float]:
         v = float(m.group(1))
         return v / 1000 if m.group(2) == "us" else v * 1000 if m.group(2) == "s" else v
 
-    return {"rps": rps, "requests": total, "p50_ms": lat("50"), "p99_ms": lat("99"),
-            "errors": int(errors.group(1)) if errors else 0}
+    return {
+        "rps": rps,
+        "requests": total,
+        "p50_ms": lat("50"),
+        "p99_ms": lat("99"),
+        "errors": int(errors.group(1)) if errors else 0,
+    }
 
 
 def openloop(url: str, rate: float, duration: float, body: Path) -> dict[str, float]:
     out = subprocess.run(
-        pinned("0", [sys.executable, str(ROOT / "loadtests" / "openloop.py"), url,
-                     "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--body", str(body)]),
-        capture_output=True, text=True, check=True,
+        pinned(
+            "0",
+            [
+                sys.executable,
+                str(ROOT / "loadtests" / "openloop.py"),
+                url,
+                "--rate",
+                f"{rate:g}",
+                "--duration",
+                f"{duration:g}",
+                "--body",
+                str(body),
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -168,21 +189,59 @@ def main() -> int:
 
     try:
         sim_port = free_port()
-        spawn("0", [sys.executable, "-m", "gateway", "sim", "--port", str(sim_port),
-                    "--model", "classifier"], sim_port)
+        spawn(
+            "0",
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "sim",
+                "--port",
+                str(sim_port),
+                "--model",
+                "classifier",
+            ],
+            sim_port,
+        )
         up = f"http://127.0.0.1:{sim_port}"
         targets: dict[str, tuple[str, subprocess.Popen[bytes] | None]] = {"direct": (up, None)}
         bare_port = free_port()
-        targets["bare"] = (f"http://127.0.0.1:{bare_port}", spawn(
-            "1", [sys.executable, str(ROOT / "loadtests" / "baselines" / "bare_proxy.py"),
-                  "--port", str(bare_port), "--upstream", up], bare_port))
+        targets["bare"] = (
+            f"http://127.0.0.1:{bare_port}",
+            spawn(
+                "1",
+                [
+                    sys.executable,
+                    str(ROOT / "loadtests" / "baselines" / "bare_proxy.py"),
+                    "--port",
+                    str(bare_port),
+                    "--upstream",
+                    up,
+                ],
+                bare_port,
+            ),
+        )
         for name, template in (("minimal", MINIMAL), ("full", FULL)):
             port, admin = free_port(), free_port()
             policy = tmp / f"{name}.yaml"
             policy.write_text(template.format(port=port, admin=admin, up=up))
-            targets[name] = (f"http://127.0.0.1:{port}", spawn(
-                "1", [sys.executable, "-m", "gateway", "run", "--policy", str(policy),
-                      "--log-level", "warning"], port))
+            targets[name] = (
+                f"http://127.0.0.1:{port}",
+                spawn(
+                    "1",
+                    [
+                        sys.executable,
+                        "-m",
+                        "gateway",
+                        "run",
+                        "--policy",
+                        str(policy),
+                        "--log-level",
+                        "warning",
+                    ],
+                    port,
+                ),
+            )
 
         closed: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
         for url, _ in targets.values():  # warm-up: pools, caches, first-call costs
@@ -227,7 +286,7 @@ def main() -> int:
     ]
     for name in targets:
         cpu = f"{med(closed[name], 'cpu_us'):.0f}" if name != "direct" else "—"
-        ratio = f"{med(closed[name], 'cpu_us') / bare_cpu:.2f}×" if name != "direct" else "—"
+        ratio = f"{med(closed[name], 'cpu_us') / bare_cpu:.2f}x" if name != "direct" else "—"
         p50o = med(opened[name], "p50_ms")
         added = f"+{p50o - direct_p50:.2f} ms" if name != "direct" else "—"
         lines.append(

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -24,7 +25,9 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-async def run(url: str, rate: float, duration: float, body: bytes, connections: int) -> dict[str, float]:
+async def run(
+    url: str, rate: float, duration: float, body: bytes, connections: int
+) -> dict[str, float]:
     latencies: list[float] = []
     errors = 0
     late: list[float] = []
@@ -77,7 +80,7 @@ def main() -> None:
     p.add_argument("--body", default="")
     p.add_argument("--connections", type=int, default=64)
     a = p.parse_args()
-    body = open(a.body, "rb").read() if a.body else b"{}"
+    body = Path(a.body).read_bytes() if a.body else b"{}"
     try:
         import uvloop
 

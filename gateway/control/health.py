@@ -127,7 +127,9 @@ class HealthChecker:
             now = self._clock.now()
             if backend.outlier.is_ejected(state.spec.id, now):
                 backend.outlier.uneject(state.spec.id, now)
-                log.info("endpoint %s of %s un-ejected by a passing health check", url, backend.name)
+                log.info(
+                    "endpoint %s of %s un-ejected by a passing health check", url, backend.name
+                )
                 m.ejected.labels(backend.name).set(len(backend.outlier.ejected(now)))
         return ok
 
@@ -145,6 +147,7 @@ class HealthChecker:
                 reason = ejection.reason.value
                 self._metrics.outliers_detected.labels(backend_name, reason).inc()
                 self._metrics.ejections.labels(backend_name, reason).inc()
-                log.warning("ejected %s (%s) until +%.0fs", ejection.endpoint, reason,
-                            ejection.until - now)
+                log.warning(
+                    "ejected %s (%s) until +%.0fs", ejection.endpoint, reason, ejection.until - now
+                )
             self._metrics.ejected.labels(backend_name).set(len(backend.outlier.ejected(now)))

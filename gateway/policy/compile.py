@@ -153,7 +153,9 @@ class RouteMatch:
     headers: tuple[tuple[str, str], ...]
     methods: frozenset[str]
 
-    def matches(self, method: str, path: str, model: str | None, headers: Mapping[str, str]) -> bool:
+    def matches(
+        self, method: str, path: str, model: str | None, headers: Mapping[str, str]
+    ) -> bool:
         if self.path is not None and path != self.path:
             return False
         if self.path_prefix is not None and not path.startswith(self.path_prefix):
@@ -496,4 +498,4 @@ def _compile_route(r: RouteModel) -> RouteRuntime:
 def _pairs(headers: object) -> Sequence[tuple[str, str]]:
     if isinstance(headers, Mapping):
         return list(headers.items())
-    return list(headers)  # type: ignore[call-overload]
+    return [tuple(h) for h in headers]  # type: ignore[attr-defined]

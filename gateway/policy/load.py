@@ -38,7 +38,7 @@ def _build(node: yaml.Node, loc: Loc, pos: Positions, issues: list[tuple[Loc, st
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(v, (*loc, i), pos, issues) for i, v in enumerate(node.value)]
-    return yaml.constructor.SafeConstructor().construct_object(node)  # type: ignore[no-untyped-call]
+    return yaml.constructor.SafeConstructor().construct_object(node)
 
 
 def format_loc(loc: Loc) -> str:
@@ -168,7 +168,9 @@ def load_yaml_model(
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise PolicyError([PolicyIssue(filename, line, col, "", f"YAML syntax: {e.problem}")]) from None
+        raise PolicyError(
+            [PolicyIssue(filename, line, col, "", f"YAML syntax: {e.problem}")]
+        ) from None
     except yaml.YAMLError as e:
         raise PolicyError([PolicyIssue(filename, 1, 1, "", f"YAML: {e}")]) from None
     except (ValueError, RecursionError) as e:
@@ -189,9 +191,9 @@ def load_yaml_model(
         model = model_cls.model_validate(data)
     except ValidationError as ve:
         errors = ve.errors()
-        deeper = [tuple(e["loc"]) for e in errors]
-        for e in errors:
-            err = dict(e)
+        deeper = [tuple(x["loc"]) for x in errors]
+        for raw in errors:
+            err: dict[str, Any] = dict(raw)
             loc = tuple(err["loc"])
             if err["type"] == "too_short" and any(
                 len(d) > len(loc) and d[: len(loc)] == loc for d in deeper
@@ -254,5 +256,7 @@ def load_policy(path: str | Path) -> PolicyModel:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise PolicyError([PolicyIssue(str(path), 1, 1, "", f"not UTF-8 text: {e.reason}")]) from None
+        raise PolicyError(
+            [PolicyIssue(str(path), 1, 1, "", f"not UTF-8 text: {e.reason}")]
+        ) from None
     return load_policy_text(text, str(path))

@@ -63,7 +63,15 @@ Percent = Annotated[float, BeforeValidator(parse_percent), _schema(r"^\d+(\.\d+)
 Size = Annotated[
     int,
     BeforeValidator(parse_size),
-    WithJsonSchema({"oneOf": [{"type": "integer"}, {"type": "string",
-                                                     "pattern": r"^\d+(B|KB|MB|GB|KiB|MiB|GiB)$"}]}),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "integer"},
+                {"type": "string", "pattern": r"^\d+(B|KB|MB|GB|KiB|MiB|GiB)$"},
+            ]
+        }
+    ),
 ]
-HostPort = Annotated[tuple[str, int], BeforeValidator(parse_hostport), _schema(r"^.*:\d+$", ":8080")]
+HostPort = Annotated[
+    tuple[str, int], BeforeValidator(parse_hostport), _schema(r"^.*:\d+$", ":8080")
+]

@@ -8,6 +8,7 @@ wait with the queue timeout so nothing queues forever.
 from __future__ import annotations
 
 import asyncio
+from typing import NoReturn
 
 from gateway.clock import Clock
 from gateway.errors import Shed
@@ -82,7 +83,7 @@ class AdmissionGate:
             # the waiter already left; give the slot to the next in line
             ticket = self.limiter.release(self._clock.now())
 
-    def _shed(self, route: str, reason: str) -> None:
+    def _shed(self, route: str, reason: str) -> NoReturn:
         self._metrics.shed.labels(route, f"{self.scope}:{reason}").inc()
         raise Shed(
             f"overloaded ({self.scope} {reason.replace('_', ' ')}); retry later",
@@ -106,13 +107,19 @@ class AdmissionGates:
             g = self._global
             if g is None or g.config.max_concurrency != limit:
                 g = self._global = AdmissionGate(
-                    "global", AdmissionConfig(max_concurrency=limit), self._clock, self._metrics, False
+                    "global",
+                    AdmissionConfig(max_concurrency=limit),
+                    self._clock,
+                    self._metrics,
+                    False,
                 )
             gates.append(g)
         if route.admission is not None:
             r = self._routes.get(route.name)
             if r is None or r.config != route.admission:
-                r = AdmissionGate("route", route.admission, self._clock, self._metrics, route.adaptive)
+                r = AdmissionGate(
+                    "route", route.admission, self._clock, self._metrics, route.adaptive
+                )
                 self._routes[route.name] = r
             gates.append(r)
         return gates

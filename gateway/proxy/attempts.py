@@ -98,7 +98,9 @@ class AttemptRunner:
         self._deadline_header = deadline_header
         self._hedge_delay_cache: dict[str, tuple[float, float | None]] = {}
 
-    async def run(self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime) -> AttemptResult:
+    async def run(
+        self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
+    ) -> AttemptResult:
         """The answer for the client: the first acceptable one, else the last failed HTTP answer.
 
         The result always has a `response`. When it is a stream, the caller must copy it and then
@@ -301,7 +303,9 @@ class AttemptRunner:
             ex.endpoint = spec.url
         return AttemptResult(index, outcome, response, message, retry_after)
 
-    def _finish(self, backend: BackendRuntime, index: int, outcome: Outcome, latency: float) -> None:
+    def _finish(
+        self, backend: BackendRuntime, index: int, outcome: Outcome, latency: float
+    ) -> None:
         state = backend.states[index]
         state.outstanding -= 1
         ejection = backend.report(index, outcome, latency, self._clock.now())
@@ -313,7 +317,9 @@ class AttemptRunner:
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
 
-    def finish_stream(self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome) -> None:
+    def finish_stream(
+        self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome
+    ) -> None:
         """Report a streamed attempt once its body has ended, cleanly or not."""
         if result.unreported:
             result.unreported = False
@@ -321,7 +327,9 @@ class AttemptRunner:
 
     # --- decisions -----------------------------------------------------------------------
 
-    def _pick(self, backend: BackendRuntime, tried: set[int], avoid_region: str | None) -> int | None:
+    def _pick(
+        self, backend: BackendRuntime, tried: set[int], avoid_region: str | None
+    ) -> int | None:
         """An endpoint for the next attempt; one whose breaker refuses is skipped, not waited on."""
         now = self._clock.now()
         available = backend.availability(now)
@@ -348,7 +356,9 @@ class AttemptRunner:
                 return None
         return None
 
-    def _retry_delay(self, ex: Exchange, route: RouteRuntime, result: AttemptResult) -> float | None:
+    def _retry_delay(
+        self, ex: Exchange, route: RouteRuntime, result: AttemptResult
+    ) -> float | None:
         """Seconds to wait before retrying, or None to stop; counts the reason either way."""
         retry = route.retry
         if retry is None:
@@ -386,8 +396,6 @@ class AttemptRunner:
 
 def _tried_note(ex: Exchange) -> str:
     return f" (attempts: {ex.attempts})" if ex.attempts else ""
-
-
 
 
 __all__ = ["AttemptResult", "AttemptRunner", "TailguardError", "upstream_headers"]

@@ -151,9 +151,11 @@ class HttpTransport:
         outcome = classify_status(resp.status)
         length = resp.content_length
         ctype = resp.headers.get("Content-Type", "")
-        if (length is None and method != "HEAD" and resp.status not in (204, 304)) or (
-            length is not None and length > BUFFER_LIMIT
-        ) or ctype.startswith("text/event-stream"):
+        if (
+            (length is None and method != "HEAD" and resp.status not in (204, 304))
+            or (length is not None and length > BUFFER_LIMIT)
+            or ctype.startswith("text/event-stream")
+        ):
             return UpstreamResponse(resp.status, resp.headers, None, resp, outcome)
         try:
             data = await resp.read()

@@ -159,7 +159,10 @@ class Metrics:
             registry=r,
         )
         self.admission_limit = Gauge(
-            "tailguard_admission_limit", "Current concurrency limit per route.", ["route"], registry=r
+            "tailguard_admission_limit",
+            "Current concurrency limit per route.",
+            ["route"],
+            registry=r,
         )
 
         # --- policy ---

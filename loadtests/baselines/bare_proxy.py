@@ -29,7 +29,10 @@ async def serve(port: int, upstream: str) -> None:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         async with session.request(
-            request.method, upstream + request.raw_path, headers=headers, data=body or None,
+            request.method,
+            upstream + request.raw_path,
+            headers=headers,
+            data=body or None,
             allow_redirects=False,
         ) as resp:
             data = await resp.read()

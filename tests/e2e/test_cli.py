@@ -41,7 +41,9 @@ def wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> 
         if needle in line:
             return line
         if proc.poll() is not None:
-            raise AssertionError(f"process exited {proc.returncode}: {proc.stderr and proc.stderr.read()}")
+            raise AssertionError(
+                f"process exited {proc.returncode}: {proc.stderr and proc.stderr.read()}"
+            )
     raise AssertionError(f"no line with {needle!r}")
 
 

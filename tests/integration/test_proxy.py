@@ -96,7 +96,9 @@ async def test_client_errors_are_json_and_never_reach_a_backend(
         assert r.status == 400
         assert (await r.json())["error"]["code"] == "bad_request"
 
-    async with http.post(f"{base}/v2/models/classifier/infer", data=io.BytesIO(b"x" * (5 << 20))) as r:
+    async with http.post(
+        f"{base}/v2/models/classifier/infer", data=io.BytesIO(b"x" * (5 << 20))
+    ) as r:
         assert r.status == 413
         assert (await r.json())["error"]["code"] == "body_too_large"
 
@@ -163,7 +165,11 @@ async def test_sse_stream_passes_through_chunk_by_chunk(
     events: list[str] = []
     async with http.post(
         f"{gw.listening.url}/v1/chat/completions",
-        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "a b c d e f"}]},
+        json={
+            "model": "m",
+            "stream": True,
+            "messages": [{"role": "user", "content": "a b c d e f"}],
+        },
     ) as r:
         assert r.status == 200
         assert r.headers["content-type"].startswith("text/event-stream")
@@ -246,9 +252,7 @@ async def test_weighted_split_and_local_region_first(
 ) -> None:
     a, b, d = [await sims(models=["classifier"], region="us-east") for _ in range(3)]
     c = await sims(models=["classifier"], region="eu-west")
-    gw = await gateway(
-        TWO_REGIONS.format(a=a.url, b=b.url, c=c.url, d=d.url, sticky="")
-    )
+    gw = await gateway(TWO_REGIONS.format(a=a.url, b=b.url, c=c.url, d=d.url, sticky=""))
     assert gw.listening is not None
     seen = await _names(http, gw.listening.url, 600)
     backends = Counter(x for x, _ in seen)
@@ -264,9 +268,7 @@ async def test_sticky_header_keeps_a_user_on_one_backend(
     a, b, d = [await sims(models=["classifier"], region="us-east") for _ in range(3)]
     c = await sims(models=["classifier"], region="eu-west")
     gw = await gateway(
-        TWO_REGIONS.format(
-            a=a.url, b=b.url, c=c.url, d=d.url, sticky="sticky: {header: x-user-id}"
-        )
+        TWO_REGIONS.format(a=a.url, b=b.url, c=c.url, d=d.url, sticky="sticky: {header: x-user-id}")
     )
     assert gw.listening is not None
     for user in ("alice", "bob", "carol", "dave"):

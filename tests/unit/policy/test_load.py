@@ -45,9 +45,12 @@ def test_every_mistake_in_one_pass_with_line_and_column() -> None:
 def test_cross_references_are_checked() -> None:
     text = BAD.replace("    circuit_breker: {}\n", "").replace("weight: 150", "weight: 50")
     text = text.replace("timeout: 5", "timeout: 5s").replace(
-        "split: [{backend: a, weight: 50}]", "split: [{backend: a, weight: 50}, {backend: b, weight: 1}]"
+        "split: [{backend: a, weight: 50}]",
+        "split: [{backend: a, weight: 50}, {backend: b, weight: 1}]",
     )
-    assert issues(text) == ["p.yaml:8:49: routes[0].split[1].backend: backend 'b' is not defined in backends"]
+    assert issues(text) == [
+        "p.yaml:8:49: routes[0].split[1].backend: backend 'b' is not defined in backends"
+    ]
 
 
 def test_duplicate_keys_and_syntax_errors() -> None:
@@ -80,11 +83,13 @@ def test_any_text_raises_only_policy_error(text: str) -> None:
 
 yamlish = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.floats(allow_nan=False),
-    lambda kids: st.lists(kids, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(["version", "backends", "routes", "gateway", "split", "match", "x"]),
-        kids,
-        max_size=4,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["version", "backends", "routes", "gateway", "split", "match", "x"]),
+            kids,
+            max_size=4,
+        )
     ),
     max_leaves=20,
 )
