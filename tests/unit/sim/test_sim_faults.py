@@ -35,7 +35,7 @@ def test_a_healthy_server_never_fails_and_draws_no_randomness() -> None:
     ],
 )
 def test_each_rate_is_its_share_of_requests(field: str, kind: FaultKind) -> None:
-    counts = kinds(Faults(**{field: 0.2}))
+    counts = kinds(Faults.from_dict({field: 0.2}))
     assert abs(counts[kind] / N - 0.2) < 0.015
     assert counts[kind] + counts[FaultKind.NONE] == N
 
