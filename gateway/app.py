@@ -108,7 +108,7 @@ class Gateway:
             [
                 ObserveStage(self.metrics, self.clock),
                 RouteStage(self.rng),
-                AdmitStage(self.gates),
+                AdmitStage(self.gates, self.clock),
                 AttemptStage(self.runner, self.clock),
             ],
             _never,

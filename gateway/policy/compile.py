@@ -467,7 +467,7 @@ def _compile_route(r: RouteModel) -> RouteRuntime:
                 budget_ratio=hd.budget,
             )
         )
-        hedge_budget = TokenBudget(ratio=hd.budget, reserve=1.0)
+        hedge_budget = TokenBudget(ratio=hd.budget, reserve=3.0)
     admission = None
     adaptive = False
     priority_header = None

@@ -72,9 +72,12 @@ class AdmissionGate:
         if not admitted:
             self._shed(route, "evicted")
 
-    def release(self) -> None:
-        """One admitted request finished: wake the next one, if the limiter names one."""
-        ticket = self.limiter.release(self._clock.now())
+    def release(self, rtt: float | None = None) -> None:
+        """One admitted request finished: wake the next one, if the limiter names one.
+
+        `rtt` (how long the request held its slot) feeds the adaptive limit, when there is one.
+        """
+        ticket = self.limiter.release(self._clock.now(), rtt)
         while ticket is not None:
             fut = self._waiters.pop(ticket, None)
             if fut is not None and not fut.done():

@@ -127,8 +127,9 @@ class RouteStage:
 class AdmitStage:
     """Global and per-route concurrency limits with bounded, prioritised queues."""
 
-    def __init__(self, gates: AdmissionGates) -> None:
+    def __init__(self, gates: AdmissionGates, clock: Clock) -> None:
         self._gates = gates
+        self._clock = clock
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         route = ex.route
@@ -138,14 +139,17 @@ class AdmitStage:
             return await nxt(ex)
         priority = _priority(ex, route)
         acquired = []
+        started = self._clock.now()
         try:
             for gate in gates:
                 await gate.acquire(priority, route.name)
                 acquired.append(gate)
+            started = self._clock.now()
             return await nxt(ex)
         finally:
+            rtt = self._clock.now() - started
             for gate in acquired:
-                gate.release()
+                gate.release(rtt)
 
 
 def _priority(ex: Exchange, route: RouteRuntime) -> int:

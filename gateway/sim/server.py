@@ -28,6 +28,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.sim import kserve, openai
 from gateway.sim.faults import FaultKind, Faults
@@ -39,6 +43,8 @@ _JSON = "application/json"
 _DUMP = json.JSONEncoder(separators=(",", ":")).encode
 _RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, like a crashed peer
 _MODELS = "/v2/models/"
+# aiohttp refuses bodies over 1 MiB by default; a 224x224x3 FP32 image as JSON is ~2 MiB.
+MAX_BODY = 64 << 20
 _REBIND_TRIES = 50  # x 20 ms: how long revive() waits for the old listener's port to free
 
 
@@ -196,7 +202,12 @@ class SimServer:
         """Bind and serve; returns the bound port. Raises OSError if the port is taken."""
         if self._started:
             raise RuntimeError(f"sim {self.name} is already started")
-        self._web = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        self._web = web.Server(
+            self._handle,
+            request_factory=self._make_request,
+            handler_cancellation=True,
+            access_log=None,
+        )
         self._listener, self._port = await self._listen(self._web, self._port)
         if self._control_port is not None:
             self._control_web = web.Server(
@@ -247,7 +258,7 @@ class SimServer:
         listener, if any, keeps serving.
         """
         self._kill(spare=None)
-        self._schedule_revive(for_)
+        self._schedule_revive(for_)  # replaces any earlier self-revival
         await asyncio.sleep(0)  # let the resets' connection_lost callbacks run
 
     async def revive(self) -> None:
@@ -316,6 +327,7 @@ class SimServer:
                 _reset_transport(transport)
 
     def _schedule_revive(self, after: float | None) -> None:
+        self._cancel_revive()
         if after is None:
             return
         self._revive_timer = asyncio.get_running_loop().call_later(after, self._revive_later)
@@ -341,6 +353,19 @@ class SimServer:
         for fut in self._hangs:
             if not fut.done():
                 fut.set_result(None)
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        loop = asyncio.get_running_loop()
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=MAX_BODY
+        )
 
     # --- answers -----------------------------------------------------------------------
 
@@ -368,7 +393,10 @@ class SimServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith("/_sim/"):
-            return await self._control(request, path[6:], main=True)
+            try:
+                return await self._control(request, path[6:], main=True)
+            except ConnectionError:
+                return _gone()
         stats = self.stats
         stats.total += 1
         stats.in_flight += 1
@@ -399,14 +427,21 @@ class SimServer:
         except web.HTTPException as e:  # e.g. 413 from request.read(): still say who answered
             e.headers.update(self._ident)
             raise
+        except ConnectionError:
+            # The client left mid-read or mid-write (or a fault dropped it): normal
+            # for a simulator, and aiohttp would log it as an error otherwise.
+            return _gone()
         finally:
             stats.in_flight -= 1
 
     async def _handle_control_port(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
-        if path.startswith("/_sim/"):
+        if not path.startswith("/_sim/"):
+            return self._json(404, {"error": "the control port serves /_sim/ only"})
+        try:
             return await self._control(request, path[6:], main=False)
-        return self._json(404, {"error": "the control port serves /_sim/ only"})
+        except ConnectionError:
+            return _gone()
 
     def _health(self, path: str) -> web.Response:
         faults = self._faults

@@ -242,7 +242,7 @@ routes:
 
 
 async def _latencies(http: aiohttp.ClientSession, url: str, n: int) -> list[float]:
-    sem = asyncio.Semaphore(8)
+    sem = asyncio.Semaphore(4)
 
     async def one() -> float:
         async with sem:
@@ -270,16 +270,18 @@ async def test_hedging_cuts_the_tail_for_little_extra_load(
         TAIL.format(a=a.url, b=b.url, hedging="hedging: {delay: 15ms, budget: 10%}")
     )
     assert plain.listening is not None and hedged.listening is not None
-    n = 600
+    n = 900
     # interleave the two so both see the same machine
     lat_plain: list[float] = []
     lat_hedged: list[float] = []
+    sent_hedged = 0
     for _ in range(3):
         lat_plain += await _latencies(http, plain.listening.url, n // 3)
         before = infers(a, b)
         lat_hedged += await _latencies(http, hedged.listening.url, n // 3)
-        sent_hedged = infers(a, b) - before
-        assert sent_hedged <= 1.10 * (n // 3) + 1, sent_hedged
+        sent_hedged += infers(a, b) - before
+    # the hedge budget: 10 % of requests plus its 3-token reserve
+    assert sent_hedged <= 1.10 * n + 3, sent_hedged
     lat_plain.sort()
     lat_hedged.sort()
     p99_plain = lat_plain[int(0.99 * len(lat_plain))]

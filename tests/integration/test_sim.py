@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -119,6 +120,17 @@ async def test_infer_answers_like_triton(make_sim: MakeSim, client: aiohttp.Clie
         assert error.startswith("failed to parse the request JSON buffer: ")
 
 
+async def test_infer_takes_bodies_larger_than_aiohttps_default(
+    make_sim: MakeSim, client: aiohttp.ClientSession
+) -> None:
+    sim = await make_sim()
+    n = 224 * 224 * 3  # an image tensor: about 2 MiB as JSON
+    body = {"inputs": [{"name": "INPUT0", "shape": [1, n], "datatype": "FP32", "data": [0.5] * n}]}
+    async with client.post(sim.url + "/v2/models/classifier/infer", json=body) as r:
+        assert r.status == 200
+        assert (await r.json())["outputs"][0]["shape"] == [1, n]
+
+
 async def test_tritonclient_http_parses_the_answers(make_sim: MakeSim) -> None:
     import tritonclient.http as triton
 
@@ -199,6 +211,20 @@ async def test_sse_events_arrive_one_chunk_each_with_the_stream_delay(
     # paced, not buffered: the events are spread over about 7 delays
     assert arrivals[-1] - arrivals[0] > 0.5 * 7 * delay
     assert arrivals == sorted(arrivals)
+
+
+async def test_a_client_leaving_mid_stream_is_not_an_error(
+    make_sim: MakeSim, client: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = await make_sim(faults=Faults(stream_delay_ms=20))
+    for _ in range(3):
+        async with client.post(
+            sim.url + "/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 50}
+        ) as r:
+            await r.content.readline()
+            r.close()  # walk away after the first event
+    await eventually(lambda: sim.stats.in_flight == 0)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
 
 
 async def test_predict_echoes_the_request(make_sim: MakeSim, client: aiohttp.ClientSession) -> None:

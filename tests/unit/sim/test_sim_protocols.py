@@ -9,7 +9,7 @@ import pytest
 
 from gateway.sim import kserve, openai
 from gateway.sim.faults import Faults, Latency
-from gateway.sim.main import build_parser, faults_from_args
+from gateway.sim.main import build_parser, faults_from_args, main
 
 
 def infer(body: bytes, header_length: str | None = None) -> dict[str, object]:
@@ -173,3 +173,10 @@ def test_command_line_rejects_bad_faults() -> None:
         faults_from_args(build_parser().parse_args(["--faults", "{"]))
     with pytest.raises(ValueError, match="error_rate must be between 0 and 1"):
         faults_from_args(build_parser().parse_args(["--error-rate", "3"]))
+
+
+def test_sim_command_exits_2_on_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--error-rate", "3"]) == 2
+    assert "error_rate must be between 0 and 1" in capsys.readouterr().err
+    assert main(["--no-such-flag"]) == 2
+    assert main(["--help"]) == 0
