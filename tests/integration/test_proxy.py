@@ -297,3 +297,31 @@ async def test_admin_port_serves_metrics_and_readiness(
     # the data port does not serve admin paths
     async with http.get(f"{gw.listening.url}/metrics") as r:
         assert r.status == 404
+
+
+async def test_a_stream_that_breaks_ends_with_an_error_event_not_a_clean_end(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=["classifier"])
+    sim.faults = sim.faults.replace(truncate_rate=1.0, stream_delay_ms=5)
+    gw = await gateway(ONE_BACKEND.format(a=sim.url, timeout="2s"))
+    assert gw.listening is not None
+    body = await (
+        await http.post(
+            f"{gw.listening.url}/v1/chat/completions",
+            json={
+                "model": "m",
+                "stream": True,
+                "messages": [{"role": "user", "content": "a b c d"}],
+            },
+        )
+    ).read()
+    text = body.decode()
+    assert "data: [DONE]" not in text
+    assert "event: error" in text
+    assert '"code": "stream_aborted"' in text
+    assert text.index("data: {") < text.index("event: error")  # it had started streaming
+    async with http.get(f"{gw.listening.admin_url}/metrics") as r:
+        metrics = await r.text()
+    # the broken stream counts against the backend
+    assert 'outcome="malformed"' in metrics or 'outcome="reset"' in metrics
