@@ -116,7 +116,8 @@ class AttemptRunner:
             if route.hedge_budget is not None:
                 route.hedge_budget.deposit()
             result = await self._hedged(ex, route, backend)
-        self._metrics.attempts_per_request.labels(route.name).observe(ex.attempts)
+        m = self._metrics
+        m.child(m.attempts_per_request, route.name).observe(ex.attempts)
         if result.response is None:
             self._raise_for(ex, result)
         return result
@@ -310,9 +311,9 @@ class AttemptRunner:
         state.outstanding -= 1
         ejection = backend.report(index, outcome, latency, self._clock.now())
         m = self._metrics
-        m.attempts.labels(backend.name, state.spec.url, outcome.value).inc()
+        m.child(m.attempts, backend.name, state.spec.url, outcome.value).inc()
         if outcome is not Outcome.CANCELLED:
-            m.attempt_duration.labels(backend.name).observe(latency)
+            m.child(m.attempt_duration, backend.name).observe(latency)
         if ejection is not None:
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()

@@ -85,9 +85,9 @@ class ObserveStage:
         status = answer.status if isinstance(answer, LocalAnswer) else _status(answer)
         route_name = ex.route.name if ex.route is not None else ""
         backend_name = ex.backend.name if ex.backend is not None else ""
-        m.requests.labels(route_name, backend_name, code_class(status)).inc()
+        m.child(m.requests, route_name, backend_name, code_class(status)).inc()
         if ex.route is not None:
-            m.request_duration.labels(route_name).observe(
+            m.child(m.request_duration, route_name).observe(
                 self._clock.now() - ex.request.received_at
             )
         return answer

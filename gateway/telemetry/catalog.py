@@ -10,6 +10,8 @@ saw it" from "the gateway acted on it".
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Latency buckets sized for model serving: sub-millisecond proxies up to multi-second generations.
@@ -25,6 +27,9 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
+        # Labelled children by (metric, labels): prometheus_client's own lookup takes a lock and
+        # rebuilds the key on every call; the request path asks for the same few children.
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
         # --- requests (the client's view) ---
         self.requests = Counter(
@@ -172,6 +177,14 @@ class Metrics:
         self.reloads = Counter(
             "tailguard_policy_reloads_total", "Policy reloads by result.", ["result"], registry=r
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised; label values must come from the policy."""
+        key = (metric, labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
 
 def code_class(status: int) -> str:
