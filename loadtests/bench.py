@@ -270,7 +270,11 @@ def main() -> int:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=15)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(x[key] for x in rows)
