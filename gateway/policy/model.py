@@ -1,230 +1,676 @@
-"""The policy language v1 as frozen, validated models.
+"""The policy language v1 as frozen, validated pydantic models.
 
-Field names equal the YAML keys. Units are parsed here once (`units.py`), so
-compiled objects only ever see seconds, fractions and bytes. Unknown keys are
-errors (`extra="forbid"`): a typo must never silently become a default.
+Field names equal the YAML keys (one exception, see `HedgeModel`). Units are parsed here
+once (`units.py`), so compiled objects only ever see seconds, fractions, bytes and
+`(host, port)` pairs. Unknown keys are errors (`extra="forbid"`): a typo must never
+silently become a default.
+
+Every model is frozen and hashable, because the compiled snapshot is immutable:
+sequences are tuples, and mappings (`backends`, `match.headers`) are `FrozenMap`, a
+read-only, hashable `Mapping` that keeps the file's order.
+
+Checks that need several fields of one model live in that model's `after` validator and
+raise `checks_failed(...)`, which carries each problem's location relative to the model,
+so the loader can point at the exact YAML node (`routes[0].retries.per_try_timeout`)
+instead of at the enclosing mapping. Checks across the whole file (a split naming an
+undefined backend, route names used twice, locality regions without endpoints) are
+`policy_cross_checks`, which reads plain data so that the loader can run it in the same
+pass as schema validation even when other parts of the file are invalid; `PolicyModel`
+runs it as well, so a model built in Python obeys the same rules.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Literal
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    SerializerFunctionWrapHandler,
+    Strict,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, core_schema
 
-from gateway.policy.units import Duration, HostPort, Percent, Size
+from gateway.policy.units import (
+    Duration,
+    DurationOrZero,
+    HedgeDelay,
+    HedgeDelayValue,
+    HostPort,
+    Percent,
+    PercentBelowFull,
+    PositivePercent,
+    PositiveSize,
+    parse_hostport,
+)
 from gateway.resilience.outcome import RETRY_CONDITIONS
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+__all__ = [
+    "AT_KEY",
+    "DEFAULT_HEALTH_PATHS",
+    "NAME_PATTERN",
+    "PRIORITY_VALUES",
+    "AdmissionModel",
+    "BackendModel",
+    "BackoffModel",
+    "BreakerModel",
+    "EndpointModel",
+    "FrozenMap",
+    "FrozenModel",
+    "GatewayModel",
+    "HealthModel",
+    "HedgeModel",
+    "LocalityModel",
+    "MatchModel",
+    "OutlierModel",
+    "PolicyModel",
+    "PoolModel",
+    "Problem",
+    "RetryModel",
+    "RouteModel",
+    "SlowCallModel",
+    "SplitModel",
+    "StateModel",
+    "StickyModel",
+    "checks_failed",
+    "did_you_mean",
+    "policy_cross_checks",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+HEADER_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+METHOD_PATTERN = r"^[A-Za-z]+$"
+DEFAULT_HEALTH_PATHS = {"kserve-v2": "/v2/health/ready", "openai": "/v1/models", "http": "/"}
+PRIORITY_VALUES = {"critical": 4, "high": 3, "normal": 2, "low": 1, "sheddable": 0}
+
+# A problem found by a check: where (relative to the checked model), and what is wrong.
+# A location ends with AT_KEY to point at a mapping key rather than at its value (the
+# same marker pydantic uses for errors in mapping keys).
+Problem = tuple[tuple[str | int, ...], str]
+AT_KEY = "[key]"
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def checks_failed(*problems: Problem) -> PydanticCustomError:
+    """The error a model validator raises for one or more located problems.
+
+    `load_yaml_model` turns each `(relative location, message)` into its own issue at that
+    node; other callers see one pydantic error whose message joins them.
+    """
+    return PydanticCustomError(
+        "checks",
+        "{message}",
+        {"message": "; ".join(m for _, m in problems), "problems": problems},
+    )
 
 
-class GatewayModel(Strict):
-    region: str = "local"
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """The hint " (did you mean 'x'?)" for the closest choice (ignoring case), or ""."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, "{message}", {"message": message})
+
+
+# --- a hashable mapping -------------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V], Generic[K, V]):
+    """A read-only, hashable mapping that keeps insertion order.
+
+    Validated by pydantic as a `dict[K, V]` (so errors are located by key) and then
+    frozen; serialized back as a plain dict.
+    """
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        self._data: dict[K, V] = dict(items)
+        self._hash: int | None = None
+
+    def __getitem__(self, key: K) -> V:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._data!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        args = get_args(source) or (Any, Any)
+        inner = handler.generate_schema(dict[args[0], args[1]])  # type: ignore[valid-type]
+        return core_schema.no_info_after_validator_function(
+            cls,
+            inner,
+            serialization=core_schema.wrap_serializer_function_ser_schema(
+                lambda v, nxt: nxt(dict(v)), schema=inner
+            ),
+        )
+
+
+# --- small value types ---------------------------------------------------------------------
+
+# Numbers and booleans are strict: `weight: true`, `attempts: 2.0`, `drain: 1` and quoted
+# numbers are errors, not silently converted. (Strict floats still take YAML integers.)
+Bool = Annotated[bool, Strict()]
+
+
+def _name(value: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise _error(
+            "name",
+            "must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
+        )
+    return value
+
+
+def _header(value: str) -> str:
+    if not re.fullmatch(HEADER_PATTERN, value):
+        raise _error("header_name", f"'{value}' is not a valid HTTP header name")
+    return value.lower()
+
+
+def _method(value: str) -> str:
+    if not re.fullmatch(METHOD_PATTERN, value):
+        raise _error("method", f"'{value}' is not an HTTP method")
+    return value.upper()
+
+
+def _url_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value) or "?" in value:
+        raise _error("url_path", "expected a path starting with '/', without spaces or '?'")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise _error("blank", "must not be empty")
+    return value
+
+
+def _endpoint_url(value: str) -> str:
+    hint = "expected an http(s) URL like http://10.0.0.1:8000 or https://host:443/base"
+    if any(c.isspace() for c in value):
+        raise _error("url", hint)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        raise _error("url", hint) from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise _error("url", "the URL's port must be a number between 1 and 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _error("url", hint)
+    if parts.username is not None or parts.password is not None:
+        raise _error("url", "credentials in the URL are not allowed (URLs are logged)")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise _error("url", "a backend URL has no query or fragment")
+    if port == 0:
+        raise _error("url", "the URL's port must be a number between 1 and 65535")
+    return value
+
+
+def _grpc_address(value: str) -> str:
+    _host, port = parse_hostport(value)
+    if value.strip().startswith(":") or port == 0:
+        raise _error("grpc", "expected HOST:PORT of the gRPC server, like 10.0.0.1:8001")
+    return value.strip()
+
+
+def _redis_url(value: str) -> str:
+    if not re.match(r"^(redis|rediss|unix)://\S+$", value):
+        raise _error("redis_url", "expected a Redis URL like redis://127.0.0.1:6379/0")
+    return value
+
+
+def _retry_condition(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # `429` is an integer in YAML
+    if isinstance(value, str) and value not in RETRY_CONDITIONS:
+        hint = did_you_mean(value, RETRY_CONDITIONS) or f" (one of: {', '.join(RETRY_CONDITIONS)})"
+        raise _error("retry_condition", f"unknown condition '{value}'{hint}")
+    return value
+
+
+def _version(value: object) -> object:
+    if type(value) is not int or value != 1:
+        raise _error("version", "must be 1 (this gateway reads policy language version 1)")
+    return value
+
+
+def _pattern(pattern: str, **extra: Any) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "pattern": pattern, **extra})
+
+
+Name = Annotated[str, AfterValidator(_name), _pattern(NAME_PATTERN)]
+HeaderName = Annotated[str, AfterValidator(_header), _pattern(HEADER_PATTERN)]
+Method = Annotated[str, AfterValidator(_method), _pattern(METHOD_PATTERN, examples=["POST"])]
+UrlPath = Annotated[str, AfterValidator(_url_path), _pattern(r"^/\S*$")]
+Text = Annotated[str, AfterValidator(_not_blank), WithJsonSchema({"type": "string"})]
+EndpointUrl = Annotated[
+    str,
+    AfterValidator(_endpoint_url),
+    _pattern(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", examples=["http://10.0.0.1:8000"]),
+]
+GrpcAddress = Annotated[
+    str, AfterValidator(_grpc_address), _pattern(r"^\S+:\d{1,5}$", examples=["10.0.0.1:8001"])
+]
+RedisUrl = Annotated[
+    str, AfterValidator(_redis_url), _pattern(r"^(redis|rediss|unix)://\S+$")
+]  # fmt: skip
+RetryCondition = Annotated[
+    str,
+    BeforeValidator(_retry_condition),
+    WithJsonSchema({"enum": list(RETRY_CONDITIONS)}),
+]
+Status = Annotated[int, Strict(), Field(ge=100, le=599)]
+
+
+class FrozenModel(BaseModel):
+    """Base of every policy (and rule file) model: immutable, hashable, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# --- gateway and state ---------------------------------------------------------------------
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+class GatewayModel(FrozenModel):
+    region: Text = "local"
     listen: HostPort = ("127.0.0.1", 8080)
     admin_listen: HostPort = ("127.0.0.1", 9090)
-    max_body: Size = 4 << 20
-    max_concurrency: int | None = Field(default=None, ge=1)
-    deadline_header: str | None = "x-tailguard-deadline-ms"
+    max_body: PositiveSize = 4 << 20
+    max_concurrency: Annotated[int, Strict(), Field(ge=1)] | None = None
+    deadline_header: HeaderName | None = "x-tailguard-deadline-ms"
     drain_timeout: Duration = 10.0
 
     @model_validator(mode="after")
-    def _distinct_ports(self) -> GatewayModel:
-        if self.listen == self.admin_listen and self.listen[1] != 0:
-            raise ValueError("admin_listen must differ from listen")
+    def _distinct_listeners(self) -> GatewayModel:
+        (host, port), (ahost, aport) = self.listen, self.admin_listen
+        same_host = host == ahost or host in _WILDCARD_HOSTS or ahost in _WILDCARD_HOSTS
+        if port == aport and port != 0 and same_host:
+            raise checks_failed((("admin_listen",), f"must differ from listen (port {port})"))
         return self
 
 
-class StateModel(Strict):
+class StateModel(FrozenModel):
     store: Literal["memory", "redis"] = "memory"
-    url: str | None = None
+    url: RedisUrl | None = None
     timeout: Duration = 0.005
 
-
-class EndpointModel(Strict):
-    url: str
-    region: str | None = None
-    weight: int = Field(default=1, ge=1, le=1000)
-    grpc: str | None = None
-    drain: bool = False
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/?#\s]+(:\d+)?(/[^?#\s]*)?$", v):
-            raise ValueError("expected an http(s) URL like http://10.0.0.1:8000")
-        return v
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> StateModel:
+        if self.store == "redis" and self.url is None:
+            raise checks_failed((("url",), "required when store is redis"))
+        return self
 
 
-class PoolModel(Strict):
-    max_connections: int = Field(default=64, ge=1)
+# --- backends ------------------------------------------------------------------------------
+
+
+class EndpointModel(FrozenModel):
+    url: EndpointUrl
+    region: Text | None = None
+    weight: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
+    grpc: GrpcAddress | None = None
+    drain: Bool = False
+
+
+class PoolModel(FrozenModel):
+    max_connections: Annotated[int, Strict(), Field(ge=1)] = 64
     connect_timeout: Duration = 1.0
     idle_timeout: Duration = 30.0
 
 
-class HealthModel(Strict):
-    path: str | None = None
-    expect: tuple[int, ...] = (200,)
-    models: bool = True
+class HealthModel(FrozenModel):
+    path: UrlPath | None = None
+    expect: Annotated[tuple[Status, ...], Field(min_length=1)] = (200,)
+    models: Bool = True
     interval: Duration = 2.0
     idle_interval: Duration = 10.0
     timeout: Duration = 0.5
-    jitter: Percent = 0.1
-    unhealthy_threshold: int = Field(default=2, ge=1)
-    healthy_threshold: int = Field(default=2, ge=1)
+    jitter: PercentBelowFull = 0.1
+    unhealthy_threshold: Annotated[int, Strict(), Field(ge=1)] = 2
+    healthy_threshold: Annotated[int, Strict(), Field(ge=1)] = 2
 
 
-class OutlierModel(Strict):
-    consecutive_failures: int = Field(default=5, ge=0)
+class OutlierModel(FrozenModel):
+    consecutive_failures: Annotated[int, Strict(), Field(ge=0)] = 5
     interval: Duration = 10.0
     failure_percentage: Percent | None = None
-    request_volume: int = Field(default=20, ge=1)
+    request_volume: Annotated[int, Strict(), Field(ge=1)] = 20
     base_ejection: Duration = 30.0
     max_ejection: Duration = 300.0
     max_ejection_percent: Percent = 0.5
 
     @model_validator(mode="after")
-    def _order(self) -> OutlierModel:
+    def _ejection_order(self) -> OutlierModel:
         if self.max_ejection < self.base_ejection:
-            raise ValueError("max_ejection must be at least base_ejection")
+            raise checks_failed((("max_ejection",), "must be at least base_ejection"))
         return self
 
 
-class SlowCallModel(Strict):
+class SlowCallModel(FrozenModel):
     duration: Duration
-    rate: Percent = 1.0
+    rate: PositivePercent = 1.0
 
 
-class BreakerModel(Strict):
+class BreakerModel(FrozenModel):
     window: Duration = 10.0
-    window_calls: int | None = Field(default=None, ge=1)
-    minimum_calls: int = Field(default=20, ge=1)
-    failure_rate: Percent = 0.5
+    window_calls: Annotated[int, Strict(), Field(ge=1)] | None = None
+    minimum_calls: Annotated[int, Strict(), Field(ge=1)] = 20
+    failure_rate: PositivePercent = 0.5
     slow_call: SlowCallModel | None = None
     open_for: Duration = 15.0
-    half_open_calls: int = Field(default=3, ge=1)
+    half_open_calls: Annotated[int, Strict(), Field(ge=1)] = 3
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A count-based breaker dumps without the (default) time window, so that the dump
+        # is a valid breaker again.
+        out = handler(self)
+        if self.window_calls is not None and isinstance(out, dict):
+            out.pop("window", None)
+        return out
+
+    @model_validator(mode="after")
+    def _one_window(self) -> BreakerModel:
+        if self.window_calls is not None and "window" in self.model_fields_set:
+            raise checks_failed(
+                (("window_calls",), "set either window (time-based) or window_calls, not both")
+            )
+        return self
 
 
-class LocalityModel(Strict):
-    priority: tuple[str, ...] = ()
-    overprovisioning: float = Field(default=1.4, ge=1.0)
+class LocalityModel(FrozenModel):
+    priority: tuple[Text, ...] = ()
+    overprovisioning: Annotated[float, Strict(), Field(ge=1.0, le=1e6)] = 1.4
     panic_threshold: Percent = 0.5
 
+    @model_validator(mode="after")
+    def _unique_regions(self) -> LocalityModel:
+        seen: set[str] = set()
+        problems: list[Problem] = []
+        for k, region in enumerate(self.priority):
+            if region in seen:
+                problems.append((("priority", k), f"region '{region}' is listed twice"))
+            seen.add(region)
+        if problems:
+            raise checks_failed(*problems)
+        return self
 
-class BackendModel(Strict):
+
+class BackendModel(FrozenModel):
     protocol: Literal["kserve-v2", "openai", "http"] = "http"
-    endpoints: tuple[EndpointModel, ...] = Field(min_length=1)
+    endpoints: Annotated[tuple[EndpointModel, ...], Field(min_length=1)]
     pool: PoolModel = PoolModel()
     health: HealthModel | None = None
     outlier_detection: OutlierModel | None = None
     circuit_breaker: BreakerModel | None = None
     locality: LocalityModel = LocalityModel()
 
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> BackendModel:
+        seen: set[str] = set()
+        problems: list[Problem] = []
+        for k, e in enumerate(self.endpoints):
+            key = e.url.rstrip("/")
+            if key in seen:
+                problems.append(
+                    (("endpoints", k, "url"), f"endpoint '{e.url}' is listed twice in this backend")
+                )
+            seen.add(key)
+        if problems:
+            raise checks_failed(*problems)
+        return self
 
-class MatchModel(Strict):
-    path_prefix: str | None = None
-    path: str | None = None
-    model: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-    methods: tuple[str, ...] = ()
 
-    @field_validator("headers", mode="before")
+# --- routes --------------------------------------------------------------------------------
+
+
+class MatchModel(FrozenModel):
+    path_prefix: UrlPath | None = None
+    path: UrlPath | None = None
+    model: Text | None = None
+    headers: FrozenMap[HeaderName, str] = FrozenMap()
+    methods: tuple[Method, ...] = ()
+
+    @model_validator(mode="before")
     @classmethod
-    def _headers(cls, v: object) -> object:
-        if isinstance(v, dict):
-            return tuple((str(k).lower(), str(x)) for k, x in v.items())
-        return v
+    def _headers_once(cls, data: Any) -> Any:
+        headers = data.get("headers") if isinstance(data, Mapping) else None
+        if isinstance(headers, Mapping):
+            seen: set[str] = set()
+            for name in headers:
+                if isinstance(name, str) and name.lower() in seen:
+                    raise checks_failed(
+                        (
+                            ("headers", name, AT_KEY),
+                            f"header '{name}' is given twice (names ignore case)",
+                        )
+                    )
+                seen.add(str(name).lower())
+        return data
 
     @model_validator(mode="after")
     def _something(self) -> MatchModel:
         if not (self.path_prefix or self.path or self.model or self.headers or self.methods):
-            raise ValueError("needs at least one of path_prefix, path, model, headers, methods")
+            raise checks_failed(
+                ((), "needs at least one of path_prefix, path, model, headers or methods")
+            )
         return self
 
 
-class SplitModel(Strict):
-    backend: str
-    weight: float = Field(ge=0, le=100)
+class SplitModel(FrozenModel):
+    backend: Name
+    weight: Annotated[float, Strict(), Field(ge=0, le=100)]
 
 
-class StickyModel(Strict):
-    header: str
+class StickyModel(FrozenModel):
+    header: HeaderName
 
 
-class BackoffModel(Strict):
-    base: Duration = 0.025
-    max: Duration = 0.25
+class BackoffModel(FrozenModel):
+    base: DurationOrZero = 0.025
+    max: DurationOrZero = 0.25
+
+    @model_validator(mode="after")
+    def _order(self) -> BackoffModel:
+        if self.max < self.base:
+            raise checks_failed((("max",), "must be at least base"))
+        return self
 
 
-class RetryModel(Strict):
-    attempts: int = Field(default=2, ge=1, le=10)
+class RetryModel(FrozenModel):
+    attempts: Annotated[int, Strict(), Field(ge=1, le=10)] = 2
     per_try_timeout: Duration | None = None
-    on: tuple[str, ...] = ("connect-failure", "reset", "timeout", "5xx")
+    on: Annotated[tuple[RetryCondition, ...], Field(min_length=1)] = (
+        "connect-failure",
+        "reset",
+        "timeout",
+        "5xx",
+    )
     budget: Percent = 0.2
-    min_retries: int = Field(default=3, ge=0)
+    min_retries: Annotated[int, Strict(), Field(ge=0)] = 3
     backoff: BackoffModel = BackoffModel()
-    non_idempotent: bool = False
-
-    @field_validator("on")
-    @classmethod
-    def _on(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for c in v:
-            if c not in RETRY_CONDITIONS:
-                raise ValueError(f"unknown condition '{c}' (one of: {', '.join(RETRY_CONDITIONS)})")
-        return v
+    non_idempotent: Bool = False
 
 
-class HedgeModel(Strict):
-    delay: float | None = None
-    delay_percentile: float | None = None
-    min_delay: Duration = 0.005
+class HedgeModel(FrozenModel):
+    """Send an extra attempt when the first is slow: after a fixed delay, or a percentile."""
+
+    # The one key that is not a field name: YAML `delay` holds a duration or a percentile,
+    # parsed into `delay_spec` and read through the properties `delay` (fixed seconds, or
+    # None) and `delay_percentile` (0.95 for `p95`, or None); exactly one of them is set.
+    delay_spec: HedgeDelay = Field(default=HedgeDelayValue(0.05, None), alias="delay")
+    min_delay: DurationOrZero = 0.005
     max_delay: Duration = 1.0
-    max_extra: int = Field(default=1, ge=1, le=3)
+    max_extra: Annotated[int, Strict(), Field(ge=1, le=3)] = 1
     budget: Percent = 0.1
 
-    @model_validator(mode="before")
-    @classmethod
-    def _delay(cls, data: object) -> object:
-        if isinstance(data, dict) and "delay" in data:
-            data = dict(data)
-            raw = data["delay"]
-            m = _PERCENTILE.match(raw) if isinstance(raw, str) else None
-            if m:
-                data.pop("delay")
-                data["delay_percentile"] = float(m.group(1)) / 100
-            else:
-                from gateway.policy.units import parse_duration
+    @property
+    def delay(self) -> float | None:
+        """The fixed hedge delay in seconds, or None when it is a percentile."""
+        return self.delay_spec.seconds
 
-                data["delay"] = parse_duration(raw) if raw is not None else None
-        return data
+    @property
+    def delay_percentile(self) -> float | None:
+        """The latency percentile (0.95 for `p95`) used as the delay, or None when fixed."""
+        return self.delay_spec.percentile
 
-
-class AdmissionModel(Strict):
-    max_concurrency: int = Field(ge=1)
-    queue: int = Field(default=0, ge=0)
-    queue_timeout: Duration = 0.05
-    priority_header: str | None = "x-tailguard-priority"
-    adaptive: bool = False
+    @model_validator(mode="after")
+    def _clamp_order(self) -> HedgeModel:
+        if self.max_delay < self.min_delay:
+            raise checks_failed((("max_delay",), "must be at least min_delay"))
+        return self
 
 
-class RouteModel(Strict):
-    name: str = Field(pattern=NAME)
+class AdmissionModel(FrozenModel):
+    max_concurrency: Annotated[int, Strict(), Field(ge=1)]
+    queue: Annotated[int, Strict(), Field(ge=0)] = 0
+    queue_timeout: DurationOrZero = 0.05
+    priority_header: HeaderName | None = "x-tailguard-priority"
+    adaptive: Bool = False
+
+
+class RouteModel(FrozenModel):
+    name: Name
     match: MatchModel
-    split: tuple[SplitModel, ...] = Field(min_length=1)
+    split: Annotated[tuple[SplitModel, ...], Field(min_length=1)]
     sticky: StickyModel | None = None
     timeout: Duration = 30.0
     retries: RetryModel | None = None
     hedging: HedgeModel | None = None
     admission: AdmissionModel | None = None
 
+    @model_validator(mode="after")
+    def _route_checks(self) -> RouteModel:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for j, s in enumerate(self.split):
+            if s.backend in seen:
+                problems.append(
+                    (("split", j, "backend"), f"backend '{s.backend}' appears twice in this split")
+                )
+            seen.add(s.backend)
+        # Also what `sticky` needs: at least one entry with weight > 0 to hash onto.
+        if not any(s.weight > 0 for s in self.split):
+            problems.append((("split",), "weights must add up to more than 0"))
+        r = self.retries
+        if r is not None and r.per_try_timeout is not None and r.per_try_timeout > self.timeout:
+            problems.append(
+                (("retries", "per_try_timeout"), "must not be longer than the route's timeout")
+            )
+        if problems:
+            raise checks_failed(*problems)
+        return self
 
-class PolicyModel(Strict):
-    version: Literal[1]
+
+# --- the policy ----------------------------------------------------------------------------
+
+
+class PolicyModel(FrozenModel):
+    version: Annotated[Literal[1], BeforeValidator(_version)]
     gateway: GatewayModel = GatewayModel()
     state: StateModel = StateModel()
-    backends: dict[str, BackendModel] = Field(min_length=1)
-    routes: tuple[RouteModel, ...] = Field(min_length=1)
+    backends: Annotated[FrozenMap[Name, BackendModel], Field(min_length=1)]
+    routes: Annotated[tuple[RouteModel, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PolicyModel:
+        problems = policy_cross_checks(self.model_dump(by_alias=True))
+        if problems:
+            raise checks_failed(*problems)
+        return self
+
+
+def policy_cross_checks(data: Any) -> list[Problem]:
+    """Checks across the whole policy, on plain data (YAML as loaded, or a model dump).
+
+    Defensive about types: whatever is malformed here is reported by schema validation,
+    so it is skipped. Locations are absolute (from the top of the file).
+    """
+    if not isinstance(data, Mapping):
+        return []
+    problems: list[Problem] = []
+    backends = data.get("backends")
+    backends = backends if isinstance(backends, Mapping) else None
+    gateway = data.get("gateway")
+    local = gateway.get("region", "local") if isinstance(gateway, Mapping) else "local"
+    local = local if isinstance(local, str) else "local"
+
+    routes = data.get("routes")
+    names: dict[str, int] = {}
+    for i, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
+        if not isinstance(route, Mapping):
+            continue
+        name = route.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(
+                    (("routes", i, "name"), f"route name '{name}' is already used by routes[{names[name]}]")
+                )  # fmt: skip
+            names.setdefault(name, i)
+        split = route.get("split")
+        for j, entry in enumerate(split if isinstance(split, list | tuple) else ()):
+            backend = entry.get("backend") if isinstance(entry, Mapping) else None
+            if backends is not None and isinstance(backend, str) and backend not in backends:
+                hint = did_you_mean(backend, (str(b) for b in backends))
+                problems.append(
+                    (("routes", i, "split", j, "backend"),
+                     f"backend '{backend}' is not defined in backends{hint}")
+                )  # fmt: skip
+
+    for name, backend in (backends or {}).items():
+        if not isinstance(backend, Mapping):
+            continue
+        endpoints = backend.get("endpoints")
+        regions: set[str] = set()
+        for e in endpoints if isinstance(endpoints, list | tuple) else ():
+            region = e.get("region") if isinstance(e, Mapping) else None
+            regions.add(region if isinstance(region, str) else local)
+        locality = backend.get("locality")
+        priority = locality.get("priority") if isinstance(locality, Mapping) else None
+        for k, region in enumerate(priority if isinstance(priority, list | tuple) else ()):
+            if isinstance(region, str) and region not in regions:
+                problems.append(
+                    (("backends", name, "locality", "priority", k),
+                     f"region '{region}' has no endpoints in this backend")
+                )  # fmt: skip
+    return problems
