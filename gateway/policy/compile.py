@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gateway.policy.model import DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
 from gateway.resilience.admission import AdmissionConfig
 from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 
 BreakerListener = Callable[[str, str, BreakerState, BreakerState], None]
 
-DEFAULT_HEALTH_PATHS = {"kserve-v2": "/v2/health/ready", "openai": "/v1/models", "http": "/"}
-PRIORITY_NAMES = {"critical": 4, "high": 3, "normal": 2, "low": 1, "sheddable": 0}
+# one table each, owned by the policy model; re-exported for the request path
+PRIORITY_NAMES = PRIORITY_VALUES
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 

@@ -204,13 +204,16 @@ class Transports:
 
     def __init__(self) -> None:
         self._pools: dict[str, HttpTransport] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, spec: EndpointSpec, pool: PoolSpec, protocol: str) -> HttpTransport:
         t = self._pools.get(spec.id)
         if t is None or t.pool != pool:
             if t is not None:
                 # settings changed: the old pool finishes its in-flight work and is dropped
-                asyncio.get_running_loop().create_task(t.close())
+                task = asyncio.get_running_loop().create_task(t.close())
+                self._closing.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._closing.discard)
             t = HttpTransport(spec, pool, check_json=protocol != "http")
             self._pools[spec.id] = t
         return t
