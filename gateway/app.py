@@ -7,23 +7,35 @@ reference), the listeners, the control loops and the order of shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hashlib
 import logging
 import os
 import random
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway import __version__
+from gateway.auth import ApiKeyConfig, AuthConfig, Authenticator, JwtConfig, load_secrets_file
 from gateway.clock import Clock, MonotonicClock
+from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
-from gateway.policy.compile import Snapshot, compile_policy
-from gateway.policy.load import load_policy_text
+from gateway.control.peers import PeerNotifier
+from gateway.control.reloader import FileWatcher
+from gateway.errors import PolicyError, PolicyIssue, RouteNotFound
+from gateway.fallback.rules import RuleSet, load_rules
+from gateway.policy.compile import Snapshot, StateSettings, compile_policy
+from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
+from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.fallback import FallbackStage, ResponseCaches
+from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
 from gateway.proxy.pipeline import (
     AdmitStage,
     Answer,
@@ -32,9 +44,13 @@ from gateway.proxy.pipeline import (
     RouteStage,
     compose,
 )
+from gateway.proxy.ratelimit import RateLimitStage
 from gateway.proxy.server import ProxyServer
 from gateway.proxy.upstream import Transports
 from gateway.resilience.breaker import BreakerState
+from gateway.state.memory import MemoryStore
+from gateway.state.store import StateStore
+from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
 
 log = logging.getLogger("tailguard")
@@ -50,14 +66,16 @@ class Listening:
     port: int
     admin_host: str
     admin_port: int
+    scheme: str = "http"
+    admin_scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.admin_host}:{self.admin_port}"
+        return f"{self.admin_scheme}://{self.admin_host}:{self.admin_port}"
 
 
 def compile_file(
@@ -65,15 +83,209 @@ def compile_file(
 ) -> Snapshot:
     """Load, validate and compile a policy file; raises `PolicyError` with every issue."""
     text = Path(path).read_text(encoding="utf-8")
-    model = load_policy_text(text, str(path))
-    return compile_policy(
+    return compile_text(text, str(path), previous=previous, gateway=gateway)
+
+
+def compile_text(
+    text: str,
+    source: str,
+    *,
+    previous: Snapshot | None = None,
+    gateway: Gateway | None = None,
+    base_dir: Path | None = None,
+) -> Snapshot:
+    """Validate and compile policy text; rule files are read relative to `base_dir`.
+
+    Raises `PolicyError` with every issue of the policy and of the rule files it names.
+    """
+    return _build(text, source, previous=previous, gateway=gateway, base_dir=base_dir)[1]
+
+
+def _build(
+    text: str,
+    source: str,
+    *,
+    previous: Snapshot | None = None,
+    gateway: Gateway | None = None,
+    base_dir: Path | None = None,
+) -> tuple[PolicyModel, Snapshot]:
+    model = load_policy_text(text, source)
+    base = base_dir or Path(source).parent
+    rules = load_rule_files(model, text, source, base)
+    auth = load_auth(model, text, source, base)
+    snapshot = compile_policy(
         model,
-        source=str(path),
+        source=source,
         text=text,
         region=os.environ.get(REGION_ENV) or None,
         previous=previous,
         on_breaker_transition=gateway.on_breaker_transition if gateway else None,
+        rules=rules,
+        auth=auth,
     )
+    return model, snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: applied or not, why not, and what changed."""
+
+    applied: bool
+    dry_run: bool
+    sha256: str
+    previous_sha256: str
+    changes: tuple[str, ...]
+    issues: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            "sha256": self.sha256,
+            "previous_sha256": self.previous_sha256,
+            "changes": list(self.changes),
+            "issues": list(self.issues),
+        }
+
+
+def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:
+    """A summary of what differs, by section, backend and route name (for humans and audit)."""
+    out: list[str] = []
+    for section in ("gateway", "state"):
+        if getattr(old, section) != getattr(new, section):
+            out.append(f"{section} changed")
+    for kind, before, after in (
+        ("backend", dict(old.backends.items()), dict(new.backends.items())),
+        ("route", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
+    ):
+        out.extend(f"{kind} {n} added" for n in after if n not in before)
+        out.extend(f"{kind} {n} removed" for n in before if n not in after)
+        out.extend(f"{kind} {n} changed" for n in after if n in before and after[n] != before[n])
+    if [r.name for r in old.routes if r.name in {x.name for x in new.routes}] != [
+        r.name for r in new.routes if r.name in {x.name for x in old.routes}
+    ]:
+        out.append("route order changed")
+    return tuple(out)
+
+
+def load_rule_files(
+    model: PolicyModel, text: str, source: str, base_dir: Path
+) -> dict[str, RuleSet]:
+    """Every rules file the policy names, loaded once; all their issues in one PolicyError."""
+    loaded: dict[str, RuleSet] = {}
+    issues: list[PolicyIssue] = []
+    for i, route in enumerate(model.routes):
+        for k, step in enumerate(route.fallback):
+            name = step.rules
+            if name is None or name in loaded:
+                continue
+            path = Path(name) if Path(name).is_absolute() else base_dir / name
+            try:
+                loaded[name] = load_rules(path)
+            except PolicyError as e:
+                issues.extend(e.issues)
+            except OSError as e:
+                doc, _ = read_yaml(text, source)
+                loc = ("routes", i, "fallback", k, "rules")
+                message = f"cannot read rules file {path}: {e.strerror or e}"
+                issues.append(
+                    doc.issue(loc, message) if doc else PolicyIssue(source, 1, 1, "", message)
+                )
+    if issues:
+        raise PolicyError(issues)
+    return loaded
+
+
+def load_auth(model: PolicyModel, text: str, source: str, base_dir: Path) -> Authenticator | None:
+    """The authenticator the policy's `auth:` section describes, secrets read from their files.
+
+    Secrets come from a secrets file or the environment, never from the policy text itself,
+    and never appear in an error message.
+    """
+    a = model.auth
+    if a is None:
+        return None
+    doc: YamlDocument | None = None
+
+    def issue(loc: tuple[str | int, ...], message: str) -> PolicyError:
+        nonlocal doc
+        if doc is None:
+            doc, _ = read_yaml(text, source)
+        where = doc.issue(loc, message) if doc else PolicyIssue(source, 1, 1, "", message)
+        return PolicyError([where])
+
+    keys = [ApiKeyConfig(k.id, k.tenant, k.hash) for k in a.keys]
+    jwt_secret = None
+    if a.secrets_file is not None:
+        path = _resolve(a.secrets_file, base_dir)
+        try:
+            file_keys, jwt_secret = load_secrets_file(path)
+        except OSError as e:
+            raise issue(
+                ("auth", "secrets_file"), f"cannot read {path}: {e.strerror or e}"
+            ) from None
+        keys.extend(file_keys)
+    jwt_config = None
+    if a.jwt is not None:
+        j = a.jwt
+        secret = None
+        if j.secret_env is not None:
+            secret = os.environ.get(j.secret_env) or jwt_secret
+            if secret is None:
+                raise issue(
+                    ("auth", "jwt", "secret_env"), f"environment variable {j.secret_env} is not set"
+                )
+        public_key = None
+        if j.public_key_file is not None:
+            path = _resolve(j.public_key_file, base_dir)
+            try:
+                public_key = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise issue(
+                    ("auth", "jwt", "public_key_file"), f"cannot read {path}: {e.strerror or e}"
+                ) from None
+        try:
+            jwt_config = JwtConfig(
+                algorithms=tuple(j.algorithms),
+                secret=secret,
+                public_key=public_key,
+                issuer=j.issuer,
+                audience=j.audience,
+                tenant_claim=j.tenant_claim,
+                leeway=j.leeway,
+            )
+        except ValueError as e:
+            raise issue(("auth", "jwt"), str(e)) from None
+    try:
+        config = AuthConfig(
+            api_key_header=a.api_key_header,
+            keys=tuple(keys),
+            jwt=jwt_config,
+            allow_anonymous=a.allow_anonymous,
+        )
+    except ValueError as e:
+        raise issue(("auth",), str(e)) from None
+    return Authenticator(config)
+
+
+def _resolve(name: str, base_dir: Path) -> Path:
+    return Path(name) if Path(name).is_absolute() else base_dir / name
+
+
+def make_store(settings: StateSettings, clock: Clock, metrics: Metrics) -> StateStore:
+    """The state store the policy asks for (chosen at start; changing it needs a restart)."""
+    if settings.store == "redis" and settings.url:
+        from gateway.state.redis import RedisStore
+
+        return RedisStore(
+            settings.url,
+            clock=clock,
+            metrics=metrics,
+            timeout=settings.timeout,
+            retry_after=settings.retry_after,
+            prefix=settings.key_prefix,
+        )
+    return MemoryStore(clock)
 
 
 class Gateway:
@@ -87,6 +299,8 @@ class Gateway:
         rng: random.Random | None = None,
         listen: tuple[str, int] | None = None,
         admin_listen: tuple[str, int] | None = None,
+        audit_log: str | Path | None = None,
+        watch: bool = False,
     ) -> None:
         self.policy_path = Path(policy_path)
         self.clock = clock or MonotonicClock()
@@ -94,7 +308,15 @@ class Gateway:
         self.metrics = Metrics()
         self._listen_override = listen
         self._admin_override = admin_listen
-        self.snapshot = compile_file(self.policy_path, gateway=self)
+        self.audit = AuditLog(audit_log, self.clock)
+        text = self.policy_path.read_text(encoding="utf-8")
+        self.model, self.snapshot = _build(text, str(self.policy_path), gateway=self)
+        self._reload_lock = asyncio.Lock()
+        self.watcher = (
+            FileWatcher(self.watched_files, lambda: self.reload(actor="file-watch"))
+            if watch
+            else None
+        )
         self.transports = Transports()
         self.runner = AttemptRunner(
             self.transports,
@@ -104,10 +326,24 @@ class Gateway:
             lambda: self.snapshot.settings.deadline_header,
         )
         self.gates = AdmissionGates(self.clock, self.metrics)
+        self.local_store = MemoryStore(self.clock)
+        self.store = make_store(self.snapshot.settings.state, self.clock, self.metrics)
+        self.peers = PeerNotifier(self.store, lambda: self.snapshot, self.metrics, self.clock)
+        self.runner.on_ejection = lambda b, e: self.peers.notify(b, e, "ejected")
+        self.caches = ResponseCaches(self.store, self.metrics, self.clock)
+        self.canary = CanaryController(
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store,
+            self.peers.replica,
+        )  # fmt: skip
+        self.canary.sync(self.snapshot)
         self.pipeline = compose(
             [
-                ObserveStage(self.metrics, self.clock),
+                ObserveStage(self.metrics, self.clock, self.canary),
+                AuthenticateStage(self.metrics, self.clock),
                 RouteStage(self.rng),
+                AuthorizeStage(self.metrics),
+                RateLimitStage(self.store, self.local_store, self.metrics, self.clock),
+                FallbackStage(self.runner, self.caches, self.metrics, self.clock),
                 AdmitStage(self.gates, self.clock),
                 AttemptStage(self.runner, self.clock),
             ],
@@ -133,6 +369,108 @@ class Gateway:
         ).inc()
         self.metrics.breaker_state.labels(backend, url).set(BREAKER_STATE_VALUE[new.name.lower()])
         log.warning("breaker of %s (%s): %s -> %s", url, backend, old.name, new.name)
+        if new is BreakerState.OPEN and hasattr(self, "peers"):
+            self.peers.notify(backend, endpoint, "breaker-open")
+
+    async def reload(
+        self,
+        text: str | None = None,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        persist: bool = False,
+    ) -> ReloadResult:
+        """Validate a policy and, unless `dry_run`, swap it in; the running one stays on failure.
+
+        `text` None re-reads the policy file. `persist` writes an accepted text over the policy
+        file first (atomically), so that the file and what runs agree after an API apply.
+        Requests in flight finish on the snapshot they started with.
+        """
+        async with self._reload_lock:
+            result = self._reload(text, actor=actor, dry_run=dry_run, persist=persist)
+            if result.applied and self.watcher is not None:
+                self.watcher.mark_seen()
+            return result
+
+    def drain(self, backend: str, url: str, *, drained: bool, actor: str) -> None:
+        """Stop (or resume) sending new requests to one endpoint; in-flight ones finish.
+
+        Drain is runtime state: it survives reloads that keep the endpoint, like a breaker.
+        """
+        b = self.snapshot.backends.get(backend)
+        state = next((s for s in b.states if s.spec.url == url.rstrip("/")), None) if b else None
+        if state is None:
+            raise RouteNotFound(f"backend '{backend}' has no endpoint {url}")
+        self.audit.record(
+            "endpoint-drain" if drained else "endpoint-undrain",
+            actor,
+            backend=backend,
+            endpoint=url,
+        )
+        state.admin_drain = drained
+        log.warning("%s %s of backend %s", "draining" if drained else "undraining", url, backend)
+
+    def watched_files(self) -> list[Path]:
+        """The policy file and every rules file it names."""
+        base = self.policy_path.parent
+        rules = {
+            step.rules for r in self.model.routes for step in r.fallback if step.rules is not None
+        }
+        return [self.policy_path, *(Path(r) if Path(r).is_absolute() else base / r for r in rules)]
+
+    def _reload(
+        self, text: str | None, *, actor: str, dry_run: bool, persist: bool
+    ) -> ReloadResult:
+        source = str(self.policy_path)
+        old = self.snapshot
+        try:
+            if text is None:
+                text = self.policy_path.read_text(encoding="utf-8")
+            model, snapshot = _build(
+                text,
+                source,
+                previous=None if dry_run else old,
+                gateway=self,
+                base_dir=self.policy_path.parent,
+            )
+        except (PolicyError, OSError) as e:
+            issues = (
+                tuple(str(i) for i in e.issues)
+                if isinstance(e, PolicyError)
+                else (f"{source}: cannot read: {e.strerror or e}",)
+            )
+            sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
+            result = ReloadResult(False, dry_run, sha, old.sha256, (), issues)
+            if not dry_run:
+                self.metrics.reloads.labels("rejected").inc()
+                self.audit.record(
+                    "policy-rejected", actor, sha256=sha, serving=old.sha256, issues=list(issues)
+                )
+                log.warning("policy from %s rejected; still serving %s", actor, old.sha256[:12])
+            return result
+        changes = policy_changes(self.model, model)
+        result = ReloadResult(not dry_run, dry_run, snapshot.sha256, old.sha256, changes, ())
+        if dry_run:
+            return result
+        if persist:
+            _write_atomically(self.policy_path, text)
+        if model.state != self.model.state:
+            log.warning("state store settings changed: they take effect at the next restart")
+        self.canary.sync(snapshot)
+        self.snapshot = snapshot
+        self.model = model
+        self.health.sync()
+        self._publish_policy()
+        self.metrics.reloads.labels("applied").inc()
+        self.audit.record(
+            "policy-applied",
+            actor,
+            sha256=snapshot.sha256,
+            previous=old.sha256,
+            changes=list(changes),
+        )
+        log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
+        return result
 
     def _publish_policy(self) -> None:
         self.metrics.policy_info.info(
@@ -151,7 +489,8 @@ class Gateway:
             server, access_log=None, shutdown_timeout=settings.drain_timeout
         )
         await data_runner.setup()
-        site = web.TCPSite(data_runner, host, port, backlog=1024)
+        tls = self._tls_context(settings.tls)
+        site = web.TCPSite(data_runner, host, port, backlog=1024, ssl_context=tls)
         await site.start()
         self._runners.append(data_runner)
 
@@ -159,12 +498,26 @@ class Gateway:
 
         admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
         await admin_runner.setup()
-        admin_site = web.TCPSite(admin_runner, ahost, aport)
+        admin_site = web.TCPSite(
+            admin_runner, ahost, aport, ssl_context=self._tls_context(settings.admin_tls)
+        )
         await admin_site.start()
         self._runners.append(admin_runner)
 
+        self.peers.attach()
+        await self.store.start()
+        if self.watcher is not None:
+            self.watcher.start()
+        self.canary.start()
         self.health.sync()
-        self.listening = Listening(host, _bound_port(site), ahost, _bound_port(admin_site))
+        self.listening = Listening(
+            host,
+            _bound_port(site),
+            ahost,
+            _bound_port(admin_site),
+            "https" if tls is not None else "http",
+            "https" if settings.admin_tls is not None else "http",
+        )
         self.ready = True
         log.info(
             "tailguard %s serving %s on %s (admin %s)",
@@ -175,14 +528,31 @@ class Gateway:
         )
         return self.listening
 
+    def _tls_context(self, paths: tuple[str, str] | None) -> ssl.SSLContext | None:
+        """A server TLS context (TLS 1.2+) from certificate and key paths, relative to the policy."""
+        if paths is None:
+            return None
+        base = self.policy_path.parent
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(_resolve(paths[0], base), _resolve(paths[1], base))
+        return ctx
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded by drain_timeout), close pools."""
         self.ready = False
+        if self.watcher is not None:
+            await self.watcher.close()
         await self.health.close()
+        await self.canary.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
         await self.transports.close()
+        await self.caches.close()
+        await self.peers.close()
+        await self.store.close()
+        self.audit.close()
 
     def is_ready(self) -> bool:
         """Ready once started with a policy that has at least one usable endpoint."""
@@ -190,6 +560,12 @@ class Gateway:
             return False
         now = self.clock.now()
         return any(any(b.availability(now)) for b in self.snapshot.backends.values())
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _bound_port(site: web.TCPSite) -> int:

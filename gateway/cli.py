@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", type=_parse_hostport, help="override gateway.listen (HOST:PORT)")
     run.add_argument("--admin-listen", type=_parse_hostport, help="override gateway.admin_listen")
     run.add_argument("--log-level", default="info")
+    run.add_argument("--audit-log", help="append audit entries (JSON lines) to this file")
+    run.add_argument(
+        "--no-watch", action="store_true", help="do not reload when the policy file changes"
+    )
 
-    val = sub.add_parser("validate", help="check policy files; exit 1 if any is invalid")
+    val = sub.add_parser(
+        "validate", help="check policy and fallback rule files; exit 1 if any is invalid"
+    )
     val.add_argument("files", nargs="+")
 
     sub.add_parser("schema", help="print the policy JSON Schema (for editors)")
@@ -72,7 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        return _run_loop(_serve(args.policy, args.listen, args.admin_listen))
+        return _run_loop(
+            _serve(
+                args.policy,
+                args.listen,
+                args.admin_listen,
+                audit_log=args.audit_log,
+                watch=not args.no_watch,
+            )
+        )
     if args.command == "demo":
         from gateway.demo import run_demo
 
@@ -81,20 +95,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(files: Sequence[str]) -> int:
+    """Policies are compiled with the rule files they name; rule files are checked alone."""
+    from pathlib import Path
+
+    from gateway.app import compile_text
     from gateway.errors import PolicyError
-    from gateway.policy.load import load_policy
+    from gateway.fallback.rules import load_rules, looks_like_rules
 
     bad = 0
     for f in files:
         try:
-            load_policy(f)
+            text = Path(f).read_text(encoding="utf-8")
+            if looks_like_rules(text):
+                load_rules(f)
+            else:
+                compile_text(text, f)
         except PolicyError as e:
             bad += 1
             for issue in e.issues:
                 print(issue, file=sys.stderr)
         except OSError as e:
             bad += 1
-            print(f"{f}: cannot read: {e.strerror}", file=sys.stderr)
+            print(f"{f}: cannot read: {e.strerror or e}", file=sys.stderr)
+        except UnicodeDecodeError:
+            bad += 1
+            print(f"{f}:1:1: not UTF-8 text", file=sys.stderr)
         else:
             print(f"{f}: ok")
     return 1 if bad else 0
@@ -108,12 +133,19 @@ def _run_loop(coro: object) -> int:
     return uvloop.run(coro)  # type: ignore[arg-type]
 
 
-async def _serve(policy: str, listen: tuple[str, int] | None, admin: tuple[str, int] | None) -> int:
+async def _serve(
+    policy: str,
+    listen: tuple[str, int] | None,
+    admin: tuple[str, int] | None,
+    *,
+    audit_log: str | None = None,
+    watch: bool = True,
+) -> int:
     from gateway.app import Gateway, tune_gc
     from gateway.errors import PolicyError
 
     try:
-        gw = Gateway(policy, listen=listen, admin_listen=admin)
+        gw = Gateway(policy, listen=listen, admin_listen=admin, audit_log=audit_log, watch=watch)
     except PolicyError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
@@ -125,6 +157,14 @@ async def _serve(policy: str, listen: tuple[str, int] | None, admin: tuple[str, 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(gw.reload(actor="SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         where = await gw.start()
     except OSError as e:

@@ -132,6 +132,17 @@ class StreamAborted(TailguardError):
     code = "stream_aborted"
 
 
+class StoreUnavailable(TailguardError):
+    """The shared state store did not answer in time or at all.
+
+    Never reaches a client: every caller falls back to local state (or to what the policy
+    says for rate limits) and counts the miss.
+    """
+
+    status = 503
+    code = "state_store_unavailable"
+
+
 # --- attempt-level failure, raised by upstream transports --------------------------------
 
 

@@ -1,1 +1,1 @@
-"""Fallbacks served when the primary path cannot answer."""
+"""Fallbacks: stale-if-error cache, rules engine, backup route."""

@@ -16,13 +16,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
-from gateway.policy.model import DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
+from gateway.fallback.cache import CacheConfig
+from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
 from gateway.resilience.admission import AdmissionConfig
 from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.resilience.budget import TokenBudget
+from gateway.resilience.canary import CanaryConfig
 from gateway.resilience.health import HealthConfig, HealthState
 from gateway.resilience.hedge import HedgeConfig, HedgePolicy
 from gateway.resilience.outcome import RETRY_CONDITIONS, Outcome
@@ -32,6 +35,8 @@ from gateway.resilience.split import SplitEntry, WeightedSplit
 from gateway.resilience.windows import LatencyWindow
 
 if TYPE_CHECKING:
+    from gateway.auth import Authenticator
+    from gateway.fallback.rules import RuleSet
     from gateway.policy.model import BackendModel, PolicyModel, RouteModel
 
 BreakerListener = Callable[[str, str, BreakerState, BreakerState], None]
@@ -72,7 +77,10 @@ class HealthCheckSpec:
 class EndpointState:
     """Mutable per-endpoint state; survives reloads when the endpoint keeps its id."""
 
-    __slots__ = ("admin_drain", "breaker", "health", "last_used", "latency", "outstanding", "spec")
+    __slots__ = (
+        "admin_drain", "breaker", "health", "last_used", "latency", "outstanding", "spec",
+        "suspect_until",
+    )  # fmt: skip
 
     def __init__(self, spec: EndpointSpec) -> None:
         self.spec = spec
@@ -82,10 +90,12 @@ class EndpointState:
         self.outstanding = 0
         self.admin_drain = False
         self.last_used = 0.0
+        # a peer replica saw this endpoint fail (breaker opened, ejected) until then
+        self.suspect_until = 0.0
 
     def usable(self, now: float, ejected: bool) -> bool:
         """True when the endpoint may get new traffic: not draining, healthy, not ejected, not open."""
-        if self.spec.drain or self.admin_drain or ejected:
+        if self.spec.drain or self.admin_drain or ejected or now < self.suspect_until:
             return False
         if self.health is not None and not self.health.healthy:
             return False
@@ -168,6 +178,43 @@ class RouteMatch:
         return all(headers.get(k) == v for k, v in self.headers)
 
 
+class FallbackKind(Enum):
+    CACHE = "cache"
+    BACKEND = "backend"
+    RULES = "rules"
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackStep:
+    kind: FallbackKind
+    backend: str | None = None
+    timeout: float = 0.0
+    rules: RuleSet | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackPlan:
+    """What a route tries when its primary path failed; `reserve` is held back from its deadline."""
+
+    steps: tuple[FallbackStep, ...]
+    reserve: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    key: str  # client_ip | api_key | header | tenant
+    header: str | None
+    rate: float
+    burst: float
+    on_store_error: str  # local | allow | deny
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySpec:
+    backend: str
+    config: CanaryConfig
+
+
 @dataclass(slots=True)
 class RouteRuntime:
     name: str
@@ -183,6 +230,30 @@ class RouteRuntime:
     admission: AdmissionConfig | None
     adaptive: bool
     priority_header: str | None
+    cache: CacheConfig | None = None
+    fallback: FallbackPlan | None = None
+    rate_limit: RateLimitSpec | None = None
+    canary: CanarySpec | None = None
+    split_entries: tuple[SplitEntry, ...] = ()
+    allow_tenants: frozenset[str] | None = None
+
+    def set_canary_weight(self, weight: float) -> None:
+        """Give the canary `weight` percent and the other backends the rest, in their ratio.
+
+        Canary state is runtime state, like a breaker's: the controller calls this on every
+        snapshot it sees, so a reload keeps the rollout where it was.
+        """
+        assert self.canary is not None
+        name = self.canary.backend
+        others = [e for e in self.split_entries if e.backend != name]
+        total = sum(e.weight for e in others) or float(len(others))
+        entries = [
+            SplitEntry(e.backend, (100.0 - weight) * ((e.weight or 1.0) / total)) for e in others
+        ]
+        entries.append(SplitEntry(name, weight))
+        entries = [e for e in entries if e.weight > 0] or [SplitEntry(others[0].backend, 100.0)]
+        self.split = WeightedSplit(entries)
+        self.backends = tuple(e.backend for e in entries)
 
     def pick_backend(self, sticky_key: str | None, rnd: float) -> str:
         """The backend for one request: hashed on the sticky key when there is one."""
@@ -194,6 +265,17 @@ class RouteRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    store: str
+    url: str | None
+    timeout: float
+    key_prefix: str
+    retry_after: float
+    share_ejections: bool
+    suspect_for: float
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     region: str
     listen: tuple[str, int]
@@ -202,6 +284,9 @@ class GatewaySettings:
     max_concurrency: int | None
     deadline_header: str | None
     drain_timeout: float
+    state: StateSettings
+    tls: tuple[str, str] | None = None  # (certificate, key) paths as written
+    admin_tls: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -214,6 +299,9 @@ class Snapshot:
     routes: tuple[RouteRuntime, ...]
     backends: dict[str, BackendRuntime]
     needs_model: bool = field(default=False)
+    auth: Authenticator | None = None
+    admin_tokens: Mapping[str, str] = field(default_factory=dict)  # hash -> token id
+    strip_headers: frozenset[str] = frozenset()  # the gateway's own credentials
 
     def route_for(self, method: str, path: str, headers: Mapping[str, str]) -> RouteRuntime | None:
         """First route whose match holds, in policy order; None means 404."""
@@ -244,11 +332,14 @@ def compile_policy(
     region: str | None = None,
     previous: Snapshot | None = None,
     on_breaker_transition: BreakerListener | None = None,
+    rules: Mapping[str, RuleSet] | None = None,
+    auth: Authenticator | None = None,
 ) -> Snapshot:
     """Build a runtime snapshot; `previous` donates the state of endpoints that keep their id.
 
     `region` overrides the policy's own (the TAILGUARD_REGION environment variable, read by the
-    caller). The caller swaps the returned snapshot in; nothing here has side effects on
+    caller). `rules` maps each `fallback[].rules` path as written to its loaded rule set (the
+    caller reads the files; compiling does no I/O). The caller swaps the returned snapshot in; nothing here has side effects on
     `previous` other than sharing its endpoint state objects.
     """
     gw = policy.gateway
@@ -261,6 +352,17 @@ def compile_policy(
         max_concurrency=gw.max_concurrency,
         deadline_header=gw.deadline_header.lower() if gw.deadline_header else None,
         drain_timeout=gw.drain_timeout,
+        tls=(gw.tls.cert, gw.tls.key) if gw.tls else None,
+        admin_tls=(gw.admin_tls.cert, gw.admin_tls.key) if gw.admin_tls else None,
+        state=StateSettings(
+            store=policy.state.store,
+            url=policy.state.url,
+            timeout=policy.state.timeout,
+            key_prefix=policy.state.key_prefix,
+            retry_after=policy.state.retry_after,
+            share_ejections=policy.state.share_ejections,
+            suspect_for=policy.state.suspect_for,
+        ),
     )
     old_states = previous.endpoint_states() if previous is not None else {}
     old_backends = previous.backends if previous is not None else {}
@@ -283,7 +385,7 @@ def compile_policy(
         )
         for name, b in policy.backends.items()
     }
-    routes = tuple(_compile_route(r) for r in policy.routes)
+    routes = tuple(_compile_route(r, rules or {}) for r in policy.routes)
     return Snapshot(
         source=source,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
@@ -291,6 +393,13 @@ def compile_policy(
         routes=routes,
         backends=backends,
         needs_model=any(r.match.model is not None for r in routes),
+        auth=auth,
+        admin_tokens={t.hash.lower(): t.id for t in policy.admin.tokens},
+        strip_headers=(
+            frozenset({policy.auth.api_key_header.lower(), "authorization"})
+            if policy.auth is not None
+            else frozenset()
+        ),
     )
 
 
@@ -430,7 +539,7 @@ def _health_check(b: BackendModel, models: set[str]) -> HealthCheckSpec | None:
     )
 
 
-def _compile_route(r: RouteModel) -> RouteRuntime:
+def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
     m = r.match
     match = RouteMatch(
         path_prefix=m.path_prefix,
@@ -493,6 +602,81 @@ def _compile_route(r: RouteModel) -> RouteRuntime:
         admission=admission,
         adaptive=adaptive,
         priority_header=priority_header,
+        cache=_cache_config(r),
+        fallback=_fallback_plan(r, rules),
+        rate_limit=_rate_limit(r),
+        canary=_canary(r),
+        split_entries=tuple(entries),
+        allow_tenants=frozenset(r.allow_tenants) if r.allow_tenants is not None else None,
+    )
+
+
+def _canary(r: RouteModel) -> CanarySpec | None:
+    c = r.canary
+    if c is None:
+        return None
+    return CanarySpec(
+        backend=c.backend,
+        config=CanaryConfig(
+            steps=tuple(c.steps),
+            interval=c.interval,
+            max_error_rate_increase=c.gates.max_error_rate_increase,
+            max_p99_ratio=c.gates.max_p99_ratio,
+            min_samples=c.gates.min_samples,
+            max_failed_checks=c.max_failed_checks,
+        ),
+    )
+
+
+def _cache_config(r: RouteModel) -> CacheConfig | None:
+    c = r.cache
+    if c is None:
+        return None
+    return CacheConfig(
+        ttl=c.ttl,
+        stale_if_error=c.stale_if_error,
+        max_entries=c.max_entries,
+        max_entry_size=c.max_entry_size,
+        vary=tuple(h.lower() for h in c.vary),
+        ignore_fields=frozenset(c.ignore_fields),
+        methods=frozenset(m.upper() for m in c.methods),
+    )
+
+
+def _fallback_plan(r: RouteModel, rules: Mapping[str, RuleSet]) -> FallbackPlan | None:
+    if not r.fallback:
+        return None
+    steps = []
+    for f in r.fallback:
+        if f.cache:
+            steps.append(FallbackStep(FallbackKind.CACHE))
+        elif f.backend is not None:
+            steps.append(
+                FallbackStep(
+                    FallbackKind.BACKEND,
+                    backend=f.backend,
+                    timeout=f.timeout or DEFAULT_FALLBACK_TIMEOUT,
+                )
+            )
+        elif f.rules is not None:
+            ruleset = rules.get(f.rules)
+            if ruleset is None:
+                raise ValueError(f"rules file {f.rules!r} was not loaded by the caller")
+            steps.append(FallbackStep(FallbackKind.RULES, rules=ruleset))
+    reserve = sum(s.timeout for s in steps if s.kind is FallbackKind.BACKEND)
+    return FallbackPlan(tuple(steps), reserve)
+
+
+def _rate_limit(r: RouteModel) -> RateLimitSpec | None:
+    rl = r.rate_limit
+    if rl is None:
+        return None
+    return RateLimitSpec(
+        key=rl.key,
+        header=rl.header.lower() if rl.header else None,
+        rate=rl.rate,
+        burst=float(rl.burst if rl.burst is not None else max(1, round(rl.rate))),
+        on_store_error=rl.on_store_error,
     )
 
 

@@ -52,37 +52,50 @@ from gateway.policy.units import (
     PercentBelowFull,
     PositivePercent,
     PositiveSize,
+    Rate,
     parse_hostport,
 )
 from gateway.resilience.outcome import RETRY_CONDITIONS
 
 __all__ = [
     "AT_KEY",
+    "DEFAULT_FALLBACK_TIMEOUT",
     "DEFAULT_HEALTH_PATHS",
     "NAME_PATTERN",
     "PRIORITY_VALUES",
+    "AdminModel",
+    "AdminTokenModel",
     "AdmissionModel",
+    "ApiKeyModel",
+    "AuthModel",
     "BackendModel",
     "BackoffModel",
     "BreakerModel",
+    "CacheModel",
+    "CanaryGatesModel",
+    "CanaryModel",
     "EndpointModel",
+    "FallbackStepModel",
     "FrozenMap",
     "FrozenModel",
     "GatewayModel",
     "HealthModel",
     "HedgeModel",
+    "JwtModel",
     "LocalityModel",
     "MatchModel",
     "OutlierModel",
     "PolicyModel",
     "PoolModel",
     "Problem",
+    "RateLimitModel",
     "RetryModel",
     "RouteModel",
     "SlowCallModel",
     "SplitModel",
     "StateModel",
     "StickyModel",
+    "TlsModel",
     "checks_failed",
     "did_you_mean",
     "policy_cross_checks",
@@ -319,6 +332,8 @@ class GatewayModel(FrozenModel):
     max_concurrency: Annotated[int, Strict(), Field(ge=1)] | None = None
     deadline_header: HeaderName | None = "x-tailguard-deadline-ms"
     drain_timeout: Duration = 10.0
+    tls: TlsModel | None = None
+    admin_tls: TlsModel | None = None
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:
@@ -329,10 +344,19 @@ class GatewayModel(FrozenModel):
         return self
 
 
+class TlsModel(FrozenModel):
+    cert: Text
+    key: Text
+
+
 class StateModel(FrozenModel):
     store: Literal["memory", "redis"] = "memory"
     url: RedisUrl | None = None
-    timeout: Duration = 0.005
+    timeout: Duration = 0.01
+    key_prefix: Text = "tailguard:"
+    retry_after: Duration = 1.0
+    share_ejections: Bool = True
+    suspect_for: Duration = 10.0
 
     @model_validator(mode="after")
     def _url_for_redis(self) -> StateModel:
@@ -569,6 +593,84 @@ class AdmissionModel(FrozenModel):
     adaptive: Bool = False
 
 
+class CacheModel(FrozenModel):
+    ttl: DurationOrZero = 0.0
+    stale_if_error: DurationOrZero = 3600.0
+    max_entries: Annotated[int, Strict(), Field(ge=1)] = 10_000
+    max_entry_size: PositiveSize = 1 << 20
+    vary: tuple[HeaderName, ...] = ()
+    ignore_fields: tuple[Text, ...] = ()
+    methods: Annotated[tuple[Method, ...], Field(min_length=1)] = ("GET", "POST")
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> CacheModel:
+        if self.ttl == 0 and self.stale_if_error == 0:
+            raise checks_failed((("ttl",), "ttl and stale_if_error cannot both be 0"))
+        return self
+
+
+class FallbackStepModel(FrozenModel):
+    cache: Bool | None = None
+    backend: Name | None = None
+    timeout: Duration | None = None
+    rules: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FallbackStepModel:
+        kinds = [k for k in ("cache", "backend", "rules") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise checks_failed(((), "give exactly one of cache, backend or rules"))
+        if self.cache is False:
+            raise checks_failed((("cache",), "must be true (leave the step out to disable it)"))
+        if self.timeout is not None and self.backend is None:
+            raise checks_failed((("timeout",), "only a backend step has a timeout"))
+        return self
+
+
+class RateLimitModel(FrozenModel):
+    key: Literal["client_ip", "api_key", "header", "tenant"] = "client_ip"
+    header: HeaderName | None = None
+    rate: Rate
+    burst: Annotated[int, Strict(), Field(ge=1)] | None = None
+    on_store_error: Literal["local", "allow", "deny"] = "local"
+
+    @model_validator(mode="after")
+    def _header_for_header_key(self) -> RateLimitModel:
+        if self.key == "header" and self.header is None:
+            raise checks_failed((("header",), "required when key is header"))
+        return self
+
+
+class CanaryGatesModel(FrozenModel):
+    max_error_rate_increase: Percent = 0.01
+    max_p99_ratio: Annotated[float, Strict(), Field(ge=1.0, le=1000)] = 1.25
+    min_samples: Annotated[int, Strict(), Field(ge=1)] = 50
+
+
+class CanaryModel(FrozenModel):
+    backend: Name
+    steps: Annotated[
+        tuple[Annotated[float, Strict(), Field(gt=0, le=100)], ...], Field(min_length=1)
+    ] = (5.0, 25.0, 50.0, 100.0)
+    interval: Duration = 60.0
+    gates: CanaryGatesModel = CanaryGatesModel()
+    max_failed_checks: Annotated[int, Strict(), Field(ge=1)] = 2
+
+    @model_validator(mode="after")
+    def _ascending(self) -> CanaryModel:
+        steps = self.steps
+        for k in range(1, len(steps)):
+            if steps[k] <= steps[k - 1]:
+                raise checks_failed((("steps", k), "steps must be strictly ascending"))
+        if steps[0] >= 100:
+            raise checks_failed((("steps", 0), "the first step must be below 100"))
+        return self
+
+
+# Time a backup-backend fallback step gets when its `timeout` is not given.
+DEFAULT_FALLBACK_TIMEOUT = 1.0
+
+
 class RouteModel(FrozenModel):
     name: Name
     match: MatchModel
@@ -578,10 +680,23 @@ class RouteModel(FrozenModel):
     retries: RetryModel | None = None
     hedging: HedgeModel | None = None
     admission: AdmissionModel | None = None
+    cache: CacheModel | None = None
+    fallback: tuple[FallbackStepModel, ...] = ()
+    rate_limit: RateLimitModel | None = None
+    canary: CanaryModel | None = None
+    allow_tenants: tuple[Name, ...] | None = None
 
     @model_validator(mode="after")
     def _route_checks(self) -> RouteModel:
         problems: list[Problem] = []
+        if self.canary is not None:
+            names = [s.backend for s in self.split]
+            if self.canary.backend not in names:
+                problems.append(
+                    (("canary", "backend"), f"'{self.canary.backend}' must be one of this route's split backends")
+                )  # fmt: skip
+            elif len(names) < 2:
+                problems.append((("split",), "a canary needs a baseline backend beside it"))
         seen: set[str] = set()
         for j, s in enumerate(self.split):
             if s.backend in seen:
@@ -597,9 +712,73 @@ class RouteModel(FrozenModel):
             problems.append(
                 (("retries", "per_try_timeout"), "must not be longer than the route's timeout")
             )
+        reserve = 0.0
+        for k, step in enumerate(self.fallback):
+            if step.cache and (self.cache is None or self.cache.stale_if_error == 0):
+                problems.append(
+                    (
+                        ("fallback", k, "cache"),
+                        "needs the route's cache with a stale_if_error window",
+                    )
+                )
+            if step.backend is not None:
+                reserve += step.timeout or DEFAULT_FALLBACK_TIMEOUT
+        if reserve >= self.timeout:
+            problems.append(
+                (("fallback",), f"backup steps reserve {reserve:g}s, which leaves nothing of the route's timeout")
+            )  # fmt: skip
         if problems:
             raise checks_failed(*problems)
         return self
+
+
+# --- auth ----------------------------------------------------------------------------------
+
+KeyHash = Annotated[
+    str,
+    Field(pattern=r"^sha256:[0-9a-fA-F]{64}$"),
+]
+
+
+class ApiKeyModel(FrozenModel):
+    id: Name
+    tenant: Name
+    hash: KeyHash
+
+
+class JwtModel(FrozenModel):
+    algorithms: Annotated[tuple[Literal["HS256", "RS256"], ...], Field(min_length=1)] = ("HS256",)
+    secret_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    public_key_file: Text | None = None
+    issuer: Text | None = None
+    audience: Text | None = None
+    tenant_claim: Text = "sub"
+    leeway: DurationOrZero = 30.0
+
+    @model_validator(mode="after")
+    def _keys_for_algorithms(self) -> JwtModel:
+        if "HS256" in self.algorithms and self.secret_env is None:
+            raise checks_failed((("secret_env",), "HS256 needs secret_env (or the secrets file's jwt_secret)"))  # fmt: skip
+        if "RS256" in self.algorithms and self.public_key_file is None:
+            raise checks_failed((("public_key_file",), "RS256 needs public_key_file"))
+        return self
+
+
+class AuthModel(FrozenModel):
+    api_key_header: HeaderName = "x-api-key"
+    keys: tuple[ApiKeyModel, ...] = ()
+    secrets_file: Text | None = None
+    jwt: JwtModel | None = None
+    allow_anonymous: Bool = False
+
+
+class AdminTokenModel(FrozenModel):
+    id: Name
+    hash: KeyHash
+
+
+class AdminModel(FrozenModel):
+    tokens: tuple[AdminTokenModel, ...] = ()
 
 
 # --- the policy ----------------------------------------------------------------------------
@@ -609,6 +788,8 @@ class PolicyModel(FrozenModel):
     version: Annotated[Literal[1], BeforeValidator(_version)]
     gateway: GatewayModel = GatewayModel()
     state: StateModel = StateModel()
+    auth: AuthModel | None = None
+    admin: AdminModel = AdminModel()
     backends: Annotated[FrozenMap[Name, BackendModel], Field(min_length=1)]
     routes: Annotated[tuple[RouteModel, ...], Field(min_length=1)]
 
@@ -656,6 +837,22 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                     (("routes", i, "split", j, "backend"),
                      f"backend '{backend}' is not defined in backends{hint}")
                 )  # fmt: skip
+        fallback = route.get("fallback")
+        for k, step in enumerate(fallback if isinstance(fallback, list | tuple) else ()):
+            backend = step.get("backend") if isinstance(step, Mapping) else None
+            if backends is not None and isinstance(backend, str) and backend not in backends:
+                hint = did_you_mean(backend, (str(b) for b in backends))
+                problems.append(
+                    (("routes", i, "fallback", k, "backend"),
+                     f"backend '{backend}' is not defined in backends{hint}")
+                )  # fmt: skip
+
+    has_auth = isinstance(data.get("auth"), Mapping)
+    for i, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
+        if isinstance(route, Mapping) and route.get("allow_tenants") is not None and not has_auth:
+            problems.append(
+                (("routes", i, "allow_tenants"), "needs the top-level auth section to know tenants")
+            )  # fmt: skip
 
     for name, backend in (backends or {}).items():
         if not isinstance(backend, Mapping):

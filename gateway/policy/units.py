@@ -30,6 +30,7 @@ __all__ = [
     "HEDGE_DELAY_PATTERN",
     "HOSTPORT_PATTERN",
     "PERCENT_PATTERN",
+    "RATE_PATTERN",
     "SIZE_PATTERN",
     "Duration",
     "DurationOrZero",
@@ -40,16 +41,19 @@ __all__ = [
     "PercentBelowFull",
     "PositivePercent",
     "PositiveSize",
+    "Rate",
     "Size",
     "format_duration",
     "format_hedge_delay",
     "format_hostport",
     "format_percent",
+    "format_rate",
     "format_size",
     "parse_duration",
     "parse_hedge_delay",
     "parse_hostport",
     "parse_percent",
+    "parse_rate",
     "parse_size",
 ]
 
@@ -60,6 +64,7 @@ PERCENT_PATTERN = r"^\d+(\.\d+)?%$"
 SIZE_PATTERN = r"^\d+(\.\d+)?(B|KB|MB|GB|KiB|MiB|GiB)$"
 HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
 HEDGE_DELAY_PATTERN = r"^(\d+(\.\d+)?(us|ms|s|m|h)|p\d{2}(\.\d+)?)$"
+RATE_PATTERN = r"^\d+(\.\d+)?/(s|m|h)$"
 
 _NUMBER = r"([+-]?\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"{_NUMBER}\s*(us|ms|s|m|h)")
@@ -68,12 +73,15 @@ _PERCENT = re.compile(rf"{_NUMBER}\s*%")
 _SIZE = re.compile(rf"{_NUMBER}\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
 _SIZE_SCALE = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
                "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}  # fmt: skip
+_RATE = re.compile(rf"{_NUMBER}\s*/\s*(s|m|h)")
+_RATE_SCALE = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)")
 
 DURATION_HINT = "expected a duration like 250ms or 2s"
 PERCENT_HINT = "expected a percentage like 20%"
 SIZE_HINT = "expected a size like 4MiB or 512KiB, or a number of bytes"
 HOSTPORT_HINT = "expected HOST:PORT like 127.0.0.1:8080, :8080 or [::1]:8080"
+RATE_HINT = "expected a rate like 100/s, 600/m or 1000/h"
 HEDGE_DELAY_HINT = "expected a duration like 50ms or a latency percentile like p95"
 
 # `:8080` means every interface, as in Go and most servers.
@@ -239,6 +247,28 @@ def format_hedge_delay(value: HedgeDelayValue) -> str:
     return format_duration(value.seconds or 0.0)
 
 
+def parse_rate(value: Any) -> float:
+    """`100/s`, `600/m`, `1000/h` → events per second (> 0)."""
+    if not isinstance(value, str):
+        raise _error("rate", RATE_HINT)
+    m = _RATE.fullmatch(value.strip())
+    if m is None:
+        raise _error("rate", RATE_HINT)
+    rate = float(m.group(1)) / _RATE_SCALE[m.group(2)]
+    if not (rate > 0 and math.isfinite(rate)):
+        raise _error("rate", "must be more than 0")
+    return rate
+
+
+def format_rate(per_second: float) -> str:
+    """Per-second rate back as text, in the largest unit that keeps it whole."""
+    for unit in ("s", "m", "h"):
+        n = per_second * _RATE_SCALE[unit]
+        if abs(n - round(n)) < 1e-9:
+            return f"{round(n)}/{unit}"
+    return f"{per_second:g}/s"
+
+
 # --- the Annotated types the models use ------------------------------------------------------
 
 
@@ -347,3 +377,11 @@ HedgeDelay = Annotated[
     _string(HEDGE_DELAY_PATTERN, "p95", "duration-or-percentile"),
 ]
 """A fixed delay (`50ms`) or a percentile of recent latency (`p95`, `p99.9`)."""
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(format_rate, return_type=str, when_used="json"),
+    _string(RATE_PATTERN, "100/s", "rate"),
+]
+"""Events per second, > 0, written `100/s`, `600/m` or `1000/h`."""

@@ -62,14 +62,20 @@ class AttemptResult:
         return not self.outcome.is_failure
 
 
-def upstream_headers(req: ProxyRequest) -> dict[str, str]:
-    """The headers an attempt sends: the client's, minus hop-by-hop, plus forwarding facts."""
+def upstream_headers(req: ProxyRequest, strip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The headers an attempt sends: the client's, minus hop-by-hop, plus forwarding facts.
+
+    `strip` names headers meant for the gateway alone (its own credentials): a backend never
+    sees the key a client authenticated to the gateway with.
+    """
     out: dict[str, str] = {}
     named = req.headers.get("Connection")
     extra = {h.strip().lower() for h in named.split(",")} if named else ()
     for k, v in req.headers.items():
         lk = k.lower()
         if lk in HOP_BY_HOP or lk in extra or lk == "host" or lk == "content-length":
+            continue
+        if lk in strip:
             continue
         if lk == "x-forwarded-for":
             v = f"{v}, {req.client_ip}"
@@ -97,6 +103,8 @@ class AttemptRunner:
         self._rng = rng
         self._deadline_header = deadline_header
         self._hedge_delay_cache: dict[str, tuple[float, float | None]] = {}
+        # told (backend, endpoint id) of every ejection this replica enforces, to tell peers
+        self.on_ejection: Callable[[str, str], None] | None = None
 
     async def run(
         self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
@@ -109,7 +117,8 @@ class AttemptRunner:
         """
         if route.retry_budget is not None:
             route.retry_budget.deposit()
-        ex.upstream_headers = upstream_headers(ex.request)
+        if ex.upstream_headers is None:
+            ex.upstream_headers = upstream_headers(ex.request, ex.snapshot.strip_headers)
         if route.hedge is None:
             result = await self._sequential(ex, route, backend)
         else:
@@ -265,7 +274,11 @@ class AttemptRunner:
         now = clock.now()
         remaining = ex.deadline - now
         timeout = route.retry.try_timeout(remaining) if route.retry is not None else remaining
-        headers = dict(ex.upstream_headers) if ex.upstream_headers else upstream_headers(ex.request)
+        headers = (
+            dict(ex.upstream_headers)
+            if ex.upstream_headers is not None
+            else upstream_headers(ex.request, ex.snapshot.strip_headers)
+        )
         header = self._deadline_header()
         if header is not None:
             headers[header] = str(max(1, int(timeout * 1000)))
@@ -317,6 +330,8 @@ class AttemptRunner:
         if ejection is not None:
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
+            if self.on_ejection is not None:
+                self.on_ejection(backend.name, state.spec.id)
 
     def finish_stream(
         self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome

@@ -8,10 +8,14 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
+
+if TYPE_CHECKING:
+    from gateway.auth import Identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +41,10 @@ class Exchange:
         "backend",
         "deadline",
         "endpoint",
+        "extra_headers",
         "fallback",
         "hedged",
+        "identity",
         "request",
         "route",
         "snapshot",
@@ -56,6 +62,9 @@ class Exchange:
         self.attempts = 0
         self.hedged = False
         self.fallback: str | None = None
+        self.identity: Identity | None = None
+        # headers a stage wants on the answer (rate-limit state, cache age); rarely set
+        self.extra_headers: dict[str, str] | None = None
         self.tried: list[str] = []
         # built once per request, copied per attempt (each attempt adds its own deadline)
         self.upstream_headers: dict[str, str] | None = None
@@ -74,6 +83,8 @@ class Exchange:
             headers["x-tailguard-hedged"] = "true" if self.hedged else "false"
         if self.fallback is not None:
             headers["x-tailguard-fallback"] = self.fallback
+        if self.extra_headers:
+            headers.update(self.extra_headers)
 
 
 class LocalAnswer:

@@ -60,12 +60,23 @@ def error_answer(ex: Exchange, err: TailguardError) -> LocalAnswer:
     return LocalAnswer(err.status, body, headers)
 
 
-class ObserveStage:
-    """Outermost: counts, times, and turns every error into a JSON answer (never a traceback)."""
+class OutcomeListener(Protocol):
+    def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None: ...
 
-    def __init__(self, metrics: Metrics, clock: Clock) -> None:
+
+class ObserveStage:
+    """Outermost: counts, times, and turns every error into a JSON answer (never a traceback).
+
+    Requests of routes with a canary are also reported to `canary` (client errors excluded:
+    a bad request says nothing about either side).
+    """
+
+    def __init__(
+        self, metrics: Metrics, clock: Clock, canary: OutcomeListener | None = None
+    ) -> None:
         self._m = metrics
         self._clock = clock
+        self._canary = canary
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         m = self._m
@@ -87,9 +98,13 @@ class ObserveStage:
         backend_name = ex.backend.name if ex.backend is not None else ""
         m.child(m.requests, route_name, backend_name, code_class(status)).inc()
         if ex.route is not None:
-            m.child(m.request_duration, route_name).observe(
-                self._clock.now() - ex.request.received_at
-            )
+            latency = self._clock.now() - ex.request.received_at
+            m.child(m.request_duration, route_name).observe(latency)
+            canary = self._canary
+            if ex.route.canary is not None and canary is not None and backend_name:
+                failed = status >= 500
+                if failed or status < 400:
+                    canary.record(ex.route, backend_name, failed, latency)
         return answer
 
 

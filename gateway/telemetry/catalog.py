@@ -170,6 +170,92 @@ class Metrics:
             registry=r,
         )
 
+        # --- state store (shared by replicas when it is Redis) ---
+        self.store_up = Gauge(
+            "tailguard_state_store_up",
+            "1 while the state store answers; 0 while the gateway serves on local state.",
+            ["store"],
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "tailguard_state_store_errors_total",
+            "State store calls that failed or timed out (the caller used local state).",
+            ["store", "op"],
+            registry=r,
+        )
+        self.store_skipped = Counter(
+            "tailguard_state_store_skipped_total",
+            "State store calls not made because the store was known to be down.",
+            ["store", "op"],
+            registry=r,
+        )
+        self.peer_events = Counter(
+            "tailguard_peer_events_total",
+            "Endpoint events received from peer replicas (detected) and acted on (enforced).",
+            ["backend", "event", "action"],
+            registry=r,
+        )
+
+        # --- cache and fallbacks ---
+        self.cache_lookups = Counter(
+            "tailguard_cache_lookups_total",
+            "Response cache lookups by result (hit, stale, miss, bypass).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_stores = Counter(
+            "tailguard_cache_stores_total",
+            "Answers stored in the response cache, by result (stored, too_large, error).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "tailguard_fallbacks_total",
+            "Answers served by a fallback, by route and kind (cache, backend, rules).",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.fallback_failures = Counter(
+            "tailguard_fallback_failures_total",
+            "Fallback steps tried that could not answer, by route and kind.",
+            ["route", "kind"],
+            registry=r,
+        )
+
+        # --- rate limits and auth ---
+        self.rate_limited = Counter(
+            "tailguard_rate_limited_total",
+            "Requests refused by a rate limit (enforced).",
+            ["route"],
+            registry=r,
+        )
+        self.rate_limit_fallbacks = Counter(
+            "tailguard_rate_limit_store_fallbacks_total",
+            "Rate-limit decisions made without the shared store, by what the policy said to do.",
+            ["route", "action"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "tailguard_auth_failures_total",
+            "Requests refused by authentication (401) or authorization (403).",
+            ["route", "code"],
+            registry=r,
+        )
+
+        # --- canary analysis ---
+        self.canary_weight = Gauge(
+            "tailguard_canary_weight_percent",
+            "Current canary weight in percent, by route and canary backend.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.canary_verdicts = Counter(
+            "tailguard_canary_verdicts_total",
+            "Canary analysis verdicts and operator actions, by route and action.",
+            ["route", "action"],
+            registry=r,
+        )
+
         # --- policy ---
         self.policy_info = Info(
             "tailguard_policy", "The policy currently serving: source and content hash.", registry=r

@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.app import compile_text
 from gateway.errors import PolicyError
-from gateway.policy.compile import compile_policy
 from gateway.policy.load import load_policy_text as load
 from gateway.policy.load import read_yaml
 from gateway.policy.model import PolicyModel
@@ -40,7 +40,11 @@ def check(text: str) -> PolicyModel | None:
             assert issue.column >= 1
             assert issue.message
         return None
-    compile_policy(policy, source="f.yaml", text=text)
+    try:
+        # the whole build: rule files, secrets and keys it names, relative to policies/
+        compile_text(text, "f.yaml", base_dir=ROOT / "policies")
+    except PolicyError as e:
+        assert e.issues and all(i.message for i in e.issues)
     return policy
 
 

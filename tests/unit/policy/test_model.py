@@ -51,7 +51,7 @@ def test_defaults_follow_the_key_list() -> None:
     assert (gw.max_concurrency, gw.deadline_header, gw.drain_timeout) == (
         None, "x-tailguard-deadline-ms", 10.0
     )  # fmt: skip
-    assert (StateModel().store, StateModel().url, StateModel().timeout) == ("memory", None, 0.005)
+    assert (StateModel().store, StateModel().url, StateModel().timeout) == ("memory", None, 0.01)
     e = EndpointModel(url="http://h:1")
     assert (e.region, e.weight, e.grpc, e.drain) == (None, 1, None, False)
     assert PoolModel() == PoolModel.model_validate(

@@ -1,0 +1,235 @@
+"""Canary rollouts in motion: record outcomes, judge on a timer, move the split, tell everyone.
+
+The decisions are `gateway.resilience.canary.CanaryAnalysis`; this loop feeds it each
+request's outcome on the canary's routes, asks it to judge when an interval ends, and
+applies the weight it decides to the route's split (and to every later snapshot, so a
+reload keeps the rollout where it was). Every step and verdict goes to the audit log and
+to the metrics before it takes effect.
+
+With a shared store, replicas agree: one holds a short lease per route and decides; it
+publishes the analysis state after each decision, and the others restore it on their next
+tick. A replica that loses the lease simply follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+from gateway.clock import Clock
+from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
+from gateway.policy.compile import RouteRuntime, Snapshot
+from gateway.resilience.canary import (
+    CanaryAnalysis,
+    CanaryConfig,
+    CanaryDecision,
+    CanarySide,
+)
+from gateway.state.store import StateStore
+from gateway.telemetry.audit import AuditLog
+from gateway.telemetry.catalog import Metrics
+
+log = logging.getLogger("tailguard.canary")
+
+TICK = 0.25
+
+
+class CanaryController:
+    """Owns one `CanaryAnalysis` per route that has a `canary:` section."""
+
+    def __init__(
+        self,
+        current: Callable[[], Snapshot],
+        metrics: Metrics,
+        clock: Clock,
+        audit: AuditLog,
+        store: StateStore,
+        replica: str,
+    ) -> None:
+        self._current = current
+        self._m = metrics
+        self._clock = clock
+        self._audit = audit
+        self._store = store
+        self._replica = replica
+        self._analyses: dict[str, CanaryAnalysis] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.decisions: list[dict[str, object]] = []  # recent, for the admin API
+
+    # --- snapshot ------------------------------------------------------------------------
+
+    def sync(self, snapshot: Snapshot) -> None:
+        """Adopt a new snapshot: keep rollouts whose config is unchanged, apply their weights."""
+        now = self._clock.now()
+        seen = set()
+        for route in snapshot.routes:
+            spec = route.canary
+            if spec is None:
+                continue
+            seen.add(route.name)
+            analysis = self._analyses.get(route.name)
+            if analysis is None or analysis.config != spec.config:
+                analysis = self._analyses[route.name] = CanaryAnalysis(spec.config, now)
+                self._audit.record(
+                    "canary-started", "policy", route=route.name, backend=spec.backend,
+                    weight=analysis.weight, steps=list(spec.config.steps),
+                )  # fmt: skip
+            self._apply(route, analysis)
+        for name in list(self._analyses):
+            if name not in seen:
+                del self._analyses[name]
+
+    def _apply(self, route: RouteRuntime, analysis: CanaryAnalysis) -> None:
+        assert route.canary is not None
+        route.set_canary_weight(analysis.weight)
+        self._m.canary_weight.labels(route.name, route.canary.backend).set(analysis.weight)
+
+    # --- the request path ----------------------------------------------------------------
+
+    def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None:
+        """One finished request of a canary route (client errors are not passed in)."""
+        analysis = self._analyses.get(route.name)
+        if analysis is None or route.canary is None:
+            return
+        side = CanarySide.CANARY if backend == route.canary.backend else CanarySide.BASELINE
+        analysis.record(side, failed, latency, self._clock.now())
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def analysis(self, route: str) -> CanaryAnalysis | None:
+        return self._analyses.get(route)
+
+    def state(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for name, a in self._analyses.items():
+            canary, baseline = a.interval_stats()
+            out[name] = {
+                "phase": a.phase.value,
+                "weight": a.weight,
+                "step": a.step,
+                "failed_checks": a.failed_checks,
+                "interval": {"canary": canary.to_dict(), "baseline": baseline.to_dict()},
+            }
+        return out
+
+    def act(self, route_name: str, action: str, actor: str) -> dict[str, object]:
+        """An operator's promote | pause | resume | rollback; returns the decision."""
+        snapshot = self._current()
+        route = next((r for r in snapshot.routes if r.name == route_name), None)
+        analysis = self._analyses.get(route_name)
+        if route is None or analysis is None:
+            raise RouteNotFound(f"route '{route_name}' has no canary")
+        now = self._clock.now()
+        if action == "promote":
+            decision = analysis.promote(now)
+        elif action == "pause":
+            decision = analysis.pause(now)
+        elif action == "resume":
+            decision = analysis.resume(now)
+        elif action == "rollback":
+            decision = analysis.rollback(now, f"rolled back by {actor}")
+        else:
+            raise ClientError(f"unknown canary action '{action}'")
+        return self._decided(route, analysis, decision, actor)
+
+    def _decided(
+        self, route: RouteRuntime, analysis: CanaryAnalysis, decision: CanaryDecision, actor: str
+    ) -> dict[str, object]:
+        entry = {"route": route.name, **decision.to_dict()}
+        self._audit.record("canary-decision", actor, **entry)
+        self._m.canary_verdicts.labels(route.name, decision.action.value).inc()
+        self._apply(route, analysis)
+        self.decisions = [*self.decisions[-49:], entry]
+        if decision.weight_before != decision.weight_after:
+            log.warning("canary of %s: %s", route.name, decision.reason)
+        self._share(route.name, analysis)
+        return entry
+
+    def tick(self) -> None:
+        """Judge every rollout whose interval has ended (the loop calls this; so can tests)."""
+        snapshot = self._current()
+        now = self._clock.now()
+        for route in snapshot.routes:
+            analysis = self._analyses.get(route.name)
+            if analysis is not None and analysis.due(now):
+                self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
+
+    # --- replicas ------------------------------------------------------------------------
+
+    def _share(self, route: str, analysis: CanaryAnalysis) -> None:
+        if not self._store.shared:
+            return
+        state = json.dumps({"by": self._replica, **analysis.export()}).encode()
+        task = asyncio.ensure_future(self._put(f"canary:{route}", state))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _put(self, key: str, value: bytes) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.set(key, value, ttl=86400)
+
+    async def _leads(self, route: RouteRuntime, config: CanaryConfig) -> bool:
+        """True when this replica holds (or just took) the route's decider lease."""
+        if not self._store.shared or not self._store.available():
+            return True  # alone, or cut off: decide locally rather than freeze the rollout
+        key = f"canary-lead:{route.name}"
+        ttl = max(2.0, config.interval * 2)
+        try:
+            if await self._store.set_if_absent(key, self._replica.encode(), ttl):
+                return True
+            holder = await self._store.get(key)
+            if holder == self._replica.encode():
+                await self._store.set(key, holder, ttl)
+                return True
+            state = await self._store.get(f"canary:{route.name}")
+        except StoreUnavailable:
+            return True
+        if state is not None:
+            self._follow(route, config, state)
+        return False
+
+    def _follow(self, route: RouteRuntime, config: CanaryConfig, raw: bytes) -> None:
+        try:
+            data = json.loads(raw)
+            restored = CanaryAnalysis.restore(config, data)
+        except (ValueError, TypeError, KeyError):
+            return
+        current = self._analyses.get(route.name)
+        if current is not None and current.export() == restored.export():
+            return
+        self._analyses[route.name] = restored
+        self._apply(route, restored)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                snapshot = self._current()
+                now = self._clock.now()
+                for route in snapshot.routes:
+                    analysis = self._analyses.get(route.name)
+                    if analysis is None or route.canary is None:
+                        continue
+                    if not await self._leads(route, route.canary.config):
+                        continue
+                    analysis = self._analyses[route.name]
+                    if analysis.due(now):
+                        self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
+            except Exception:
+                log.exception("canary analysis tick failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+__all__ = ["CanaryController"]

@@ -1,0 +1,78 @@
+"""Reload on file change: poll the policy file (and its rule files) and reload when they change.
+
+Polling the file's size and modification time twice a second needs no platform watcher and
+costs a `stat` per file per tick. An editor that writes a file in several steps may be seen
+half-written: that reload is rejected like any invalid policy (the last good one keeps
+serving) and the next tick sees the finished file and reloads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+
+log = logging.getLogger("tailguard.reloader")
+
+Signature = tuple[tuple[str, int, int], ...]
+
+
+def signature(paths: Iterable[Path]) -> Signature:
+    """(path, mtime_ns, size) of each file; a missing file reads as (-1, -1)."""
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((str(p), -1, -1))
+    return tuple(out)
+
+
+class FileWatcher:
+    """Calls `on_change()` when any watched file changes; `paths()` is asked every tick."""
+
+    def __init__(
+        self,
+        paths: Callable[[], list[Path]],
+        on_change: Callable[[], Awaitable[object]],
+        interval: float = 0.5,
+    ) -> None:
+        self._paths = paths
+        self._on_change = on_change
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._seen: Signature = signature(paths())
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    def mark_seen(self) -> None:
+        """Forget changes up to now (after a reload made by other means)."""
+        self._seen = signature(self._paths())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            now = signature(self._paths())
+            if now == self._seen:
+                continue
+            self._seen = now
+            try:
+                await self._on_change()
+            except Exception:
+                log.exception("reload after a file change failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+__all__ = ["FileWatcher", "signature"]

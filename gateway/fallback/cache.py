@@ -1,0 +1,154 @@
+"""The response cache: fresh hits within `ttl`, stale answers within `stale_if_error`.
+
+An entry is kept for `ttl + stale_if_error`. Within `ttl` it may answer without asking
+the backend (when `ttl` > 0); after that it is only served when the backend could not
+answer, marked `x-tailguard-fallback: cache` with its `age`. Only successful buffered
+answers are stored; streams and errors never are.
+
+The key is built from the method, the path with its query, a canonical form of the JSON
+body (keys sorted, insignificant whitespace gone, `ignore_fields` dropped, so that
+`{"a":1,"b":2}` and `{"b": 2, "a": 1}` share an entry) and the values of the `vary`
+headers. Entries live in the shared store when it is shared (Redis: TTL keys, evicted by
+Redis), else in a per-route LRU bounded by `max_entries`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    ttl: float
+    stale_if_error: float
+    max_entries: int
+    max_entry_size: int
+    vary: tuple[str, ...]
+    ignore_fields: frozenset[str]
+    methods: frozenset[str]
+
+    @property
+    def keep_for(self) -> float:
+        """How long an entry is worth keeping at all."""
+        return self.ttl + self.stale_if_error
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A stored answer; `stored_at` is wall-clock time so replicas agree on its age."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float
+
+    def age(self, wall_now: float) -> float:
+        return max(0.0, wall_now - self.stored_at)
+
+
+# Response headers worth keeping with a cached body; the rest are per-response facts.
+KEPT_HEADERS = ("content-type", "content-encoding")
+
+
+def cache_key(
+    route: str,
+    config: CacheConfig,
+    method: str,
+    path_qs: str,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> str | None:
+    """The entry's key, or None when this request is not cacheable (method not listed)."""
+    if method not in config.methods:
+        return None
+    h = hashlib.sha256()
+    h.update(method.encode())
+    h.update(b"\0")
+    h.update(path_qs.encode())
+    h.update(b"\0")
+    for name in config.vary:
+        h.update(name.encode())
+        h.update(b"=")
+        h.update((headers.get(name) or "").encode())
+        h.update(b"\0")
+    h.update(_canonical_body(body, config.ignore_fields))
+    return f"cache:{route}:{h.hexdigest()}"
+
+
+def _canonical_body(body: bytes, ignore: frozenset[str]) -> bytes:
+    if not body:
+        return b""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body  # not JSON: the bytes themselves are the only form there is
+    if ignore and isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in ignore}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_HEAD = struct.Struct("!HdI")  # status, stored_at, length of the JSON header list
+
+
+def encode(entry: CachedAnswer) -> bytes:
+    """A compact binary form for the store: fixed header, JSON header list, raw body."""
+    heads = json.dumps(entry.headers, separators=(",", ":")).encode()
+    return _HEAD.pack(entry.status, entry.stored_at, len(heads)) + heads + entry.body
+
+
+def decode(raw: bytes) -> CachedAnswer | None:
+    """The entry, or None for anything that is not one (a foreign or corrupt value)."""
+    try:
+        status, stored_at, n = _HEAD.unpack_from(raw)
+        start = _HEAD.size
+        heads = json.loads(raw[start : start + n])
+        headers = tuple((str(k), str(v)) for k, v in heads)
+        return CachedAnswer(status, headers, raw[start + n :], stored_at)
+    except (struct.error, ValueError, TypeError):
+        return None
+
+
+class LocalEntries:
+    """A per-route LRU of encoded entries with expiry, for the unshared (memory) store."""
+
+    __slots__ = ("_entries", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[str, tuple[float, CachedAnswer]] = OrderedDict()
+
+    def get(self, key: str, now: float) -> CachedAnswer | None:
+        item = self._entries.get(key)
+        if item is None:
+            return None
+        expires, entry = item
+        if expires <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: CachedAnswer, expires: float) -> None:
+        self._entries[key] = (expires, entry)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+__all__ = [
+    "KEPT_HEADERS",
+    "CacheConfig",
+    "CachedAnswer",
+    "LocalEntries",
+    "cache_key",
+    "decode",
+    "encode",
+]

@@ -1,0 +1,96 @@
+"""The embedded state store: one process, nothing to install, nothing shared.
+
+Bounded like everything else on the request path: keys and token buckets live in LRU
+maps with a fixed capacity, so a flood of distinct rate-limit keys (one per client IP)
+cannot grow the process without limit.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TypeVar
+
+from gateway.clock import Clock
+from gateway.resilience.admission import TokenBucket
+from gateway.state.store import MessageHandler, TakeResult
+
+DEFAULT_CAPACITY = 100_000
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class MemoryStore:
+    """In-process keys with TTLs, token buckets and a local broadcast."""
+
+    kind = "memory"
+    shared = False
+
+    def __init__(self, clock: Clock, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._clock = clock
+        self._capacity = capacity
+        self._values: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._buckets: OrderedDict[tuple[str, float, float], TokenBucket] = OrderedDict()
+        self._handlers: dict[str, list[MessageHandler]] = {}
+
+    def available(self) -> bool:
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        expires, value = item
+        if expires <= self._clock.now():
+            del self._values[key]
+            return None
+        self._values.move_to_end(key)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        self._values[key] = (self._clock.now() + ttl, value)
+        self._values.move_to_end(key)
+        _trim(self._values, self._capacity)
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        if await self.get(key) is not None:
+            return False
+        await self.set(key, value, ttl)
+        return True
+
+    async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:
+        return self.take_now(key, rate, burst, cost)
+
+    def take_now(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:
+        """`take` without the coroutine, for callers that use this store as the local fallback."""
+        # a reload that changes the rate starts a fresh bucket rather than mixing two rates
+        bkey = (key, rate, burst)
+        bucket = self._buckets.get(bkey)
+        if bucket is None:
+            bucket = self._buckets[bkey] = TokenBucket(rate, burst)
+            _trim(self._buckets, self._capacity)
+        else:
+            self._buckets.move_to_end(bkey)
+        now = self._clock.now()
+        wait = bucket.try_take(now, cost)
+        return TakeResult(wait == 0.0, bucket.tokens(now), wait)
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        # one process has no peers; local subscribers already know what they published
+        return None
+
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        self._handlers.setdefault(channel, []).append(handler)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._handlers.clear()
+
+
+def _trim(lru: OrderedDict[K, V], capacity: int) -> None:
+    while len(lru) > capacity:
+        lru.popitem(last=False)
+
+
+__all__ = ["DEFAULT_CAPACITY", "MemoryStore"]

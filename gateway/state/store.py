@@ -1,0 +1,71 @@
+"""The state store seam: what replicas may share, and how a caller learns it cannot.
+
+Two implementations: `MemoryStore` (the embedded default; nothing shared, nothing to
+install) and `RedisStore` (shared by every replica that points at the same Redis).
+Callers treat the store as optional help, never as a dependency of the request: every
+call may raise `StoreUnavailable`, and each caller has a local answer ready (a cache
+miss, the local token bucket, no peer news). `available()` is a cheap check that lets a
+caller skip a store known to be down without paying its timeout on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+MessageHandler = Callable[[bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeResult:
+    """A token-bucket answer: taken or not, what is left, and how long until it would be."""
+
+    allowed: bool
+    remaining: float
+    retry_after: float
+
+
+class StateStore(Protocol):
+    """Keys, TTLs, atomic token buckets and a broadcast channel.
+
+    Every coroutine raises `gateway.errors.StoreUnavailable` when the store cannot answer
+    within its timeout; none raises anything else.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other replicas see what this one writes."""
+        ...
+
+    def available(self) -> bool:
+        """False while the store is known to be down: skip it and use local state."""
+        ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        """Set only when no live value exists (a lease); True when this call set it."""
+        ...
+
+    async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:
+        """Take `cost` tokens from the bucket `key` atomically (refilled at `rate` per second)."""
+        ...
+
+    async def publish(self, channel: str, message: bytes) -> None: ...
+
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Call `handler` with every message later published on `channel` by any replica.
+
+        Delivery is best effort: messages published while the store is down are lost.
+        """
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
