@@ -42,6 +42,7 @@ from gateway.proxy.pipeline import (
     AttemptStage,
     ObserveStage,
     RouteStage,
+    Stage,
     compose,
 )
 from gateway.proxy.ratelimit import RateLimitStage
@@ -336,20 +337,16 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
-        self.pipeline = compose(
-            [
-                ObserveStage(self.metrics, self.clock, self.canary),
-                AuthenticateStage(self.metrics, self.clock),
-                RouteStage(self.rng),
-                AuthorizeStage(self.metrics),
-                RateLimitStage(self.store, self.local_store, self.metrics, self.clock),
-                FallbackStage(self.runner, self.caches, self.metrics, self.clock),
-                AdmitStage(self.gates, self.clock),
-                AttemptStage(self.runner, self.clock),
-            ],
-            _never,
-        )
-        self.proxy = ProxyServer(lambda: self.snapshot, self.pipeline, self.runner, self.clock)
+        self._observe = ObserveStage(self.metrics, self.clock, self.canary)
+        self._authenticate = AuthenticateStage(self.metrics, self.clock)
+        self._route = RouteStage(self.rng)
+        self._authorize = AuthorizeStage(self.metrics)
+        self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
+        self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
+        self._admit = AdmitStage(self.gates, self.clock)
+        self._attempt = AttemptStage(self.runner, self.clock)
+        self._assemble(self.snapshot)
+        self.proxy = ProxyServer(lambda: self.snapshot, self.runner, self.clock)
         self.health = HealthChecker(
             lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng
         )
@@ -359,6 +356,32 @@ class Gateway:
         self._publish_policy()
 
     # --- policy ----------------------------------------------------------------------------
+
+    def _assemble(self, snapshot: Snapshot) -> None:
+        """Compose the request path of a snapshot before it serves: only the stages it uses.
+
+        One ordered list for the whole house (observe, authenticate, route, authorize, rate
+        limit, fallback, admit, attempt); a stage a route does not need is left out of that
+        route's chain rather than asked on every request.
+        """
+        outer: list[Stage] = [self._observe]
+        if snapshot.auth is not None:
+            outer.append(self._authenticate)
+        outer.append(self._route)
+        snapshot.pipeline = compose(outer, _never)
+        global_limit = snapshot.settings.max_concurrency is not None
+        for route in snapshot.routes:
+            stages: list[Stage] = []
+            if route.allow_tenants is not None:
+                stages.append(self._authorize)
+            if route.rate_limit is not None:
+                stages.append(self._rate_limit)
+            if route.cache is not None or route.fallback is not None:
+                stages.append(self._fallback)
+            if global_limit or route.admission is not None:
+                stages.append(self._admit)
+            stages.append(self._attempt)
+            route.chain = compose(stages, _never)
 
     def on_breaker_transition(
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState
@@ -457,6 +480,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
+        self._assemble(snapshot)
         self.snapshot = snapshot
         self.model = model
         self.health.sync()

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.fallback.cache import CacheConfig
 from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
@@ -236,6 +236,8 @@ class RouteRuntime:
     canary: CanarySpec | None = None
     split_entries: tuple[SplitEntry, ...] = ()
     allow_tenants: frozenset[str] | None = None
+    # the request path for this route, composed by the app with only the stages it uses
+    chain: Callable[..., Any] | None = None
 
     def set_canary_weight(self, weight: float) -> None:
         """Give the canary `weight` percent and the other backends the rest, in their ratio.
@@ -302,6 +304,8 @@ class Snapshot:
     auth: Authenticator | None = None
     admin_tokens: Mapping[str, str] = field(default_factory=dict)  # hash -> token id
     strip_headers: frozenset[str] = frozenset()  # the gateway's own credentials
+    # the whole request path for this snapshot, composed by the app when it adopts it
+    pipeline: Callable[..., Any] | None = None
 
     def route_for(self, method: str, path: str, headers: Mapping[str, str]) -> RouteRuntime | None:
         """First route whose match holds, in policy order; None means 404."""

@@ -24,7 +24,7 @@ from gateway.errors import BodyTooLarge, ClientError, RequestTimeout, TailguardE
 from gateway.policy.compile import Snapshot
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
-from gateway.proxy.pipeline import Handler, error_answer
+from gateway.proxy.pipeline import error_answer
 from gateway.proxy.upstream import forward_headers
 from gateway.resilience.outcome import Outcome
 
@@ -52,12 +52,10 @@ class ProxyServer:
     def __init__(
         self,
         current: Callable[[], Snapshot],
-        pipeline: Handler,
         runner: AttemptRunner,
         clock: Clock,
     ) -> None:
         self._current = current
-        self._pipeline = pipeline
         self._runner = runner
         self._clock = clock
         self._ids = RequestIds()
@@ -88,7 +86,8 @@ class ProxyServer:
         if error is not None:
             answer: AttemptResult | LocalAnswer = error_answer(ex, error)
         else:
-            answer = await self._pipeline(ex)
+            assert snapshot.pipeline is not None, "the app assembles a snapshot before it serves"
+            answer = await snapshot.pipeline(ex)
         if isinstance(answer, LocalAnswer):
             headers = CIMultiDict(answer.headers)
             ex.response_headers(headers)
