@@ -17,13 +17,14 @@ from typing import NoReturn
 from gateway.clock import Clock
 from gateway.errors import (
     AttemptFailed,
+    ClientError,
     DeadlineExceeded,
     NoHealthyEndpoint,
     TailguardError,
     UpstreamUnavailable,
 )
 from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRuntime
-from gateway.proxy.exchange import Exchange, ProxyRequest
+from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
 from gateway.proxy.upstream import HOP_BY_HOP, Transports, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
@@ -295,6 +296,16 @@ class AttemptRunner:
             async with asyncio.timeout(timeout):
                 response = await transport.send(req.method, req.path_qs, headers, req.body)
             outcome = response.outcome
+            if (
+                outcome is Outcome.STATUS_5XX
+                and backend.protocol != "http"
+                and req.body
+                and json_body_problem(req.headers, req.body, full=True) is not None
+            ):
+                # the backend choked on the client's bad JSON: the client's fault, not its
+                self._finish(backend, index, Outcome.CLIENT_ERROR, clock.now() - now)
+                response.close()
+                raise ClientError(json_body_problem(req.headers, req.body, full=True) or "")
             if response.retry_after is not None:
                 retry_after = parse_retry_after(response.retry_after, time.time())
             if outcome.is_failure:
@@ -348,6 +359,14 @@ class AttemptRunner:
     ) -> int | None:
         """An endpoint for the next attempt; one whose breaker refuses is skipped, not waited on."""
         now = self._clock.now()
+        states = backend.states
+        if len(states) == 1 and not tried:
+            # the common single-endpoint case: no balancing to do when it is plainly usable
+            only = states[0]
+            outlier = backend.outlier
+            ejected = outlier is not None and outlier.is_ejected(only.spec.id, now)
+            if only.usable(now, ejected) and (only.breaker is None or only.breaker.allow(now)):
+                return 0
         available = backend.availability(now)
         outstanding = [s.outstanding for s in backend.states]
         refused: set[int] = set()

@@ -7,6 +7,8 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -85,6 +87,26 @@ class Exchange:
             headers["x-tailguard-fallback"] = self.fallback
         if self.extra_headers:
             headers.update(self.extra_headers)
+
+
+def json_body_problem(headers: Mapping[str, str], body: bytes, *, full: bool) -> str | None:
+    """Why a JSON request body is not JSON, or None; `full` parses, else checks the shape.
+
+    A KServe binary-tensor request carries JSON only in its first
+    `Inference-Header-Content-Length` bytes; the rest is raw tensor data.
+    """
+    n = headers.get("inference-header-content-length")
+    part = body[: int(n)] if n is not None and n.isdigit() else body
+    if not full:
+        b = part.strip()
+        if b and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D)):
+            return None
+        return "request body is not valid JSON"
+    try:
+        json.loads(part)
+    except ValueError as e:
+        return f"request body is not valid JSON: {e}"
+    return None
 
 
 class LocalAnswer:

@@ -20,7 +20,7 @@ from gateway.errors import ClientError, DeadlineExceeded, RouteNotFound, Shed, T
 from gateway.policy.compile import PRIORITY_NAMES, RouteRuntime
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
-from gateway.proxy.exchange import Exchange, LocalAnswer
+from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
 from gateway.telemetry.catalog import Metrics, code_class
 
 log = logging.getLogger("tailguard.proxy")
@@ -128,12 +128,12 @@ class RouteStage:
         ex.backend = backend
         ex.deadline = req.received_at + route.timeout
         if backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
-            # Triton answers a client's bad JSON with 500; refusing it here keeps one bad client
-            # from being counted against a healthy backend.
-            try:
-                json.loads(req.body)
-            except ValueError as e:
-                raise ClientError(f"request body is not valid JSON: {e}") from None
+            # Triton answers a client's bad JSON with 500; refusing garbage here keeps one bad
+            # client from being counted against a healthy backend. Only a shape check on the
+            # hot path; a full parse happens if a backend fails the request (see attempts).
+            problem = json_body_problem(req.headers, req.body, full=False)
+            if problem is not None:
+                raise ClientError(problem)
         chain = route.chain
         return await (chain(ex) if chain is not None else nxt(ex))
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+
+from gateway.telemetry.hot import HotCounter, HotGauge, HotHistogram
 
 # Latency buckets sized for model serving: sub-millisecond proxies up to multi-second generations.
 LATENCY_BUCKETS = (
@@ -32,21 +34,22 @@ class Metrics:
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
         # --- requests (the client's view) ---
-        self.requests = Counter(
+        # Updated on every request: lock-free families with the same exposition (see hot.py).
+        self.requests = HotCounter(
             "tailguard_requests_total",
             "Client requests answered, by route, backend that answered and status class.",
             ["route", "backend", "code_class"],
-            registry=r,
+            r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HotHistogram(
             "tailguard_request_duration_seconds",
             "Time from request received to response headers sent (buffered: to body sent).",
             ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
-        self.in_flight = Gauge(
-            "tailguard_requests_in_flight", "Client requests being served.", registry=r
+        self.in_flight = HotGauge(
+            "tailguard_requests_in_flight", "Client requests being served.", r
         )
         self.errors = Counter(
             "tailguard_errors_total",
@@ -54,27 +57,27 @@ class Metrics:
             ["route", "code"],
             registry=r,
         )
-        self.attempts_per_request = Histogram(
+        self.attempts_per_request = HotHistogram(
             "tailguard_attempts_per_request",
             "Upstream attempts made for one client request (retries and hedges included).",
             ["route"],
-            buckets=ATTEMPT_BUCKETS,
-            registry=r,
+            ATTEMPT_BUCKETS,
+            r,
         )
 
         # --- upstream attempts (the backend's view) ---
-        self.attempts = Counter(
+        self.attempts = HotCounter(
             "tailguard_upstream_attempts_total",
             "Attempts sent to endpoints, by classified outcome.",
             ["backend", "endpoint", "outcome"],
-            registry=r,
+            r,
         )
-        self.attempt_duration = Histogram(
+        self.attempt_duration = HotHistogram(
             "tailguard_upstream_attempt_duration_seconds",
             "Duration of one upstream attempt, by backend.",
             ["backend"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            r,
         )
 
         # --- retries and hedging ---

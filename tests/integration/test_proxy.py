@@ -325,3 +325,48 @@ async def test_a_stream_that_breaks_ends_with_an_error_event_not_a_clean_end(
         metrics = await r.text()
     # the broken stream counts against the backend
     assert 'outcome="malformed"' in metrics or 'outcome="reset"' in metrics
+
+
+async def test_json_a_backend_chokes_on_is_the_clients_fault(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=["classifier"])
+    gw = await gateway(ONE_BACKEND.format(a=sim.url, timeout="2s"))
+    assert gw.listening is not None
+    # shaped like JSON, so only the backend finds out (Triton answers 500)
+    for _ in range(3):
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer",
+            data=b'{"inputs": [}',
+            headers={"content-type": "application/json"},
+        ) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "bad_request"
+    counted = gw.metrics.attempts.labels("clf", sim.url, "client_error")._value.get()
+    assert counted == 3
+    assert gw.metrics.attempts.labels("clf", sim.url, "5xx")._value.get() == 0
+
+
+async def test_binary_tensor_requests_pass_the_json_check(
+    sims: SimFactory, gateway: GatewayFactory
+) -> None:
+    import tritonclient.http as triton
+
+    sim = await sims(models=["classifier"])
+    gw = await gateway(ONE_BACKEND.format(a=sim.url, timeout="2s"))
+    assert gw.listening is not None
+    url = gw.listening.url.removeprefix("http://")
+
+    def call() -> np.ndarray:
+        client = triton.InferenceServerClient(url=url)
+        try:
+            inp = triton.InferInput("INPUT0", [1, 4], "FP32")
+            inp.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.float32), binary_data=True)
+            out = triton.InferRequestedOutput("OUTPUT0", binary_data=True)
+            result = client.infer("classifier", [inp], outputs=[out])
+            return result.as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+        finally:
+            client.close()
+
+    out = await asyncio.to_thread(call)
+    assert out.tolist() == [[2.0, 4.0, 6.0, 8.0]]
