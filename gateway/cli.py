@@ -1,4 +1,4 @@
-"""The `tailguard` command: run | validate | schema | sim | demo | version."""
+"""The `tailguard` command: run | validate | schema | sim | demo | status | ctl | hash-key | version."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=50.0, help="requests per second")
     demo.add_argument("--no-faults", action="store_true", help="skip the region-failure act")
 
+    from gateway.ctl import add_ctl_parser, add_status_parser
+
+    add_status_parser(sub)
+    add_ctl_parser(sub)
+    hk = sub.add_parser("hash-key", help="print the stored form (sha256) of an API key or token")
+    hk.add_argument("key", nargs="?", help="the key (default: read from stdin)")
+
+    from gateway.loadtest.cli import add_parser as add_loadtest
+
+    add_loadtest(sub)
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -69,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "validate":
         return _validate(args.files)
+    if args.command == "hash-key":
+        from gateway.ctl import hash_key_command
+
+        return hash_key_command([args.key] if args.key is not None else [])
+    if args.command in ("status", "ctl"):
+        from gateway.ctl import ctl_main, status_main
+
+        return status_main(args) if args.command == "status" else ctl_main(args)
     if args.command == "schema":
         from gateway.policy.schema import policy_json_schema
 
@@ -87,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 watch=not args.no_watch,
             )
         )
+    if args.command == "loadtest":
+        from gateway.loadtest.cli import main as loadtest_main
+
+        return loadtest_main(args)
     if args.command == "demo":
         from gateway.demo import run_demo
 

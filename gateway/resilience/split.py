@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _U_SCALE = 2.0**-52
+# Sticky answers remembered per split before the memo starts over.
+STICKY_MEMO_SIZE = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,7 @@ class SplitEntry:
 class WeightedSplit:
     """A weighted choice among backends; immutable, built once per route per policy snapshot."""
 
-    __slots__ = ("_backends", "_cum", "_entries", "_hashers", "_inv_weights", "_total")
+    __slots__ = ("_backends", "_cum", "_entries", "_hashers", "_inv_weights", "_memo", "_total")
 
     def __init__(self, entries: Sequence[SplitEntry]) -> None:
         entries = tuple(entries)
@@ -77,6 +79,7 @@ class WeightedSplit:
         self._inv_weights = tuple(1.0 / e.weight for e in live)
         # One keyed BLAKE2b state per backend, copied per key: the key (≤ 64 bytes) is a
         # digest of the backend name, so any name length works and names never collide.
+        self._memo: dict[str | bytes, str] = {}
         self._hashers = tuple(
             hashlib.blake2b(
                 digest_size=8, key=hashlib.blake2b(e.backend.encode(), digest_size=32).digest()
@@ -109,10 +112,25 @@ class WeightedSplit:
         return backends[i] if i < len(backends) else backends[-1]
 
     def pick_sticky(self, key: str | bytes) -> str:
-        """The backend for every request carrying `key`; stable while the weights are."""
+        """The backend for every request carrying `key`; stable while the weights are.
+
+        Answers are remembered per split (a new split, after a reload or a canary step, starts
+        afresh): the same users come back, and a dict lookup is far cheaper than the hashes.
+        """
         backends = self._backends
         if len(backends) == 1:
             return backends[0]
+        memo = self._memo
+        hit = memo.get(key)
+        if hit is not None:
+            return hit
+        if len(memo) >= STICKY_MEMO_SIZE:
+            memo.clear()  # bounded: a flood of distinct keys costs hashes, never memory
+        memo[key] = answer = self._rendezvous(key)
+        return answer
+
+    def _rendezvous(self, key: str | bytes) -> str:
+        backends = self._backends
         data = key.encode() if isinstance(key, str) else key
         best = 0
         best_score = math.inf

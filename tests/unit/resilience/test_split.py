@@ -208,3 +208,17 @@ def test_zero_weight_backend_gets_no_sticky_keys_and_keeps_others_in_place() -> 
     without = split(a=50, b=50)
     for key in KEYS_100K[:5000]:
         assert with_zero.pick_sticky(key) == without.pick_sticky(key)
+
+
+def test_remembered_sticky_answers_equal_fresh_ones_and_stay_bounded() -> None:
+    from gateway.resilience import split as split_module
+
+    s = WeightedSplit([SplitEntry("a", 70), SplitEntry("b", 30)])
+    keys = [f"user-{i}" for i in range(2000)]
+    first = [s.pick_sticky(k) for k in keys]
+    again = [s.pick_sticky(k) for k in keys]  # from the memo
+    fresh = WeightedSplit([SplitEntry("a", 70), SplitEntry("b", 30)])
+    assert first == again == [fresh._rendezvous(k) for k in keys]
+    for i in range(split_module.STICKY_MEMO_SIZE + 10):
+        s.pick_sticky(f"flood-{i}")
+    assert len(s._memo) <= split_module.STICKY_MEMO_SIZE

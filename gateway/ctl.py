@@ -1,0 +1,504 @@
+"""The operators' client of the admin API: `tailguard status`, `tailguard ctl ...`.
+
+Both talk to a running gateway's admin listener over HTTP (standard library only, so the
+client runs wherever Python does) and print what the gateway answered. Exit statuses let
+scripts tell the two failures apart: 1 when the gateway refused the action (its message
+is printed), 2 when it could not be asked at all (unreachable, bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.errors import TailguardError
+
+ADMIN_URL_ENV = "TAILGUARD_ADMIN_URL"
+ADMIN_TOKEN_ENV = "TAILGUARD_ADMIN_TOKEN"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+DEFAULT_TIMEOUT = 10.0
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_UNREACHABLE = 2
+
+
+class AdminRefused(TailguardError):
+    """The gateway answered with an error status; `message` is the gateway's own words."""
+
+    code = "admin_refused"
+
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: Mapping[str, Any] = body or {}
+
+
+class AdminUnreachable(TailguardError):
+    """No answer from the admin URL (connection refused, timeout, not HTTP, bad URL)."""
+
+    code = "admin_unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminClientConfig:
+    """Where the admin API is and how to prove who is asking; the token is never printed."""
+
+    url: str = DEFAULT_ADMIN_URL
+    token: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"admin URL must be http(s)://HOST:PORT, got {self.url!r}")
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+
+
+class AdminClient:
+    """Blocking calls to the admin API; each returns the decoded JSON answer or raises.
+
+    Raises `AdminRefused` for an error status (print its message, exit 1) and
+    `AdminUnreachable` when there was no HTTP answer (exit 2).
+    """
+
+    def __init__(self, config: AdminClientConfig) -> None:
+        self._config = config
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        text: str | None = None,
+    ) -> dict[str, Any]:
+        url = self._config.url.rstrip("/") + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"accept": "application/json"}
+        data: bytes | None = None
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers["content-type"] = "application/json"
+        elif text is not None:
+            data = text.encode("utf-8")
+            headers["content-type"] = "application/yaml"
+        if self._config.token:
+            headers["authorization"] = f"Bearer {self._config.token}"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self._config.timeout) as resp:
+                return _decode(resp.read())
+        except urllib.error.HTTPError as e:
+            body = _decode(e.read())
+            raise AdminRefused(e.code, error_message(e.code, body), body) from None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise AdminUnreachable(f"cannot reach the admin API at {url}: {reason}") from None
+
+    # --- the actions -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return self.call("GET", "/admin/status")
+
+    def drain(self, backend: str, endpoint: str, *, drained: bool) -> dict[str, Any]:
+        action = "drain" if drained else "undrain"
+        body = {"backend": backend, "endpoint": endpoint}
+        return self.call("POST", f"/admin/endpoints/{action}", json_body=body)
+
+    def reset_breaker(self, backend: str, endpoint: str) -> dict[str, Any]:
+        body = {"backend": backend, "endpoint": endpoint}
+        return self.call("POST", "/admin/breakers/reset", json_body=body)
+
+    def canary(self, route: str, action: str) -> dict[str, Any]:
+        path = f"/admin/canary/{urllib.parse.quote(route, safe='')}/{action}"
+        return self.call("POST", path)
+
+    def apply_policy(self, text: str, *, dry_run: bool, persist: bool) -> dict[str, Any]:
+        query = {"dry_run": _flag(dry_run), "persist": _flag(persist)}
+        return self.call("POST", "/admin/policy", query=query, text=text)
+
+    def validate_policy(self, text: str) -> dict[str, Any]:
+        return self.call("POST", "/admin/policy/validate", text=text)
+
+    def reload(self) -> dict[str, Any]:
+        return self.call("POST", "/admin/reload")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {"text": raw.decode("utf-8", "replace")}
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def error_message(status: int, body: Mapping[str, Any]) -> str:
+    """The gateway's words: its error message, or the issues a refused policy has."""
+    issues = body.get("issues")
+    if isinstance(issues, list) and issues:
+        return "\n".join(str(i) for i in issues)
+    error = body.get("error")
+    if isinstance(error, Mapping) and error.get("message"):
+        return f"{error['message']} (HTTP {status})"
+    if body.get("text"):
+        return f"HTTP {status}: {str(body['text']).strip()[:500]}"
+    return f"HTTP {status}"
+
+
+# --- the status table ----------------------------------------------------------------------
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns two spaces apart, a header row, no trailing blanks."""
+    cells = [[_cell(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    lines = [
+        "  ".join(c.ljust(widths[i]) for i, c in enumerate(line)).rstrip()
+        for line in [list(headers), *cells]
+    ]
+    return "\n".join(lines)
+
+
+def _split_text(split: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{e.get('backend')} {_cell(e.get('weight'))}%" for e in split) or "-"
+
+
+def _canary_text(canary: Mapping[str, Any] | None) -> str:
+    if not canary:
+        return "-"
+    weight = canary.get("weight")
+    parts = [str(canary.get("backend", "?"))]
+    if weight is not None:
+        parts.append(f"{_cell(float(weight))}%")
+    if canary.get("phase"):
+        parts.append(str(canary["phase"]))
+    if canary.get("failed_checks"):
+        parts.append(f"({canary['failed_checks']} failed checks)")
+    return " ".join(parts)
+
+
+def _endpoint_state(e: Mapping[str, Any]) -> str:
+    """One word for the endpoint's part in routing: the most important reason first."""
+    if e.get("draining"):
+        return "draining"
+    if e.get("ejected"):
+        return "ejected"
+    if e.get("suspect"):
+        return "suspect"
+    return "serving" if e.get("usable") else "unusable"
+
+
+def _ms(value: object) -> str:
+    return "-" if value is None else f"{float(value):.1f}"  # type: ignore[arg-type]
+
+
+def render_status(status: Mapping[str, Any]) -> str:
+    """The admin API's `/admin/status` answer as the tables `tailguard status` prints."""
+    policy = status.get("policy") or {}
+    store = status.get("store") or {}
+    sha = str(policy.get("sha256") or "")[:12]
+    header = (
+        f"policy {policy.get('source', '?')} ({sha or '?'})  "
+        f"ready {_cell(bool(status.get('ready')))}  region {status.get('region', '?')}  "
+        f"store {store.get('kind', '?')}"
+        + ("" if store.get("available", True) else " (unavailable: local state)")
+    )
+    routes = [
+        (
+            r.get("name"),
+            _split_text(r.get("split") or []),
+            _canary_text(r.get("canary")),
+            ", ".join(r.get("fallback") or []) or "-",
+            r.get("timeout_s"),
+        )
+        for r in status.get("routes") or []
+    ]
+    endpoints = [
+        (
+            b.get("name"),
+            e.get("url"),
+            e.get("region"),
+            _endpoint_state(e),
+            e.get("health"),
+            e.get("breaker"),
+            e.get("ejected"),
+            e.get("in_flight"),
+            _ms(e.get("p50_ms")),
+            _ms(e.get("p99_ms")),
+        )
+        for b in status.get("backends") or []
+        for e in b.get("endpoints") or []
+    ]
+    parts = [
+        header,
+        "",
+        render_table(("ROUTE", "SPLIT", "CANARY", "FALLBACK", "TIMEOUT s"), routes)
+        if routes
+        else "no routes",
+        "",
+        render_table(
+            (
+                "BACKEND",
+                "ENDPOINT",
+                "REGION",
+                "STATE",
+                "HEALTH",
+                "BREAKER",
+                "EJECTED",
+                "IN-FLIGHT",
+                "P50 ms",
+                "P99 ms",
+            ),
+            endpoints,
+        )
+        if endpoints
+        else "no endpoints",
+    ]
+    decisions = status.get("canary_decisions") or []
+    if decisions:
+        parts += ["", "recent canary decisions:"]
+        parts += [f"  {d.get('route')}: {d.get('action')}: {d.get('reason')}" for d in decisions]
+    return "\n".join(parts)
+
+
+def render_reload(result: Mapping[str, Any]) -> str:
+    """A reload, apply or validation answer in a line or two."""
+    sha = str(result.get("sha256") or "")[:12]
+    changes = ", ".join(result.get("changes") or []) or "no changes"
+    if result.get("dry_run"):
+        return f"policy {sha} is valid ({changes}); nothing applied (dry run)"
+    if result.get("applied"):
+        return f"policy {sha} applied: {changes}"
+    return f"policy {sha} not applied"
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def add_client_options(p: argparse.ArgumentParser, *, repeat: bool = False) -> None:
+    """--admin, --token, --timeout; `repeat` adds them again to an action's own parser.
+
+    Repeated options default to SUPPRESS so that an action's parser leaves the values given
+    before the action alone: both `ctl --admin URL reload` and `ctl reload --admin URL` work.
+    """
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS} if repeat else {}
+    p.add_argument(
+        "--admin",
+        metavar="URL",
+        help=f"admin API URL (default ${ADMIN_URL_ENV} or {DEFAULT_ADMIN_URL})",
+        **({"default": None} | kw),
+    )
+    p.add_argument(
+        "--token",
+        help=f"admin token (default ${ADMIN_TOKEN_ENV}; never logged)",
+        **({"default": None} | kw),
+    )
+    p.add_argument(
+        "--timeout", type=float, help="seconds per call", **({"default": DEFAULT_TIMEOUT} | kw)
+    )
+
+
+def add_status_parser(sub: Any) -> None:
+    p = sub.add_parser("status", help="print a running gateway's routes, backends and endpoints")
+    add_client_options(p)
+    p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+
+def add_ctl_parser(sub: Any) -> None:
+    p = sub.add_parser("ctl", help="act on a running gateway through its admin API")
+    add_client_options(p)
+    acts = p.add_subparsers(dest="action", required=True)
+    for name, what in (("drain", "stop new traffic to"), ("undrain", "send traffic again to")):
+        d = _action(acts, name, f"{what} one endpoint (in-flight requests finish)")
+        d.add_argument("endpoint", help="the endpoint URL as in the policy")
+        d.add_argument("--backend", help="the backend (needed only if several list the URL)")
+    c = _action(acts, "canary", "promote, pause, resume or roll back a route's canary")
+    c.add_argument("route")
+    c.add_argument("verb", choices=("promote", "pause", "resume", "rollback"))
+    pol = acts.add_parser("policy", help="apply or validate a policy file").add_subparsers(
+        dest="policy_action", required=True
+    )
+    apply = _action(pol, "apply", "validate and swap in FILE (the gateway keeps it)")
+    apply.add_argument("file")
+    apply.add_argument("--dry-run", action="store_true", help="validate and diff only")
+    apply.add_argument(
+        "--no-persist", action="store_true", help="do not write it over the gateway's policy file"
+    )
+    val = _action(pol, "validate", "have the gateway check FILE; nothing changes")
+    val.add_argument("file")
+    _action(acts, "reload", "re-read the gateway's own policy file")
+    br = acts.add_parser("breaker", help="circuit breaker actions").add_subparsers(
+        dest="breaker_action", required=True
+    )
+    reset = _action(br, "reset", "close one endpoint's breaker")
+    reset.add_argument("endpoint")
+    reset.add_argument("--backend", help="the backend (needed only if several list the URL)")
+
+
+def _action(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    add_client_options(p, repeat=True)
+    return p
+
+
+class UsageError(TailguardError):
+    """The command line cannot be carried out as given (exit 2)."""
+
+    code = "usage"
+
+
+def client_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> AdminClient:
+    url = args.admin or env.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL
+    token = args.token or env.get(ADMIN_TOKEN_ENV) or None
+    try:
+        return AdminClient(AdminClientConfig(url, token, args.timeout))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def status_main(
+    args: argparse.Namespace, *, env: Mapping[str, str] | None = None, out: TextIO | None = None
+) -> int:
+    """`tailguard status`; returns the exit status."""
+    out = out or sys.stdout
+    return _guarded(lambda: _status(client_from_args(args, _env(env)), args, out))
+
+
+def _status(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
+    status = client.status()
+    out.write((json.dumps(status, indent=2) if args.json else render_status(status)) + "\n")
+    return EXIT_OK
+
+
+def ctl_main(
+    args: argparse.Namespace, *, env: Mapping[str, str] | None = None, out: TextIO | None = None
+) -> int:
+    """`tailguard ctl ...`; returns the exit status."""
+    out = out or sys.stdout
+    return _guarded(lambda: _ctl(client_from_args(args, _env(env)), args, out))
+
+
+def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if env is None else env
+
+
+def _guarded(run: Any) -> int:
+    try:
+        code: int = run()
+    except AdminRefused as e:
+        print(f"refused: {e.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (AdminUnreachable, UsageError) as e:
+        print(e.message, file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return code
+
+
+def _ctl(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
+    action = args.action
+    if action in ("drain", "undrain"):
+        backend = args.backend or _backend_of(client, args.endpoint)
+        r = client.drain(backend, args.endpoint, drained=action == "drain")
+        state = "draining" if r.get("draining") else "serving"
+        out.write(f"{r.get('endpoint')} of backend {r.get('backend')}: {state}\n")
+    elif action == "canary":
+        d = client.canary(args.route, args.verb)
+        out.write(f"canary of {d.get('route')}: {d.get('action')}: {d.get('reason')}\n")
+    elif action == "policy":
+        text = _read_policy(args.file)
+        if args.policy_action == "validate":
+            r = client.validate_policy(text)
+            out.write(f"{args.file}: ok ({render_reload(r)})\n")
+        else:
+            r = client.apply_policy(text, dry_run=args.dry_run, persist=not args.no_persist)
+            out.write(render_reload(r) + "\n")
+    elif action == "reload":
+        out.write(render_reload(client.reload()) + "\n")
+    elif action == "breaker":
+        backend = args.backend or _backend_of(client, args.endpoint)
+        r = client.reset_breaker(backend, args.endpoint)
+        out.write(f"breaker of {r.get('endpoint')} ({r.get('backend')}): {r.get('breaker')}\n")
+    else:  # pragma: no cover - argparse allows only the actions above
+        raise UsageError(f"unknown action {action!r}")
+    return EXIT_OK
+
+
+def _read_policy(name: str) -> str:
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}:1:1: not UTF-8 text") from None
+
+
+def _backend_of(client: AdminClient, endpoint: str) -> str:
+    """The one backend listing `endpoint`; operators name only the URL in the common case."""
+    url = endpoint.rstrip("/")
+    names = [
+        str(b.get("name"))
+        for b in client.status().get("backends") or []
+        if any(str(e.get("url", "")).rstrip("/") == url for e in b.get("endpoints") or [])
+    ]
+    if not names:
+        raise AdminRefused(404, f"no backend has the endpoint {endpoint}")
+    if len(names) > 1:
+        raise UsageError(f"{endpoint} belongs to backends {', '.join(names)}: give --backend")
+    return names[0]
+
+
+def hash_key_command(argv: Sequence[str]) -> int:
+    """`tailguard hash-key [KEY]`: the stored form of an API key or admin token."""
+    from gateway.auth import hash_key_main
+
+    return hash_key_main(list(argv))
+
+
+__all__ = [
+    "AdminClient",
+    "AdminClientConfig",
+    "AdminRefused",
+    "AdminUnreachable",
+    "UsageError",
+    "add_ctl_parser",
+    "add_status_parser",
+    "ctl_main",
+    "error_message",
+    "hash_key_command",
+    "render_reload",
+    "render_status",
+    "render_table",
+    "status_main",
+]
