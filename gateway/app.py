@@ -312,6 +312,7 @@ class Gateway:
         self.audit = AuditLog(audit_log, self.clock)
         text = self.policy_path.read_text(encoding="utf-8")
         self.model, self.snapshot = _build(text, str(self.policy_path), gateway=self)
+        self.policy_text = text  # what runs, which the file may no longer say
         self._reload_lock = asyncio.Lock()
         self.watcher = (
             FileWatcher(self.watched_files, lambda: self.reload(actor="file-watch"))
@@ -483,6 +484,7 @@ class Gateway:
         self._assemble(snapshot)
         self.snapshot = snapshot
         self.model = model
+        self.policy_text = text
         self.health.sync()
         self._publish_policy()
         self.metrics.reloads.labels("applied").inc()

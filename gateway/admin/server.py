@@ -173,16 +173,21 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         return web.json_response(status_of(gateway))
 
     async def get_policy(_: web.Request, actor: str) -> web.Response:
-        # The text is the file's, which differs from what runs after an apply with
-        # persist=false or an edit not yet reloaded: `text_sha256` lets the caller tell.
+        # `text` is what runs; `file_sha256` says whether the file on disk still matches it
+        # (it does not after an apply with persist=false or an edit not yet reloaded).
         snap = gateway.snapshot
         try:
-            text: str | None = gateway.policy_path.read_text(encoding="utf-8")
+            on_disk: str | None = gateway.policy_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            text = None
-        text_sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+            on_disk = None
+        file_sha = hashlib.sha256(on_disk.encode()).hexdigest() if on_disk is not None else None
         return web.json_response(
-            {"source": snap.source, "sha256": snap.sha256, "text": text, "text_sha256": text_sha}
+            {
+                "source": snap.source,
+                "sha256": snap.sha256,
+                "text": gateway.policy_text,
+                "file_sha256": file_sha,
+            }
         )
 
     async def _policy_text(request: web.Request) -> str:

@@ -141,8 +141,8 @@ async def test_ten_reloads_under_load_alternating_valid_and_invalid(
     assert gw.policy_path.read_text() == valid_policy(a.url, b.url, 0)
     async with http.get(f"{admin(gw)}/admin/policy") as r:
         got = await r.json()
-    assert got["sha256"] == last_good
-    assert got["text_sha256"] == hashlib.sha256(valid_policy(a.url, b.url, 0).encode()).hexdigest()
+    assert got["sha256"] == last_good == hashlib.sha256(got["text"].encode()).hexdigest()
+    assert got["file_sha256"] == hashlib.sha256(valid_policy(a.url, b.url, 0).encode()).hexdigest()
 
 
 async def test_file_reload_keeps_the_last_good_policy(
@@ -206,4 +206,4 @@ async def test_apply_persists_to_the_policy_file(
     assert gw.policy_path.read_text() == text
     async with http.get(f"{admin(gw)}/admin/policy") as r:
         got = await r.json()
-    assert got["text"] == text and got["sha256"] == gw.snapshot.sha256 == got["text_sha256"]
+    assert got["text"] == text and got["sha256"] == gw.snapshot.sha256 == got["file_sha256"]
