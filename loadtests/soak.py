@@ -46,7 +46,9 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def drive(url: str, rate: float, seconds: float, counts: dict[str, int]) -> None:
+async def drive(
+    url: str, rate: float, seconds: float, counts: dict[str, int], users: int, bodies: int
+) -> None:
     """Open loop: one request every 1/rate s, many users and bodies, never waiting for answers."""
     rnd = random.Random(1)
     connector = aiohttp.TCPConnector(limit=256)
@@ -57,7 +59,7 @@ async def drive(url: str, rate: float, seconds: float, counts: dict[str, int]) -
             body = {
                 "id": str(value),
                 "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
-                            "data": [value % 97, 1, 2, 3]}],
+                            "data": [value, 1, 2, 3]}],
             }  # fmt: skip
             try:
                 async with http.post(url, json=body, headers={"x-user-id": f"user-{user}"}) as r:
@@ -72,7 +74,7 @@ async def drive(url: str, rate: float, seconds: float, counts: dict[str, int]) -
             due = start + n / rate
             if due > now:
                 await asyncio.sleep(due - now)
-            task = asyncio.ensure_future(one(rnd.randrange(50_000), rnd.randrange(20_000)))
+            task = asyncio.ensure_future(one(rnd.randrange(users), rnd.randrange(bodies)))
             pending.add(task)
             task.add_done_callback(pending.discard)
             n += 1
@@ -117,7 +119,14 @@ async def soak(a: argparse.Namespace, port: int, pid: int) -> dict[str, object]:
     counts: dict[str, int] = {"ok": 0, "errors": 0}
     total = a.minutes * 60
     load = asyncio.ensure_future(
-        drive(f"http://127.0.0.1:{port}/v2/models/classifier/infer", a.rate, total, counts)
+        drive(
+            f"http://127.0.0.1:{port}/v2/models/classifier/infer",
+            a.rate,
+            total,
+            counts,
+            a.users,
+            a.bodies,
+        )
     )
     samples: list[tuple[float, int]] = []
     start = time.monotonic()
@@ -153,7 +162,11 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--every", type=float, default=10.0, help="seconds between RSS samples")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
+    p.add_argument("--warmup", type=float, default=90.0, help="seconds before the baseline")
+    # Every per-key structure (sticky memo, buckets, cache) is bounded; these key counts let
+    # them fill during the warm-up, so that what grows afterwards is a leak, not a fill.
+    p.add_argument("--users", type=int, default=2000, help="distinct sticky users")
+    p.add_argument("--bodies", type=int, default=2000, help="distinct request bodies")
     p.add_argument("--out", help="write the samples and verdict as JSON")
     return main_sync(p.parse_args())
 
