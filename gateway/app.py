@@ -302,8 +302,10 @@ class Gateway:
         admin_listen: tuple[str, int] | None = None,
         audit_log: str | Path | None = None,
         watch: bool = False,
+        reuse_port: bool = False,
     ) -> None:
         self.policy_path = Path(policy_path)
+        self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.metrics = Metrics()
@@ -516,7 +518,14 @@ class Gateway:
         )
         await data_runner.setup()
         tls = self._tls_context(settings.tls)
-        site = web.TCPSite(data_runner, host, port, backlog=1024, ssl_context=tls)
+        site = web.TCPSite(
+            data_runner,
+            host,
+            port,
+            backlog=1024,
+            ssl_context=tls,
+            reuse_port=self._reuse_port or None,
+        )
         await site.start()
         self._runners.append(data_runner)
 

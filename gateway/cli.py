@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-watch", action="store_true", help="do not reload when the policy file changes"
     )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the data port (SO_REUSEPORT); one admin API merges them",
+    )
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     val = sub.add_parser(
         "validate", help="check policy and fallback rule files; exit 1 if any is invalid"
@@ -97,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
+        if args.workers > 1:
+            return _run_loop(_supervise(args))
         return _run_loop(
             _serve(
                 args.policy,
@@ -104,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.admin_listen,
                 audit_log=args.audit_log,
                 watch=not args.no_watch,
+                reuse_port=args.reuse_port,
             )
         )
     if args.command == "loadtest":
@@ -148,6 +158,34 @@ def _validate(files: Sequence[str]) -> int:
     return 1 if bad else 0
 
 
+async def _supervise(args: argparse.Namespace) -> int:
+    """`run --workers N`: check the policy once, then supervise N worker processes."""
+    from gateway.app import compile_file
+    from gateway.errors import PolicyError
+    from gateway.workers import Supervisor
+
+    try:
+        settings = compile_file(args.policy).settings
+    except PolicyError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"{args.policy}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+    listen = args.listen or settings.listen
+    admin = args.admin_listen or settings.admin_listen
+    if listen[1] == 0:
+        print("--workers needs a fixed data port (not 0)", file=sys.stderr)
+        return 2
+    extra = ["--log-level", args.log_level]
+    if args.audit_log:
+        extra += ["--audit-log", args.audit_log]
+    if args.no_watch:
+        extra.append("--no-watch")
+    return await Supervisor(args.policy, args.workers, listen, admin, extra).run()
+
+
 def _run_loop(coro: object) -> int:
     try:
         import uvloop
@@ -163,12 +201,20 @@ async def _serve(
     *,
     audit_log: str | None = None,
     watch: bool = True,
+    reuse_port: bool = False,
 ) -> int:
     from gateway.app import Gateway, tune_gc
     from gateway.errors import PolicyError
 
     try:
-        gw = Gateway(policy, listen=listen, admin_listen=admin, audit_log=audit_log, watch=watch)
+        gw = Gateway(
+            policy,
+            listen=listen,
+            admin_listen=admin,
+            audit_log=audit_log,
+            watch=watch,
+            reuse_port=reuse_port,
+        )
     except PolicyError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
