@@ -26,7 +26,11 @@ from gateway.policy.model import (
     AT_KEY,
     FrozenMap,
     FrozenModel,
+    HeaderName,
+    Name,
     Problem,
+    Text,
+    UrlPath,
     checks_failed,
     did_you_mean,
 )
@@ -85,44 +89,13 @@ def _error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, "{message}", {"message": message})
 
 
-def _name(value: str) -> str:
-    if not re.fullmatch(NAME_PATTERN, value):
-        raise _error(
-            "name",
-            "must start with a letter or digit and hold only letters, digits, '_', '.' and '-'",
-        )
-    return value
-
-
-def _header(value: str) -> str:
-    if not re.fullmatch(HEADER_PATTERN, value):
-        raise _error("header_name", f"'{value}' is not a valid HTTP header name")
-    return value.lower()
-
-
-def _path(value: str) -> str:
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise _error("url_path", "expected a path starting with '/', without spaces")
-    return value
-
-
 def _http_url(value: str) -> str:
     if not re.fullmatch(r"https?://[^/?#\s]+", value.rstrip("/")):
         raise _error("url", "expected http://HOST:PORT, like http://127.0.0.1:8080")
     return value.rstrip("/")
 
 
-def _text(value: str) -> str:
-    if not value.strip():
-        raise _error("blank", "must not be empty")
-    return value
-
-
-Name = Annotated[str, AfterValidator(_name)]
-HeaderName = Annotated[str, AfterValidator(_header)]
-UrlPath = Annotated[str, AfterValidator(_path)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Text = Annotated[str, AfterValidator(_text)]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 
 
