@@ -50,6 +50,7 @@ class Exchange:
         "request",
         "route",
         "snapshot",
+        "split_backend",
         "tried",
         "upstream_headers",
     )
@@ -59,6 +60,8 @@ class Exchange:
         self.snapshot = snapshot
         self.route: RouteRuntime | None = None
         self.backend: BackendRuntime | None = None
+        # the backend the route's split chose, whoever answered in the end (canary accounting)
+        self.split_backend: str | None = None
         self.endpoint: str | None = None
         self.deadline = 0.0
         self.attempts = 0
@@ -70,6 +73,13 @@ class Exchange:
         self.tried: list[str] = []
         # built once per request, copied per attempt (each attempt adds its own deadline)
         self.upstream_headers: dict[str, str] | None = None
+
+    def add_headers(self, headers: dict[str, str]) -> None:
+        """Headers a stage wants on the answer, next to those other stages asked for."""
+        if self.extra_headers is None:
+            self.extra_headers = headers
+        else:
+            self.extra_headers.update(headers)
 
     def response_headers(self, headers: CIMultiDict[str]) -> None:
         """Say what happened, on every answer the gateway gives."""

@@ -151,7 +151,7 @@ class FallbackStage:
                 if entry is not None and age < config.ttl:
                     self._m.child(self._m.cache_lookups, route.name, "hit").inc()
                     ex.backend = None
-                    ex.extra_headers = {"x-tailguard-cache": "hit"}
+                    ex.add_headers({"x-tailguard-cache": "hit"})
                     return cached_answer(entry, age)
         reserve = plan.reserve if plan is not None else 0.0
         ex.deadline -= reserve
@@ -224,7 +224,7 @@ class FallbackStage:
                 raise UpstreamUnavailable("no rule matched")
             ex.fallback = "rules"
             ex.backend = ex.endpoint = None
-            ex.extra_headers = {"x-tailguard-fallback-rule": rule.rule}
+            ex.add_headers({"x-tailguard-fallback-rule": rule.rule})
             return LocalAnswer(rule.status, rule.body, dict(rule.headers))
         return await self._backup(ex, route, step)
 

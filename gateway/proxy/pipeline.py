@@ -95,10 +95,18 @@ class ObserveStage:
             latency = self._clock.now() - ex.request.received_at
             m.child(m.request_duration, route_name).observe(latency)
             canary = self._canary
-            if ex.route.canary is not None and canary is not None and backend_name:
-                failed = status >= 500
+            side = ex.split_backend
+            if (
+                ex.route.canary is not None
+                and canary is not None
+                and side is not None
+                and ex.attempts
+            ):
+                # judged by what the split chose and tried (not cache hits or shed requests);
+                # a fallback rescuing a failing canary is still the canary's failure
+                failed = status >= 500 or ex.fallback is not None
                 if failed or status < 400:
-                    canary.record(ex.route, backend_name, failed, latency)
+                    canary.record(ex.route, side, failed, latency)
         return answer
 
 
@@ -126,6 +134,7 @@ class RouteStage:
         sticky = req.headers.get(route.sticky_header) if route.sticky_header else None
         backend = ex.snapshot.backends[route.pick_backend(sticky, self._rng.random())]
         ex.backend = backend
+        ex.split_backend = backend.name
         ex.deadline = req.received_at + route.timeout
         if backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
             # Triton answers a client's bad JSON with 500; refusing garbage here keeps one bad

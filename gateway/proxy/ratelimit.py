@@ -79,10 +79,9 @@ class RateLimitStage:
                     "x-ratelimit-reset": retry_after,
                 },
             )
-        ex.extra_headers = {
-            "x-ratelimit-limit": limit,
-            "x-ratelimit-remaining": str(int(result.remaining)),
-        }
+        ex.add_headers(
+            {"x-ratelimit-limit": limit, "x-ratelimit-remaining": str(int(result.remaining))}
+        )
         return await nxt(ex)
 
     async def _take(self, route: str, spec: RateLimitSpec, bucket: str) -> TakeResult | None:
