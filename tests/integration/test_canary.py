@@ -267,3 +267,46 @@ async def test_operator_actions_and_reload_keep_the_rollout(
     async with http.post(f"{base}/promote") as r:
         assert r.status == 200
     assert gw.snapshot.routes[0].backends == ("candidate",)
+
+
+RESCUED = """\
+version: 1
+backends:
+  stable: {{protocol: kserve-v2, endpoints: [{{url: "{stable}"}}]}}
+  candidate: {{protocol: kserve-v2, endpoints: [{{url: "{candidate}"}}]}}
+  small: {{protocol: kserve-v2, endpoints: [{{url: "{small}"}}]}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: stable, weight: 100}}, {{backend: candidate, weight: 0}}]
+    timeout: 2s
+    fallback: [{{backend: small, timeout: 500ms}}]
+    canary:
+      backend: candidate
+      steps: [30, 60, 100]
+      interval: {interval}s
+      gates: {{max_error_rate_increase: 1%, max_p99_ratio: 3, min_samples: 10}}
+"""
+
+
+async def test_a_canary_failure_rescued_by_a_fallback_still_counts_against_it(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    stable = await sims(name="stable", faults=STEADY)
+    candidate = await sims(name="candidate", faults=STEADY.replace(error_rate=1.0))
+    small = await sims(name="small", faults=STEADY)
+    gw = await gateway(
+        RESCUED.format(
+            stable=stable.url, candidate=candidate.url, small=small.url, interval=INTERVAL
+        )
+    )
+    load = StickyLoad(http, gw)
+    decisions = await until_final(gw)
+    served = await load.stop()
+    # every client got an answer (the backup rescued the canary's failures) ...
+    assert served and all(s.status == 200 for s in served)
+    assert small.stats.by_kind["infer"] > 0
+    # ... and yet the canary was judged on its own failures and rolled back
+    analysis = gw.canary.analysis("classify")
+    assert analysis is not None and analysis.phase.value == "rolled-back"
+    assert any(d["action"] == "rollback" for d in decisions)
