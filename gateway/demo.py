@@ -1,11 +1,13 @@
 """`tailguard demo`: two regions of simulated backends, the gateway, steady traffic, a live summary.
 
 Everything runs in this one process, so Ctrl-C (or the end of `--duration`)
-stops it all and leaves nothing behind. The act: traffic flows to the local
-region; ten seconds in, the whole local region dies; the gateway fails over to
-the other region with retries and outlier ejection; fifteen seconds later the
-region comes back and health checks return traffic to it. Hedging is on
-throughout and trims the simulated tail.
+stops it all and leaves nothing behind. The acts: traffic flows to the local
+region while the canary (classifier-v2) steps up every five seconds; ten seconds
+in, the whole local region dies; the gateway fails over to the other region with
+retries and outlier ejection; fifteen seconds later the region comes back and
+health checks return traffic to it. At 35 s every backend dies for eight seconds:
+the gateway answers from its stale cache and says so. Hedging is on throughout
+and trims the simulated tail.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ SIMS = [  # (port, region, name)
     (18113, "eu-west", "v2-euw"),
 ]
 KILL_AT, REVIVE_AT = 10.0, 25.0
+OUTAGE_AT, OUTAGE_END = 35.0, 43.0
 # A realistic shape: 8 ms typical, 3 % of requests 15x slower (a GC pause, a cold cache).
 TAIL = Faults.from_dict(
     {"latency": {"kind": "tail", "ms": 8, "tail_rate": 0.03, "tail_factor": 15}}
@@ -57,6 +60,7 @@ class Tally:
         self.errors: Counter[str] = Counter()
         self.hedged = 0
         self.retried = 0
+        self.fallbacks: Counter[str] = Counter()
 
     def line(self, t: float, phase: str) -> str:
         n = len(self.latencies)
@@ -71,10 +75,11 @@ class Tally:
         regions = " ".join(f"{k}={v * 100 // n}%" for k, v in sorted(self.by_region.items()))
         backends = " ".join(f"{k}={v * 100 // n}%" for k, v in sorted(self.by_backend.items()))
         errs = ",".join(f"{k}:{v}" for k, v in self.errors.items()) or "none"
+        fb = ",".join(f"{k}:{v}" for k, v in self.fallbacks.items()) or "none"
         return (
             f"{t:6.1f}s  {phase:<22} ok {ok * 100 / n:5.1f}%  p50 {pct(0.5):5.1f}ms "
             f"p99 {pct(0.99):6.1f}ms  hedged {self.hedged:3d} retried {self.retried:3d}  "
-            f"{regions}  {backends}  errors {errs}"
+            f"{regions}  {backends}  fallback {fb}  errors {errs}"
         )
 
 
@@ -91,6 +96,8 @@ async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = 
     print(f"  {len(sims)} simulated backends in us-east and eu-west; policy {POLICY}")
     if faults:
         print(f"  at {KILL_AT:.0f}s all of us-east dies; at {REVIVE_AT:.0f}s it comes back")
+        print(f"  at {OUTAGE_AT:.0f}s every backend dies; at {OUTAGE_END:.0f}s they come back")
+    print("  the canary classifier-v2 steps 10% -> 25% -> 50% -> 100% while it stays healthy")
     print("  Ctrl-C to stop\n", flush=True)
 
     stop = asyncio.Event()
@@ -114,6 +121,8 @@ async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = 
                 tally.latencies.append(time.monotonic() - t0)
                 tally.by_backend[r.headers.get("x-tailguard-backend", "?")] += 1
                 tally.by_region[r.headers.get("x-sim-region", "?")] += 1
+                if "x-tailguard-fallback" in r.headers:
+                    tally.fallbacks[r.headers["x-tailguard-fallback"]] += 1
                 if r.headers.get("x-tailguard-hedged") == "true":
                     tally.hedged += 1
                 if int(r.headers.get("x-tailguard-attempts", "1")) > 1:
@@ -127,7 +136,7 @@ async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = 
     async with aiohttp.ClientSession() as session:
         next_send = start
         next_print = start + 2.0
-        killed = revived = False
+        killed = revived = outage = recovered = False
         while not stop.is_set():
             now = time.monotonic()
             t = now - start
@@ -143,8 +152,18 @@ async def run_demo(duration: float = 0.0, rate: float = 50.0, *, faults: bool = 
                 for s in sims:
                     if s.region == "us-east":
                         await s.revive()
+            if faults and not outage and t >= OUTAGE_AT:
+                outage, phase = True, "ALL backends DOWN"
+                for s in sims:
+                    await s.die()
+            if faults and outage and not recovered and t >= OUTAGE_END:
+                recovered, phase = True, "backends back"
+                for s in sims:
+                    await s.revive()
             if now >= next_print:
-                print(tally.line(t, phase), flush=True)
+                analysis = gateway.canary.analysis("classify")
+                canary = f"canary {analysis.weight:g}%" if analysis is not None else ""
+                print(tally.line(t, f"{phase} {canary}"), flush=True)
                 tally.reset()
                 next_print += 2.0
             if now >= next_send:

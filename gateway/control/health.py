@@ -94,7 +94,11 @@ class HealthChecker:
                 log.exception("health probe of %s failed unexpectedly", eid)
             check = backend.health_check
             assert check is not None and state.health is not None
-            idle = self._clock.now() - state.last_used > check.config.idle_interval
+            now = self._clock.now()
+            # an endpoint kept out of rotation (ejected, breaker open, suspect) has no traffic
+            # for that reason; a probe is what brings it back, so keep probing it briskly
+            out = backend.outlier is not None and backend.outlier.is_ejected(state.spec.id, now)
+            idle = now - state.last_used > check.config.idle_interval and state.usable(now, out)
             await asyncio.sleep(state.health.next_delay(idle, self._rng.random()))
 
     async def probe(self, backend: BackendRuntime, state: EndpointState) -> bool:

@@ -79,7 +79,10 @@ class HealthState:
     def next_delay(self, idle: bool, rnd: float) -> float:
         """Seconds until the next check; `rnd` is a uniform draw in [0, 1) from the caller's RNG.
 
-        `idle` means the endpoint carried no traffic lately, so it is probed less often.
+        `idle` means the endpoint carried no traffic lately, so it is probed less often, but
+        only while it is healthy: an unhealthy endpoint carries no traffic *because* it is
+        unhealthy, and must be probed at `interval` to come back soon (Envoy's
+        `unhealthy_interval` defaults to `interval` for the same reason).
         """
-        base = self.config.idle_interval if idle else self.config.interval
+        base = self.config.idle_interval if idle and self._healthy else self.config.interval
         return base * (1.0 + self.config.jitter * (2.0 * rnd - 1.0))

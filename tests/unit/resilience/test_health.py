@@ -64,6 +64,20 @@ def test_next_delay_uses_interval_or_idle_interval_with_jitter() -> None:
     assert s.next_delay(False, 0.75) == pytest.approx(2.1)
 
 
+def test_an_unhealthy_endpoint_is_probed_at_interval_even_when_idle() -> None:
+    s = HealthState(
+        HealthConfig(interval=2.0, idle_interval=10.0, jitter=0.0, unhealthy_threshold=1)
+    )
+    assert s.next_delay(True, 0.5) == 10.0
+    s.record(False)
+    assert not s.healthy
+    # no traffic reaches it because it is unhealthy; slow probes would keep it out for long
+    assert s.next_delay(True, 0.5) == 2.0
+    s.record(True)
+    s.record(True)
+    assert s.healthy and s.next_delay(True, 0.5) == 10.0
+
+
 @given(st.floats(0.0, 1.0, exclude_max=True), st.booleans())
 def test_next_delay_stays_within_jitter(rnd: float, idle: bool) -> None:
     cfg = HealthConfig(interval=2.0, idle_interval=10.0, jitter=0.2)
