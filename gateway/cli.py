@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
     val = sub.add_parser(
-        "validate", help="check policy and fallback rule files; exit 1 if any is invalid"
+        "validate",
+        help="check policy, fallback rule and load-test scenario files; exit 1 if any is invalid",
     )
     val.add_argument("files", nargs="+")
 
@@ -141,6 +142,15 @@ def _validate(files: Sequence[str]) -> int:
             text = Path(f).read_text(encoding="utf-8")
             if looks_like_rules(text):
                 load_rules(f)
+            elif _looks_like_scenario(text):
+                from gateway.loadtest.runner import check_policy_template
+                from gateway.loadtest.scenario import load_scenario_text
+
+                scenario = load_scenario_text(text, f)
+                templates = [scenario.policy] + [a.policy for a in scenario.timeline]
+                for name in templates:
+                    if name is not None:
+                        check_policy_template(scenario, scenario.resolve(f, name))
             else:
                 compile_text(text, f)
         except PolicyError as e:
@@ -184,6 +194,16 @@ async def _supervise(args: argparse.Namespace) -> int:
     if args.no_watch:
         extra.append("--no-watch")
     return await Supervisor(args.policy, args.workers, listen, admin, extra).run()
+
+
+def _looks_like_scenario(text: str) -> bool:
+    """A load-test scenario names its traffic and has no routes of its own."""
+    import re
+
+    def top(key: str) -> bool:
+        return re.search(rf"^{key}[ \t]*:", text, re.MULTILINE) is not None
+
+    return top("traffic") and not top("routes")
 
 
 def _run_loop(coro: object) -> int:

@@ -53,12 +53,31 @@ def test_version() -> None:
     assert r.stdout.startswith("tailguard ")
 
 
-def test_validate_accepts_every_shipped_policy() -> None:
-    files = sorted(str(p) for p in (ROOT / "policies").glob("*.yaml"))
-    assert files
+def test_validate_accepts_every_shipped_policy_rules_file_and_scenario() -> None:
+    files = sorted(
+        str(p) for d in ("policies", "fallbacks", "loadtests") for p in (ROOT / d).glob("*.yaml")
+    )
+    assert len(files) >= 10
     r = tailguard("validate", *files)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count(": ok") == len(files)
+
+
+def test_validate_checks_a_scenarios_policy_templates(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "version: 1\nbackends: {a: {endpoints: [{url: '${sim.a}'}]}}\n"
+        "routes: [{name: r, match: {path_prefix: /}, split: [{backend: a, weight: 100}], "
+        "timeout: soon}]\n"
+    )
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(
+        "name: s\nsims: [{name: a}]\npolicy: p.yaml\n"
+        "traffic: {duration: 1s, rate: 1/s, requests: [{path: /}]}\n"
+        "phases: [{name: all, from: 0s, to: 1s, slo: {success: 99%}}]\n"
+    )
+    r = tailguard("validate", str(scenario))
+    assert r.returncode == 1
+    assert "p.yaml:3:" in r.stderr and "expected a duration" in r.stderr
 
 
 def test_validate_points_at_the_line(tmp_path: Path) -> None:
