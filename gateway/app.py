@@ -47,7 +47,7 @@ from gateway.proxy.pipeline import (
 )
 from gateway.proxy.ratelimit import RateLimitStage
 from gateway.proxy.server import ProxyServer
-from gateway.proxy.upstream import Transports
+from gateway.proxy.transports import Transports
 from gateway.resilience.breaker import BreakerState
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from gateway.clock import Clock
 from gateway.errors import AttemptFailed
 from gateway.policy.compile import BackendRuntime, EndpointState, Snapshot
-from gateway.proxy.upstream import Transports
+from gateway.proxy.transports import Transports
 from gateway.telemetry.catalog import Metrics
 
 log = logging.getLogger("tailguard.health")

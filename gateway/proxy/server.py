@@ -20,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.clock import Clock
-from gateway.errors import BodyTooLarge, ClientError, RequestTimeout, TailguardError
+from gateway.errors import AttemptFailed, BodyTooLarge, ClientError, RequestTimeout, TailguardError
 from gateway.policy.compile import Snapshot
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
@@ -116,19 +116,12 @@ class ProxyServer:
         try:
             await resp.prepare(request)
             idle = max(ex.deadline - self._clock.now(), 1.0)
-            content = up.stream.content
+            stream = up.stream
             while True:
                 try:
-                    async with asyncio.timeout(idle):
-                        chunk = await content.readany()
-                except TimeoutError:
-                    outcome = Outcome.TIMEOUT
-                    break
-                except aiohttp.ClientPayloadError:
-                    outcome = Outcome.MALFORMED
-                    break
-                except (aiohttp.ClientError, OSError):
-                    outcome = Outcome.RESET
+                    chunk = await stream.read_chunk(idle)
+                except AttemptFailed as e:
+                    outcome = e.outcome  # type: ignore[assignment]
                     break
                 if not chunk:
                     break

@@ -1,14 +1,18 @@
-"""The HTTP upstream transport: one bounded keep-alive pool per endpoint.
+"""Upstream transports: one bounded keep-alive pool per endpoint, and what an answer looks like.
 
-This is the edge where aiohttp's client exceptions are translated into the
-gateway's vocabulary: every failure leaves here as `AttemptFailed` carrying an
-`Outcome`, so the attempt logic above never sees a library exception.
+The transport the gateway uses is `gateway.proxy.h1.H1Transport`, a lean HTTP/1.1 client
+(about 0.4x the CPU of aiohttp's client per request, measured by `loadtests/h1_micro.py`).
+`HttpTransport` here is the same contract on aiohttp's client: the reference the lean one
+is tested against, outcome for outcome. Either way this is the edge where client library
+exceptions become the gateway's vocabulary: every failure leaves as `AttemptFailed`
+carrying an `Outcome`, so the attempt logic above never sees a library exception.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -39,6 +43,23 @@ HOP_BY_HOP = frozenset(
 RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
 
 
+class UpstreamStream(Protocol):
+    """A response body still arriving; the holder reads it to the end or drops it."""
+
+    async def read_chunk(self, timeout: float | None = None) -> bytes:
+        """The next piece (b"" at the end); raises `AttemptFailed` (RESET, MALFORMED, TIMEOUT)
+        after closing the connection."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection (failure or abandonment)."""
+        ...
+
+    def release(self) -> None:
+        """Done with a body read to its end: the connection may serve another request."""
+        ...
+
+
 class UpstreamResponse:
     """An answer from one endpoint: buffered (`body` set) or a committed stream (`stream` set).
 
@@ -53,7 +74,7 @@ class UpstreamResponse:
         status: int,
         headers: CIMultiDictProxy[str],
         body: bytes | None,
-        stream: aiohttp.ClientResponse | None,
+        stream: UpstreamStream | None,
         outcome: Outcome,
     ) -> None:
         self.status = status
@@ -91,6 +112,35 @@ def _looks_like_json(body: bytes) -> bool:
     """A cheap guard against garbage or cut-off JSON without parsing the whole answer."""
     b = body.strip()
     return bool(b) and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D))
+
+
+class AiohttpStream:
+    """`UpstreamStream` over an aiohttp response, translating its exceptions."""
+
+    __slots__ = ("_resp",)
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+
+    async def read_chunk(self, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._resp.content.readany()
+        except TimeoutError:
+            self._resp.close()
+            raise AttemptFailed(Outcome.TIMEOUT, f"no data within {timeout:g}s") from None
+        except aiohttp.ClientPayloadError as e:
+            self._resp.close()
+            raise AttemptFailed(Outcome.MALFORMED, f"bad response body: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            self._resp.close()
+            raise AttemptFailed(Outcome.RESET, f"reset while streaming: {e!r}") from None
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def release(self) -> None:
+        self._resp.release()
 
 
 class HttpTransport:
@@ -156,7 +206,7 @@ class HttpTransport:
             or (length is not None and length > BUFFER_LIMIT)
             or ctype.startswith("text/event-stream")
         ):
-            return UpstreamResponse(resp.status, resp.headers, None, resp, outcome)
+            return UpstreamResponse(resp.status, resp.headers, None, AiohttpStream(resp), outcome)
         try:
             data = await resp.read()
         except aiohttp.ClientPayloadError as e:
@@ -193,35 +243,3 @@ class HttpTransport:
 
     async def close(self) -> None:
         await self._session.close()
-
-
-class Transports:
-    """Pools by endpoint id, shared by every snapshot that names the endpoint.
-
-    A reload keeps the pools of endpoints it keeps; `retain` closes the rest once no
-    snapshot references them.
-    """
-
-    def __init__(self) -> None:
-        self._pools: dict[str, HttpTransport] = {}
-        self._closing: set[asyncio.Task[None]] = set()
-
-    def get(self, spec: EndpointSpec, pool: PoolSpec, protocol: str) -> HttpTransport:
-        t = self._pools.get(spec.id)
-        if t is None or t.pool != pool:
-            if t is not None:
-                # settings changed: the old pool finishes its in-flight work and is dropped
-                task = asyncio.get_running_loop().create_task(t.close())
-                self._closing.add(task)  # keep a reference until it is done
-                task.add_done_callback(self._closing.discard)
-            t = HttpTransport(spec, pool, check_json=protocol != "http")
-            self._pools[spec.id] = t
-        return t
-
-    async def retain(self, ids: Iterable[str]) -> None:
-        keep = set(ids)
-        for eid in [e for e in self._pools if e not in keep]:
-            await self._pools.pop(eid).close()
-
-    async def close(self) -> None:
-        await self.retain(())

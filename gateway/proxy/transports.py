@@ -1,0 +1,41 @@
+"""The pools of every endpoint, shared by every snapshot that names the endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.proxy.h1 import H1Transport
+
+
+class Transports:
+    """Pools by endpoint id, shared by every snapshot that names the endpoint.
+
+    A reload keeps the pools of endpoints it keeps; `retain` closes the rest once no
+    snapshot references them.
+    """
+
+    def __init__(self) -> None:
+        self._pools: dict[str, H1Transport] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def get(self, spec: EndpointSpec, pool: PoolSpec, protocol: str) -> H1Transport:
+        t = self._pools.get(spec.id)
+        if t is None or t.pool != pool:
+            if t is not None:
+                # settings changed: the old pool finishes its in-flight work and is dropped
+                task = asyncio.get_running_loop().create_task(t.close())
+                self._closing.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._closing.discard)
+            t = H1Transport(spec, pool, check_json=protocol != "http")
+            self._pools[spec.id] = t
+        return t
+
+    async def retain(self, ids: Iterable[str]) -> None:
+        keep = set(ids)
+        for eid in [e for e in self._pools if e not in keep]:
+            await self._pools.pop(eid).close()
+
+    async def close(self) -> None:
+        await self.retain(())

@@ -1,0 +1,142 @@
+"""Microbenchmark: CPU per request of the upstream transports, H1Transport against HttpTransport.
+
+    python loadtests/h1_micro.py [--requests 20000] [--rounds 5] [--loop uvloop|asyncio]
+
+The simulated backend runs in its own process (pinned to CPU 0 when there are two), so the
+CPU time measured here (`time.process_time`) is the client side alone. Each round runs both
+transports, sequentially (one request at a time) and with 32 concurrent callers, one after
+the other, so drift of the machine hits both alike. Reports medians of µs per request and
+the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.policy.compile import EndpointSpec, PoolSpec  # noqa: E402
+from gateway.proxy.h1 import H1Transport  # noqa: E402
+from gateway.proxy.upstream import HttpTransport  # noqa: E402
+
+PATH = "/v2/models/classifier/infer"
+BODY = (
+    b'{"id":"b","inputs":[{"name":"INPUT0","shape":[1,4],"datatype":"FP32",'
+    b'"data":[0.1,0.2,0.3,0.4]}]}'
+)
+HEADERS = {
+    "Content-Type": "application/json",
+    "User-Agent": "bench",
+    "X-Forwarded-For": "127.0.0.1",
+    "X-Forwarded-Proto": "http",
+    "X-Request-Id": "0123456789abcdef",
+}
+CONCURRENCY = 32
+
+Transport = H1Transport | HttpTransport
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sim(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "gateway.sim", "--port", str(port)]
+    if (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {1})
+        cmd = ["taskset", "-c", "0", *cmd]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the simulated backend did not start")
+
+
+async def per_request(t: Transport, n: int, concurrency: int) -> float:
+    """µs of this process's CPU per request."""
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            resp = await t.send("POST", PATH, HEADERS, BODY)
+            if resp.status != 200:
+                raise SystemExit(f"unexpected status {resp.status}")
+
+    per = n // concurrency
+    start = time.process_time()
+    await asyncio.gather(*(worker(per) for _ in range(concurrency)))
+    return (time.process_time() - start) / (per * concurrency) * 1e6
+
+
+async def run(url: str, requests: int, rounds: int) -> None:
+    spec = EndpointSpec(id="e", backend="b", url=url, region="local", weight=1, drain=False)
+    pool = PoolSpec(max_connections=CONCURRENCY, connect_timeout=1.0, idle_timeout=60.0)
+    makers: dict[str, Callable[[], Transport]] = {
+        "h1": lambda: H1Transport(spec, pool, check_json=True),
+        "aiohttp": lambda: HttpTransport(spec, pool, check_json=True),
+    }
+    transports = {name: make() for name, make in makers.items()}
+    results: dict[tuple[str, int], list[float]] = {}
+    try:
+        for t in transports.values():  # warm up: connections open, code paths hot
+            await per_request(t, 2000, CONCURRENCY)
+        for r in range(rounds):
+            for concurrency in (1, CONCURRENCY):
+                order = list(transports.items())
+                if r % 2:
+                    order.reverse()
+                for name, t in order:
+                    us = await per_request(t, requests, concurrency)
+                    results.setdefault((name, concurrency), []).append(us)
+    finally:
+        for t in transports.values():
+            await t.close()
+    print(f"{'transport':<10} {'callers':>7} {'µs CPU/request (median)':>24}  rounds")
+    for (name, concurrency), values in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        shown = " ".join(f"{v:.1f}" for v in values)
+        print(f"{name:<10} {concurrency:>7} {statistics.median(values):>24.1f}  {shown}")
+    for concurrency in (1, CONCURRENCY):
+        h1 = statistics.median(results[("h1", concurrency)])
+        aio = statistics.median(results[("aiohttp", concurrency)])
+        print(f"{concurrency:>2} callers: h1/aiohttp = {h1 / aio:.2f} (saves {aio - h1:.1f} µs)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    args = parser.parse_args()
+    port = free_port()
+    sim = start_sim(port)
+    try:
+        coro = run(f"http://127.0.0.1:{port}", args.requests, args.rounds)
+        if args.loop == "uvloop":
+            import uvloop
+
+            uvloop.run(coro)
+        else:
+            asyncio.run(coro)
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+if __name__ == "__main__":
+    main()
