@@ -15,11 +15,15 @@ from gateway import __version__
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
+    """HOST:PORT the same way the policy reads it (`:8080` means every interface)."""
+    from pydantic_core import PydanticCustomError
+
+    from gateway.policy.units import parse_hostport
+
     try:
-        return (host.strip("[]") or "127.0.0.1", int(port))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}") from None
+        return parse_hostport(value)
+    except PydanticCustomError as e:
+        raise argparse.ArgumentTypeError(f"{value!r}: {e.message()}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
