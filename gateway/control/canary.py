@@ -8,7 +8,11 @@ to the metrics before it takes effect.
 
 With a shared store, replicas agree: one holds a short lease per route and decides; it
 publishes the analysis state after each decision, and the others restore it on their next
-tick. A replica that loses the lease simply follows.
+tick. A replica that loses the lease simply follows; when the leader dies its lease runs
+out and a follower takes over where the shared state left off. An operator's action on
+any replica is published the same way, and every replica (the leader too) adopts the
+newest published state, so a rollback asked of a follower is not undone by the leader.
+Published times are wall-clock: monotonic clocks of two hosts have nothing in common.
 """
 
 from __future__ import annotations
@@ -22,12 +26,7 @@ from collections.abc import Callable
 from gateway.clock import Clock
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import RouteRuntime, Snapshot
-from gateway.resilience.canary import (
-    CanaryAnalysis,
-    CanaryConfig,
-    CanaryDecision,
-    CanarySide,
-)
+from gateway.resilience.canary import CanaryAnalysis, CanaryDecision, CanarySide
 from gateway.state.store import StateStore
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import Metrics
@@ -56,6 +55,9 @@ class CanaryController:
         self._store = store
         self._replica = replica
         self._analyses: dict[str, CanaryAnalysis] = {}
+        # (sequence, replica) of the shared state each analysis stands for; newer wins
+        self._versions: dict[str, tuple[int, str]] = {}
+        self._pending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.decisions: list[dict[str, object]] = []  # recent, for the admin API
 
@@ -162,20 +164,29 @@ class CanaryController:
     def _share(self, route: str, analysis: CanaryAnalysis) -> None:
         if not self._store.shared:
             return
-        state = json.dumps({"by": self._replica, **analysis.export()}).encode()
-        task = asyncio.ensure_future(self._put(f"canary:{route}", state))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+        seq = self._versions.get(route, (0, ""))[0] + 1
+        self._versions[route] = (seq, self._replica)
+        state = analysis.export()
+        # the interval's start as wall time: another host's monotonic clock cannot read ours
+        start = state["interval_start"]
+        assert isinstance(start, float)
+        state["interval_start"] = start - self._clock.now() + self._clock.wall()
+        payload = {"by": self._replica, "seq": seq, "clock": "wall", **state}
+        task = asyncio.ensure_future(self._put(f"canary:{route}", json.dumps(payload).encode()))
+        self._pending.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._pending.discard)
 
     async def _put(self, key: str, value: bytes) -> None:
         with contextlib.suppress(StoreUnavailable):
             await self._store.set(key, value, ttl=86400)
 
-    async def _leads(self, route: RouteRuntime, config: CanaryConfig) -> bool:
+    async def _leads(self, route: RouteRuntime) -> bool:
         """True when this replica holds (or just took) the route's decider lease."""
+        assert route.canary is not None
         if not self._store.shared or not self._store.available():
             return True  # alone, or cut off: decide locally rather than freeze the rollout
         key = f"canary-lead:{route.name}"
-        ttl = max(2.0, config.interval * 2)
+        ttl = max(2.0, route.canary.config.interval * 2)
         try:
             if await self._store.set_if_absent(key, self._replica.encode(), ttl):
                 return True
@@ -183,40 +194,69 @@ class CanaryController:
             if holder == self._replica.encode():
                 await self._store.set(key, holder, ttl)
                 return True
-            state = await self._store.get(f"canary:{route.name}")
         except StoreUnavailable:
             return True
-        if state is not None:
-            self._follow(route, config, state)
         return False
 
-    def _follow(self, route: RouteRuntime, config: CanaryConfig, raw: bytes) -> None:
+    async def _adopt_shared(self, route: RouteRuntime) -> None:
+        """Take the published state when it is newer than ours, whoever published it."""
+        if not self._store.shared or not self._store.available():
+            return
+        try:
+            raw = await self._store.get(f"canary:{route.name}")
+        except StoreUnavailable:
+            return
+        if raw is not None:
+            self._follow(route, raw)
+
+    def _follow(self, route: RouteRuntime, raw: bytes) -> None:
+        assert route.canary is not None
         try:
             data = json.loads(raw)
-            restored = CanaryAnalysis.restore(config, data)
-        except (ValueError, TypeError, KeyError):
+            version = (data["seq"], str(data["by"]))
+            if not isinstance(version[0], int) or data.get("clock") != "wall":
+                return  # not a state this controller published
+            own = self._versions.get(route.name, (0, ""))
+            if version == own or version[0] < own[0]:
+                return
+            start = data["interval_start"]
+            if isinstance(start, int | float) and not isinstance(start, bool):
+                data["interval_start"] = start - self._clock.wall() + self._clock.now()
+            restored = CanaryAnalysis.restore(route.canary.config, data)
+        except (ValueError, TypeError, KeyError, RecursionError):
+            log.warning("ignoring an unreadable canary state for %s", route.name)
             return
         current = self._analyses.get(route.name)
-        if current is not None and current.export() == restored.export():
-            return
+        self._versions[route.name] = version
         self._analyses[route.name] = restored
         self._apply(route, restored)
+        if current is None or (current.phase, current.weight) != (restored.phase, restored.weight):
+            self._audit.record(
+                "canary-followed", version[1], route=route.name, backend=route.canary.backend,
+                phase=restored.phase.value, weight=restored.weight, step=restored.step,
+            )  # fmt: skip
+            log.warning(
+                "canary of %s follows replica %s: %s at %g%%",
+                route.name, version[1], restored.phase.value, restored.weight,
+            )  # fmt: skip
+
+    async def step(self) -> None:
+        """One tick across replicas: hold or seek the lease, adopt newer state, judge if due."""
+        for route in self._current().routes:
+            if route.canary is None or route.name not in self._analyses:
+                continue
+            leads = await self._leads(route)
+            await self._adopt_shared(route)
+            analysis = self._analyses.get(route.name)  # a reload may have dropped it meanwhile
+            now = self._clock.now()
+            if leads and analysis is not None and analysis.due(now):
+                self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
             try:
-                snapshot = self._current()
-                now = self._clock.now()
-                for route in snapshot.routes:
-                    analysis = self._analyses.get(route.name)
-                    if analysis is None or route.canary is None:
-                        continue
-                    if not await self._leads(route, route.canary.config):
-                        continue
-                    analysis = self._analyses[route.name]
-                    if analysis.due(now):
-                        self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
+                await self.step()
             except Exception:
                 log.exception("canary analysis tick failed")
 
@@ -230,6 +270,8 @@ class CanaryController:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
 
 __all__ = ["CanaryController"]

@@ -25,6 +25,9 @@ log = logging.getLogger("tailguard.peers")
 
 CHANNEL = "endpoint-events"
 
+# What replicas tell each other; anything else on the channel is ignored.
+EVENTS = frozenset({"ejected", "breaker-open"})
+
 
 class PeerNotifier:
     """Publishes this replica's endpoint failures and applies its peers'."""
@@ -54,7 +57,7 @@ class PeerNotifier:
             self._store.subscribe(CHANNEL, self.receive)
 
     def notify(self, backend: str, endpoint_id: str, event: str) -> None:
-        """Tell the peers (fire and forget: the caller is on the request path)."""
+        """Tell the peers (fire and forget: the caller is on the request path); `event` in EVENTS."""
         if not self.enabled() or not self._store.available():
             return
         message = json.dumps(
@@ -76,17 +79,19 @@ class PeerNotifier:
             msg = json.loads(raw)
             replica, backend = str(msg["replica"]), str(msg["backend"])
             endpoint, event = str(msg["endpoint"]), str(msg["event"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             log.warning("ignoring a malformed endpoint event from a peer")
             return
         if replica == self.replica:
             return
-        self._m.peer_events.labels(backend, event, "detected").inc()
         snapshot = self._current()
-        if not snapshot.settings.state.share_ejections:
-            return
         b = snapshot.backends.get(backend)
-        if b is None:
+        if b is None or event not in EVENTS:
+            # a peer on another policy, or garbage: its names must not become metric labels
+            log.debug("ignoring endpoint event %r on unknown backend %r", event, backend)
+            return
+        self._m.peer_events.labels(backend, event, "detected").inc()
+        if not snapshot.settings.state.share_ejections:
             return
         for state in b.states:
             if state.spec.id == endpoint:
@@ -100,4 +105,4 @@ class PeerNotifier:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-__all__ = ["CHANNEL", "PeerNotifier"]
+__all__ = ["CHANNEL", "EVENTS", "PeerNotifier"]

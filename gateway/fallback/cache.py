@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -62,11 +63,21 @@ def cache_key(
     path_qs: str,
     headers: Mapping[str, str],
     body: bytes,
+    *,
+    scope: tuple[str, ...] = (),
 ) -> str | None:
-    """The entry's key, or None when this request is not cacheable (method not listed)."""
+    """The entry's key, or None when this request is not cacheable (method not listed).
+
+    `scope` is what else must match for an answer to be shared: the caller passes the
+    tenant (one tenant's answers are never served to another) and the backend the split
+    chose (a promoted canary does not keep serving the old model's answers).
+    """
     if method not in config.methods:
         return None
     h = hashlib.sha256()
+    for part in scope:
+        h.update(part.encode())
+        h.update(b"\0")
     h.update(method.encode())
     h.update(b"\0")
     h.update(path_qs.encode())
@@ -85,32 +96,61 @@ def _canonical_body(body: bytes, ignore: frozenset[str]) -> bytes:
         return b""
     try:
         data = json.loads(body)
-    except ValueError:
-        return body  # not JSON: the bytes themselves are the only form there is
+    except (ValueError, RecursionError):
+        # not JSON, or nested too deep to canonicalise: the bytes themselves are the key
+        return body
     if ignore and isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in ignore}
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-_HEAD = struct.Struct("!HdI")  # status, stored_at, length of the JSON header list
+# magic and version, status, stored_at, length of the JSON header list, length of the body
+_HEAD = struct.Struct("!4sHdII")
+_MAGIC = b"TGc1"
 
 
 def encode(entry: CachedAnswer) -> bytes:
     """A compact binary form for the store: fixed header, JSON header list, raw body."""
     heads = json.dumps(entry.headers, separators=(",", ":")).encode()
-    return _HEAD.pack(entry.status, entry.stored_at, len(heads)) + heads + entry.body
+    head = _HEAD.pack(_MAGIC, entry.status, entry.stored_at, len(heads), len(entry.body))
+    return head + heads + entry.body
 
 
 def decode(raw: bytes) -> CachedAnswer | None:
-    """The entry, or None for anything that is not one (a foreign or corrupt value)."""
+    """The entry, or None for anything that is not one (a foreign, truncated or corrupt value).
+
+    Whatever comes back from a shared store is untrusted: a value that would crash the
+    request, never age, or pass a truncated body off as a whole answer is a miss instead.
+    """
     try:
-        status, stored_at, n = _HEAD.unpack_from(raw)
+        magic, status, stored_at, n, size = _HEAD.unpack_from(raw)
         start = _HEAD.size
+        if (
+            magic != _MAGIC
+            or len(raw) != start + n + size
+            or not 200 <= status < 300
+            or not math.isfinite(stored_at)
+        ):
+            return None
         heads = json.loads(raw[start : start + n])
-        headers = tuple((str(k), str(v)) for k, v in heads)
+        if not isinstance(heads, list):
+            return None
+        headers = tuple((k, v) for k, v in heads)
+        if not all(_safe_header(k, v) for k, v in headers):
+            return None
         return CachedAnswer(status, headers, raw[start + n :], stored_at)
-    except (struct.error, ValueError, TypeError):
+    except (struct.error, ValueError, TypeError, RecursionError):
         return None
+
+
+def _safe_header(name: object, value: object) -> bool:
+    # a header this module would have kept, with nothing that could split the response
+    return (
+        isinstance(name, str)
+        and name in KEPT_HEADERS
+        and isinstance(value, str)
+        and not any(c in value for c in "\r\n\0")
+    )
 
 
 class LocalEntries:

@@ -144,7 +144,13 @@ class FallbackStage:
         req = ex.request
         key = None
         if config is not None:
-            key = cache_key(route.name, config, req.method, req.path_qs, req.headers, req.body)
+            scope = (
+                ex.identity.tenant if ex.identity is not None else "",
+                ex.split_backend or "",
+            )
+            key = cache_key(
+                route.name, config, req.method, req.path_qs, req.headers, req.body, scope=scope
+            )
             if key is not None and config.ttl > 0:
                 entry = await self._caches.lookup(route.name, config, key)
                 age = entry.age(self._clock.wall()) if entry is not None else 0.0
@@ -194,8 +200,9 @@ class FallbackStage:
                 return answer
             self._m.child(self._m.fallback_failures, route.name, kind).inc()
             notes.append(f"{kind}: {why}" if step.backend is None else f"{step.backend}: {why}")
-        err = type(failure)("; ".join(notes), headers=failure.headers)
-        raise err
+        # nothing answered: no backend or endpoint header may suggest otherwise
+        ex.backend = ex.endpoint = None
+        raise type(failure)("; ".join(notes), headers=failure.headers)
 
     async def _step(
         self, ex: Exchange, route: RouteRuntime, key: str | None, step: FallbackStep

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
+from gateway.auth import AuthMethod
 from gateway.clock import Clock
 from gateway.errors import RateLimited, StoreUnavailable
 from gateway.policy.compile import RateLimitSpec
@@ -26,7 +27,13 @@ ANONYMOUS = "-"
 
 
 def limit_key(ex: Exchange, spec: RateLimitSpec) -> str:
-    """The bucket this request draws from; never a raw secret."""
+    """The bucket this request draws from; never a raw secret, never a client's raw bytes.
+
+    Header values and credentials are hashed: a store key then has a fixed length and no
+    secret, whatever header the operator chose. An authenticated caller is limited by its
+    identity (the key's id or the token's subject), so minting new tokens or sending the
+    key in the other accepted header does not open a fresh bucket.
+    """
     req = ex.request
     if spec.key == "client_ip":
         return req.client_ip or ANONYMOUS
@@ -34,14 +41,32 @@ def limit_key(ex: Exchange, spec: RateLimitSpec) -> str:
         return ex.identity.tenant if ex.identity is not None else ANONYMOUS
     if spec.key == "header":
         assert spec.header is not None
-        return req.headers.get(spec.header) or ANONYMOUS
-    secret = req.headers.get("x-api-key")
+        value = req.headers.get(spec.header)
+        return _digest("header", value) if value else ANONYMOUS
+    identity = ex.identity
+    if identity is not None and identity.method is not AuthMethod.ANONYMOUS:
+        return _digest(identity.method.value, identity.subject)
+    secret = None
+    for name in _api_key_headers(ex):
+        secret = req.headers.get(name)
+        if secret is not None:
+            break
     if secret is None:
         auth = req.headers.get("authorization", "")
-        secret = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    if not secret:
-        return ANONYMOUS
-    return hashlib.sha256(secret.encode()).hexdigest()[:32]
+        secret = auth[7:] if auth[:7].lower() == "bearer " else None
+    secret = secret.strip() if secret is not None else None
+    return _digest("key", secret) if secret else ANONYMOUS
+
+
+def _api_key_headers(ex: Exchange) -> tuple[str, ...]:
+    # the header the policy's auth section names, else the conventional one
+    named = tuple(h for h in ex.snapshot.strip_headers if h != "authorization")
+    return named or ("x-api-key",)
+
+
+def _digest(kind: str, value: str) -> str:
+    # the kind keeps a header value from sharing a bucket with an equal credential
+    return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:32]
 
 
 class RateLimitStage:

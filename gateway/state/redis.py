@@ -56,10 +56,14 @@ elseif cost > burst then
 else
   wait = (cost - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+-- tostring keeps 14 digits: a timestamp would lose everything below 100 microseconds
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.6f', now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(tokens), tostring(wait)}
+return {allowed, string.format('%.17g', tokens), string.format('%.17g', wait)}
 """
+
+# Connections to Redis per replica; calls beyond this many wait for one to come free.
+MAX_CONNECTIONS = 256
 
 # How long the subscriber waits for a message before checking whether it should stop.
 _POLL = 1.0
@@ -87,14 +91,18 @@ class RedisStore:
         self._timeout = timeout
         self._retry_after = retry_after
         self._prefix = prefix
-        # redis-py retries by default; a retry inside a few-millisecond budget only adds latency
-        self._redis = aioredis.Redis.from_url(
+        # redis-py retries by default; a retry inside a few-millisecond budget only adds latency.
+        # A burst beyond the pool's size waits for a connection (within the call's timeout)
+        # instead of failing: a full pool says this replica is busy, not that Redis is down.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             socket_timeout=max(timeout * 4, 0.05),
             socket_connect_timeout=max(timeout * 4, 0.05),
             retry=Retry(NoBackoff(), 0),
-            max_connections=256,
+            max_connections=MAX_CONNECTIONS,
+            timeout=None,
         )
+        self._redis = aioredis.Redis.from_pool(pool)
         self._take_script = self._redis.register_script(_TAKE)
         self._down_until = 0.0
         self._was_up = True
@@ -225,8 +233,11 @@ class RedisStore:
                                 handler(msg["data"])
                             except Exception:
                                 log.exception("handler for %s failed", name)
-            except (RedisError, OSError) as e:
-                log.debug("subscription to %s lost (%s); resubscribing", self._safe_url(), e)
+            except Exception as e:
+                # this loop must outlive anything the library raises: a dead task would mean
+                # no peer news until a restart, silently; so log it and subscribe again
+                level = logging.DEBUG if isinstance(e, RedisError | OSError) else logging.WARNING
+                log.log(level, "subscription to %s lost (%r); resubscribing", self._safe_url(), e)
                 await asyncio.sleep(self._retry_after)
             finally:
                 with contextlib.suppress(RedisError, OSError):

@@ -228,3 +228,38 @@ routes:
     message = err["error"]["message"]
     assert message.startswith("primary: ")
     assert "small: " in message and "rules: no rule matched" in message
+
+
+async def test_one_tenants_cached_answers_are_never_served_to_another(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    from gateway.auth import hash_key
+
+    sim = await sims(models=["classifier"])
+    gw = await gateway(
+        f"""
+version: 1
+auth:
+  keys:
+    - {{id: a, tenant: acme, hash: "{hash_key("key-of-acme-0123456789abcdef")}"}}
+    - {{id: b, tenant: globex, hash: "{hash_key("key-of-globex-0123456789abcdef")}"}}
+backends:
+  clf: {{protocol: kserve-v2, endpoints: [{{url: "{sim.url}"}}]}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+    cache: {{ttl: 1h, ignore_fields: [id], methods: [POST]}}
+"""
+    )
+    assert gw.listening is not None
+    acme = {"x-api-key": "key-of-acme-0123456789abcdef"}
+    globex = {"x-api-key": "key-of-globex-0123456789abcdef"}
+    await post(http, gw.listening.url, headers=acme)
+    await asyncio.sleep(0.01)
+    _, hit, _ = await post(http, gw.listening.url, headers=acme)
+    assert hit.get("x-tailguard-cache") == "hit"
+    before = sim.stats.by_kind["infer"]
+    status, other, _ = await post(http, gw.listening.url, headers=globex)
+    assert status == 200 and "x-tailguard-cache" not in other
+    assert sim.stats.by_kind["infer"] == before + 1

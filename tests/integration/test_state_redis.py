@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
 
 from gateway.clock import MonotonicClock
 from gateway.errors import StoreUnavailable
-from gateway.state.redis import RedisStore
+from gateway.state.redis import MAX_CONNECTIONS, RedisStore
 from gateway.telemetry.catalog import Metrics
 from tests.redis_server import RedisServer
 
@@ -90,5 +91,90 @@ async def test_a_dead_redis_fails_fast_then_recovers(redis_server: RedisServer) 
             await asyncio.sleep(0.02)
         assert (await store.take("b", 1.0, 1.0)).allowed
         assert metrics.store_up.labels("redis")._value.get() == 1
+    finally:
+        await store.close()
+
+
+async def test_subscriptions_come_back_after_redis_restarts(redis_server: RedisServer) -> None:
+    pub = store_for(redis_server.url, timeout=0.5, retry_after=0.1)
+    sub = store_for(redis_server.url, timeout=0.5, retry_after=0.1)
+    sub._prefix = pub._prefix
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+    sub.subscribe("events", got.put_nowait)
+    await sub.start()
+
+    async def delivered(message: bytes) -> bool:
+        for _ in range(200):  # subscribing again happens in the background
+            with contextlib.suppress(StoreUnavailable):
+                await pub.publish("events", message)
+            try:
+                while (await asyncio.wait_for(got.get(), 0.05)) != message:
+                    pass
+                return True
+            except TimeoutError:
+                continue
+        return False
+
+    try:
+        assert await delivered(b"before")
+        redis_server.stop()
+        redis_server.start()
+        assert await delivered(b"after")
+        assert sub._subscriber is not None and not sub._subscriber.done()
+    finally:
+        await pub.close()
+        await sub.close()
+
+
+async def test_a_burst_larger_than_the_pool_waits_instead_of_marking_redis_down(
+    redis_url: str,
+) -> None:
+    store = store_for(redis_url, timeout=2.0)
+    try:
+        results = await asyncio.gather(
+            *(store.take(f"burst{i}", 100.0, 10.0) for i in range(MAX_CONNECTIONS + 150)),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures == []
+        assert store.available()
+        assert store._m.store_up.labels("redis")._value.get() == 1
+    finally:
+        await store.close()
+
+
+async def test_cancelled_calls_do_not_hand_a_stale_reply_to_the_next_caller(
+    redis_url: str,
+) -> None:
+    store = store_for(redis_url, timeout=2.0)
+    try:
+        for i in range(20):
+            await store.set(f"k{i}", f"v{i}".encode(), ttl=30)
+        for round_ in range(20):
+            # cancel calls at every stage: before sending, after sending, while reading
+            tasks = [asyncio.ensure_future(store.get(f"k{i}")) for i in range(20)]
+            for _ in range(round_ % 4):
+                await asyncio.sleep(0)
+            for t in tasks[::2]:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            values = await asyncio.gather(*(store.get(f"k{i}") for i in range(20)))
+            assert values == [f"v{i}".encode() for i in range(20)]
+        assert store.available()
+    finally:
+        await store.close()
+
+
+async def test_the_lua_bucket_refills_caps_at_burst_and_expires(redis_url: str) -> None:
+    store = store_for(redis_url, timeout=0.5)
+    try:
+        big = await store.take("b", rate=100.0, burst=5.0, cost=6.0)
+        assert not big.allowed and big.retry_after == float("inf")
+        assert [(await store.take("b", 100.0, 5.0)).allowed for _ in range(5)] == [True] * 5
+        await asyncio.sleep(0.1)  # 10 tokens' worth of time: the bucket holds 5 at most
+        taken = [(await store.take("b", 100.0, 5.0)).allowed for _ in range(8)]
+        assert taken.count(True) in (5, 6)  # 5, plus at most one refilled during the calls
+        ttl = await store._redis.pttl(store._prefix + "b")
+        assert 0 < ttl <= 5 / 100 * 1000 + 1000
     finally:
         await store.close()
