@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import NoReturn
 
+from multidict import CIMultiDict
+
 from gateway.clock import Clock
 from gateway.errors import (
     AttemptFailed,
@@ -64,25 +66,32 @@ class AttemptResult:
         return not self.outcome.is_failure
 
 
-def upstream_headers(req: ProxyRequest, strip: frozenset[str] = frozenset()) -> dict[str, str]:
+# Forwarding facts the gateway states itself; a client's own values are not passed on.
+_GATEWAY_SET = frozenset({"host", "content-length", "x-forwarded-proto", "x-request-id"})
+
+
+def upstream_headers(req: ProxyRequest, strip: frozenset[str] = frozenset()) -> CIMultiDict[str]:
     """The headers an attempt sends: the client's, minus hop-by-hop, plus forwarding facts.
 
-    `strip` names headers meant for the gateway alone (its own credentials): a backend never
-    sees the key a client authenticated to the gateway with.
+    Case-insensitive and multi-valued like HTTP itself: a client's `x-request-id` cannot sit
+    beside the gateway's `X-Request-Id`, and repeated headers all go through. `strip` names
+    headers meant for the gateway alone (its own credentials): a backend never sees the key a
+    client authenticated to the gateway with.
     """
-    out: dict[str, str] = {}
+    out: CIMultiDict[str] = CIMultiDict()
     named = req.headers.get("Connection")
     extra = {h.strip().lower() for h in named.split(",")} if named else ()
+    forwarded_for = ""
     for k, v in req.headers.items():
         lk = k.lower()
-        if lk in HOP_BY_HOP or lk in extra or lk == "host" or lk == "content-length":
-            continue
-        if lk in strip:
+        if lk in HOP_BY_HOP or lk in extra or lk in _GATEWAY_SET or lk in strip:
             continue
         if lk == "x-forwarded-for":
-            v = f"{v}, {req.client_ip}"
-        out[k] = v
-    out.setdefault("X-Forwarded-For", req.client_ip)
+            forwarded_for = f"{forwarded_for}, {v}" if forwarded_for else v
+            continue
+        out.add(k, v)
+    ip = req.client_ip
+    out["X-Forwarded-For"] = f"{forwarded_for}, {ip}" if forwarded_for else ip
     out["X-Forwarded-Proto"] = req.scheme
     out["X-Request-Id"] = req.request_id
     return out
@@ -277,7 +286,7 @@ class AttemptRunner:
         remaining = ex.deadline - now
         timeout = route.retry.try_timeout(remaining) if route.retry is not None else remaining
         headers = (
-            dict(ex.upstream_headers)
+            ex.upstream_headers.copy()
             if ex.upstream_headers is not None
             else upstream_headers(ex.request, ex.snapshot.strip_headers)
         )

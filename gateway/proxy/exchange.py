@@ -72,7 +72,7 @@ class Exchange:
         self.extra_headers: dict[str, str] | None = None
         self.tried: list[str] = []
         # built once per request, copied per attempt (each attempt adds its own deadline)
-        self.upstream_headers: dict[str, str] | None = None
+        self.upstream_headers: CIMultiDict[str] | None = None
 
     def add_headers(self, headers: dict[str, str]) -> None:
         """Headers a stage wants on the answer, next to those other stages asked for."""

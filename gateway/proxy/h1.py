@@ -10,18 +10,21 @@ vocabulary: every failure leaves as `AttemptFailed` carrying an `Outcome`.
 - CONNECT_FAILURE: the connection could not be opened within `PoolSpec.connect_timeout`.
 - RESET: the connection closed or was reset before a complete answer.
 - MALFORMED: an unparsable status line or header block, a body shorter than its
-  Content-Length, bad chunk framing.
+  Content-Length, bad chunk framing, a transfer coding other than chunked.
 
 Connection reuse is conservative: a connection goes back to the pool only after an
 HTTP/1.1 answer without `Connection: close` was read to its exact end with nothing
-after it. An idle connection the server closed is noticed before reuse; when the close
-races the next request (the server's FIN arrives with no byte of the answer), the request
-is sent once more on a fresh connection, since the server never read it.
+after it. An idle connection the server closed is noticed before reuse. When the close
+races the next request (the server's FIN arrives with no byte of the answer), nothing
+tells a server that closed an idle connection from one that read the request, acted on it
+and then died; so only an idempotent request (RFC 9110 section 9.2.2) is sent once more on
+a fresh connection. Any other fails as RESET and the retry policy decides, with its budget.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import ssl
@@ -49,14 +52,20 @@ READ_HIGH_WATER = 256 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Methods whose requests carry a body by definition: they always say how long it is.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Methods whose request may be sent twice with the effect of once (RFC 9110 section 9.2.2):
+# only these are resent when a reused connection closes before any byte of the answer.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Request headers the transport writes itself (or that must never reach the wire twice).
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 # RFC 9110 field lines: a token name, a colon, then visible characters, spaces, tabs and
 # obs-text. No folding, no bare CR or LF, no other control characters.
 _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
-# Splits a block `_FIELDS` accepted into (name, value) pairs, the value without its padding.
-_PAIRS = re.compile(r"([^:]+):[ \t]*(.*?)[ \t]*\r\n")
+# What the transport may write: a token method and field names, a request target without
+# spaces or control characters (values are checked for CR, LF and NUL). Anything else could
+# be read by the server as a second field, a second request or a different framing.
+_TOKENS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 # Body framing of one answer.
@@ -162,6 +171,12 @@ class _Connection(asyncio.Protocol):
             self.waiter = None
         return len(self.buf) > size or not (self.eof or self.lost)
 
+    def resume(self) -> None:
+        """Read from the socket again: an idle connection must see the server's close."""
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
     def abort(self) -> None:
         """Drop the socket now, unsent data included; the connection is never reused."""
         self.dead = True
@@ -229,10 +244,12 @@ class _Pool:
                 # a slot was handed over just as the caller gave up: pass it on
                 self._free(waiter.result())
             else:
-                self._waiters.remove(waiter)
+                # `_free` may already have dropped this cancelled waiter from the queue
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
             raise
         if handed is not None:
-            if handed.usable:
+            if handed.usable and not handed.buf:
                 return handed, True
             handed.abort()
         return await self._open_in_slot(), False
@@ -259,6 +276,8 @@ class _Pool:
             conn.abort()
             self._free(None)
             return
+        # a large answer may have ended while reading was paused
+        conn.resume()
         self._free(conn)
 
     def discard(self, conn: _Connection) -> None:
@@ -387,28 +406,39 @@ def parse_head(data: bytes, method: str) -> _Head:
         raise AttemptFailed(Outcome.MALFORMED, f"bad status code {status}")
     if _FIELDS.fullmatch(data, end + 2) is None:
         raise AttemptFailed(Outcome.MALFORMED, "malformed response header block")
-    pairs = _PAIRS.findall(data[end + 2 :].decode("utf-8", "surrogateescape"))
+    # `_FIELDS` vouched for the shape: every line is a name, a colon and a value
+    fields = data[end + 2 :].decode("utf-8", "surrogateescape").split("\r\n")
+    pairs = []
+    for field in fields[:-1]:
+        name, _, value = field.partition(":")
+        pairs.append((name, value.strip(" \t")))
     headers = CIMultiDictProxy(CIMultiDict(pairs))
+    # an HTTP/1.0 answer is never reused, `Connection: keep-alive` or not: too few servers
+    # get its rules right to be worth the risk
     keep_alive = line[7] == 0x31
-    if keep_alive:
-        connection = headers.get("Connection")
-        if connection is not None and "close" in connection.lower():
-            keep_alive = False
+    if keep_alive and "Connection" in headers:
+        for value in headers.getall("Connection"):
+            if any(t.strip(" \t").lower() == "close" for t in value.split(",")):
+                keep_alive = False
     if method == "HEAD" or status < 200 or status == 204 or status == 304:
         return _Head(status, headers, _NONE, 0, keep_alive)
     te = headers.get("Transfer-Encoding")
     if te is not None:
         codings = [
-            c.strip().lower() for c in ",".join(headers.getall("Transfer-Encoding")).split(",")
+            c
+            for joined in headers.getall("Transfer-Encoding")
+            for c in (p.strip(" \t").lower() for p in joined.split(","))
+            if c
         ]
-        if codings[-1] == "chunked":
-            if codings.count("chunked") > 1:
-                raise AttemptFailed(Outcome.MALFORMED, f"bad Transfer-Encoding {te!r}")
-            # a length beside a transfer coding is ignored, but says the sender is confused
-            if "Content-Length" in headers:
-                keep_alive = False
-            return _Head(status, headers, _CHUNKED, 0, keep_alive)
-        return _Head(status, headers, _UNTIL_CLOSE, 0, False)
+        # The request asked for no transfer coding (it sends no TE field), and one the
+        # gateway does not undo would reach the client as a body it cannot read, since
+        # Transfer-Encoding is not forwarded.
+        if codings != ["chunked"]:
+            raise AttemptFailed(Outcome.MALFORMED, f"unrequested Transfer-Encoding {te!r}")
+        # a length beside a transfer coding is ignored, but says the sender is confused
+        if "Content-Length" in headers:
+            keep_alive = False
+        return _Head(status, headers, _CHUNKED, 0, keep_alive)
     lengths = headers.getall("Content-Length", None)
     if lengths is None:
         return _Head(status, headers, _UNTIL_CLOSE, 0, False)
@@ -422,8 +452,9 @@ def parse_head(data: bytes, method: str) -> _Head:
 
 
 class _FirstByteLost(Exception):
-    """A reused connection ended cleanly before any byte of the answer: the server had
-    closed it while idle and never read the request, so it may be sent again."""
+    """A reused connection ended cleanly before any byte of the answer: most likely the
+    server closed it while idle, but it may also have read the request, acted on it and
+    gone away; so the caller resends only idempotent requests."""
 
 
 async def _read_head(conn: _Connection, method: str) -> _Head:
@@ -440,12 +471,12 @@ async def _read_head(conn: _Connection, method: str) -> _Head:
             if not await conn.more():
                 if first and not buf and conn.error is None:
                     raise _FirstByteLost
+                if conn.error is not None:
+                    raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
                 if buf:
                     raise AttemptFailed(
                         Outcome.MALFORMED, "connection closed inside the response head"
                     )
-                if conn.error is not None:
-                    raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
                 raise AttemptFailed(Outcome.RESET, "server closed the connection without answering")
             first = False
             continue
@@ -567,10 +598,8 @@ class H1Stream:
         if framing == _LENGTH:
             if not buf and not await conn.more():
                 raise conn.ended_failure("the response body")
-            take = min(self._left, len(buf))
-            data = bytes(buf[:take])
-            del buf[:take]
-            self._left -= take
+            data = _take(buf, self._left)
+            self._left -= len(data)
             if self._left == 0:
                 self._end()
             return data
@@ -592,10 +621,8 @@ class H1Stream:
             if self._left > 0:
                 if not buf and not await conn.more():
                     raise conn.ended_failure("a chunk")
-                take = min(self._left, len(buf))
-                data = bytes(buf[:take])
-                del buf[:take]
-                self._left -= take
+                data = _take(buf, self._left)
+                self._left -= len(data)
                 if self._left == 0:
                     self._left = -2
                 return data
@@ -724,9 +751,17 @@ class H1Transport:
         if (
             text.count("\r\n") != fields + 1
             or text.count("\n") != fields + 1
-            or (text.count("\r") != fields + 1 or "\0" in text)
+            or text.count("\r") != fields + 1
+            or "\0" in text
+            # every name and the method at once: a token run has no delimiter to slip in
+            or _TOKENS.fullmatch(method + "".join(headers)) is None
+            or "" in headers
+            or _TARGET.fullmatch(self._base + path_qs) is None
         ):
-            raise ClientError("a request header or the path contains a line break")
+            raise ClientError(
+                "the method, the path or a request header cannot be sent as HTTP/1.1"
+                " (a line break, a space in the path, or a name that is not a token)"
+            )
         return text.encode("utf-8", "surrogateescape")
 
     async def _send(
@@ -752,7 +787,7 @@ class H1Transport:
                     head = await _read_head(conn, method)
                     break
                 except _FirstByteLost:
-                    if not reused:
+                    if not reused or method not in _IDEMPOTENT:
                         raise AttemptFailed(
                             Outcome.RESET, "server closed the connection without answering"
                         ) from None
@@ -804,12 +839,17 @@ async def _read_body(conn: _Connection, length: int) -> bytes:
             raise AttemptFailed(
                 Outcome.MALFORMED, f"truncated response body: {len(buf)} of {length} bytes"
             )
-    if len(buf) == length:
+    return _take(buf, length)
+
+
+def _take(buf: bytearray, n: int) -> bytes:
+    """Up to `n` bytes from the front of `buf`, copied once when they are all of it."""
+    if n >= len(buf):
         data = bytes(buf)
         buf.clear()
         return data
-    data = bytes(buf[:length])
-    del buf[:length]
+    data = bytes(buf[:n])  # a partial take copies the part taken twice
+    del buf[:n]
     return data
 
 

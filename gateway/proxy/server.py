@@ -126,8 +126,9 @@ class ProxyServer:
                 if not chunk:
                     break
                 await resp.write(chunk)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-            # the client went away: nobody's fault but the client's
+        except BaseException:
+            # the client went away (or writing to it failed): nobody's fault but the client's;
+            # whatever it was, the upstream connection must not be left open
             up.close()
             self._runner.finish_stream(ex.backend, result, Outcome.CANCELLED)
             raise

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 
 from gateway.errors import AttemptFailed, ClientError
 from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.proxy import h1
 from gateway.proxy.h1 import H1Stream, H1Transport, PoolStats, parse_head
 from gateway.proxy.upstream import BUFFER_LIMIT, UpstreamResponse
 from gateway.resilience.outcome import Outcome
@@ -179,11 +181,31 @@ async def test_request_is_written_with_base_path_host_and_one_length(servers: Se
     await t.close()
 
 
-async def test_a_header_with_a_line_break_is_refused_before_sending(servers: Servers) -> None:
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/", {"X-A": "1\r\nX-Injected: yes"}),
+        ("/", {"X-A": "1\nX-Injected: yes"}),
+        ("/", {"X-A\r\nX-Injected": "yes"}),
+        ("/", {"X-A": "nul\0"}),
+        # a lenient server may read these names as the framing fields they resemble
+        ("/", {"Transfer-Encoding ": "chunked"}),
+        ("/", {"Content-Length\t": "0"}),
+        ("/", {"X-A: 1": "2"}),
+        ("/", {"": "x"}),
+        ("/a HTTP/1.1\r\nHost: evil\r\n\r\nGET /b", {}),
+        ("/a b", {}),
+    ],
+)
+async def test_a_request_that_would_forge_a_field_or_a_request_is_refused_before_sending(
+    servers: Servers, path: str, headers: dict[str, str]
+) -> None:
     srv = await servers(answering(OK))
     t = transport(srv.url)
     with pytest.raises(ClientError):
-        await t.send("GET", "/", {"X-A": "1\r\nX-Injected: yes"}, b"")
+        await t.send("POST", path, headers, b"{}")
+    with pytest.raises(ClientError):
+        await t.send("GET\r\nX", "/", {"X-A": "1"}, b"")  # the method is checked too
     assert srv.connections == 0
     assert t.stats() == IDLE
 
@@ -293,6 +315,22 @@ async def test_reset_mid_body_is_reset(servers: Servers) -> None:
     assert t.stats() == IDLE
 
 
+async def test_reset_inside_the_head_is_reset(servers: Servers) -> None:
+    async def handler(
+        srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        await srv.request(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+        await w.drain()
+        rst(w)
+
+    srv = await servers(handler)
+    t = transport(srv.url)
+    e = await failure(t.send("GET", "/", {}, b""))
+    assert e.outcome is Outcome.RESET
+    assert t.stats() == IDLE
+
+
 async def test_reset_before_answering_is_reset(servers: Servers) -> None:
     async def handler(
         srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
@@ -321,6 +359,10 @@ async def test_reset_before_answering_is_reset(servers: Servers) -> None:
         b"HTTP/1.1 200 OK\r\nX-A: 1\nX-B: 2\r\nContent-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
         b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        # a transfer coding nobody asked for, that the client would get still encoded
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Len",  # closed inside the head
     ],
 )
@@ -330,6 +372,17 @@ async def test_unparsable_answers_are_malformed(servers: Servers, answer: bytes)
     e = await failure(t.send("GET", "/", {}, b""))
     assert e.outcome is Outcome.MALFORMED
     assert t.stats() == IDLE
+
+
+def test_a_long_value_with_inner_whitespace_parses_in_linear_time() -> None:
+    # a head of 64 KiB at most, but a backtracking field split took seconds on this one,
+    # with the whole event loop stalled
+    value = b"a" + b" \t" * 30_000 + b"b"
+    data = b"HTTP/1.1 200 OK\r\nX-A:  " + value + b" \r\nContent-Length: 0\r\n"
+    started = time.perf_counter()
+    head = parse_head(data, "GET")
+    assert time.perf_counter() - started < 0.1
+    assert head.headers["X-A"] == value.decode()
 
 
 def test_parse_head_reads_status_headers_and_framing() -> None:
@@ -342,6 +395,9 @@ def test_parse_head_reads_status_headers_and_framing() -> None:
     assert head.headers["x-a"] == "v" and head.headers["Retry-After"] == "2"
     assert not parse_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n", "GET").keep_alive
     assert not parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n", "GET").keep_alive
+    assert not parse_head(b"HTTP/1.1 200\r\nConnection: x, Close\r\n", "GET").keep_alive
+    kept = b"HTTP/1.1 200\r\nConnection: keep-alive, x-closed\r\nContent-Length: 0\r\n"
+    assert parse_head(kept, "GET").keep_alive
     # a length beside chunked: chunked wins and the connection is not trusted again
     both = parse_head(b"HTTP/1.1 200\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n", "GET")
     assert both.length == 0 and not both.keep_alive
@@ -472,7 +528,10 @@ async def test_stream_read_timeout_closes_the_connection(servers: Servers) -> No
 async def test_connection_close_and_http10_answers_are_not_reused(servers: Servers) -> None:
     for answer in (
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n"
+        b"Content-Length: 2\r\n\r\nok",
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
     ):
         srv = await servers(answering(answer))
         t = transport(srv.url)
@@ -517,26 +576,41 @@ async def test_idle_connection_closed_by_the_server_is_not_reused(servers: Serve
     assert srv.connections == 2 and len(srv.requests) == 2
 
 
-async def test_close_racing_the_next_request_is_retried_once_on_a_fresh_connection(
+async def answers_once_per_connection(
+    srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+) -> None:
+    """The first request on each connection is answered; the second is read, then the
+    connection closes with no byte of answer: an idle close racing the request looks the
+    same as a server that took the request and went away."""
+    await srv.request(reader)
+    w.write(OK)
+    await w.drain()
+    await srv.request(reader)
+
+
+async def test_close_racing_an_idempotent_request_is_retried_once_on_a_fresh_connection(
     servers: Servers,
 ) -> None:
-    async def handler(
-        srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
-    ) -> None:
-        # the first request on each connection is answered; the second one finds the
-        # connection closing (the server's idle close raced it): no byte of answer
-        await srv.request(reader)
-        w.write(OK)
-        await w.drain()
-        await reader.readuntil(b"\r\n\r\n")
-
-    srv = await servers(handler)
+    srv = await servers(answers_once_per_connection)
     t = transport(srv.url)
-    await t.send("POST", "/", {}, b"{}")
-    resp = await t.send("POST", "/", {}, b"{}")
+    await t.send("GET", "/", {}, b"")
+    resp = await t.send("PUT", "/", {}, b"{}")
     assert resp.status == 200
     assert srv.connections == 2
+    assert [r.split(b" ")[0] for r in srv.requests] == [b"GET", b"PUT", b"PUT"]
     assert t.stats().in_use == 0
+
+
+async def test_close_racing_a_post_is_a_reset_and_the_post_is_not_sent_again(
+    servers: Servers,
+) -> None:
+    srv = await servers(answers_once_per_connection)
+    t = transport(srv.url)
+    await t.send("POST", "/", {}, b"{}")
+    e = await failure(t.send("POST", "/", {}, b"{}"))
+    assert e.outcome is Outcome.RESET  # the retry policy decides, with its budget
+    assert len(srv.requests) == 2 and srv.connections == 1
+    assert t.stats() == IDLE
 
 
 async def test_a_fresh_connection_closed_without_answer_is_not_retried(servers: Servers) -> None:
@@ -551,6 +625,22 @@ async def test_a_fresh_connection_closed_without_answer_is_not_retried(servers: 
     assert e.outcome is Outcome.RESET
     assert srv.connections == 1
     assert t.stats() == IDLE
+
+
+async def test_an_answer_that_ended_while_reading_was_paused_still_sees_the_idle_close(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # with a tiny high-water mark, the answer arriving in one read pauses the socket
+    monkeypatch.setattr(h1, "READ_HIGH_WATER", 16)
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    srv = await servers(answering(chunked, then_close=True))
+    t = transport(srv.url)
+    resp = await t.send("GET", "/", {}, b"")
+    assert await read_all(resp) == b"hello"
+    await until(lambda: t.stats().idle == 0)  # the server's FIN is read while idle
+    again = await t.send("POST", "/", {}, b"{}")  # so a POST is not lost to that close
+    assert await read_all(again) == b"hello"
+    assert srv.connections == 2
 
 
 async def test_idle_timeout_closes_idle_connections(servers: Servers) -> None:
@@ -677,6 +767,24 @@ async def test_waiter_cancelled_as_the_slot_is_handed_over_passes_it_on(servers:
         await second
     assert t.stats() == PoolStats(in_use=0, idle=1, waiting=0)
     await t.close()
+
+
+async def test_waiter_cancelled_before_the_slot_frees_ends_cancelled(servers: Servers) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    srv = await servers(answering(head))
+    t = transport(srv.url, max_connections=1)
+    held = await t.send("GET", "/", {}, b"")  # a stream holds the only slot
+    waiter = asyncio.create_task(t.send("GET", "/", {}, b""))
+    await settle(t, PoolStats(in_use=1, idle=0, waiting=1))
+    waiter.cancel()  # a hedge loser or a timeout ...
+    held.close()  # ... and the slot frees before the cancelled waiter runs again
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert t.stats() == IDLE
+    again = await t.send("GET", "/", {}, b"")  # the slot is whole again
+    assert await stream_of(again).read_chunk() == b"hello"
+    again.close()
+    assert t.stats() == IDLE
 
 
 async def test_cancelled_while_reading_closes_the_connection(servers: Servers) -> None:
