@@ -180,13 +180,8 @@ async def _supervise(args: argparse.Namespace) -> int:
 
     try:
         settings = compile_file(args.policy).settings
-    except PolicyError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{args.policy}: cannot read: {e.strerror}", file=sys.stderr)
-        return 1
+    except (PolicyError, OSError) as e:
+        return _refused(args.policy, e)
     listen = args.listen or settings.listen
     admin = args.admin_listen or settings.admin_listen
     if listen[1] == 0:
@@ -198,6 +193,18 @@ async def _supervise(args: argparse.Namespace) -> int:
     if args.no_watch:
         extra.append("--no-watch")
     return await Supervisor(args.policy, args.workers, listen, admin, extra).run()
+
+
+def _refused(policy: str, e: Exception) -> int:
+    """Say why a policy cannot be served (every issue, or why it cannot be read); exit 1."""
+    from gateway.errors import PolicyError
+
+    if isinstance(e, PolicyError):
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+    else:
+        print(f"{policy}: cannot read: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
+    return 1
 
 
 def _looks_like_scenario(text: str) -> bool:
@@ -239,13 +246,8 @@ async def _serve(
             watch=watch,
             reuse_port=reuse_port,
         )
-    except PolicyError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{policy}: cannot read: {e.strerror}", file=sys.stderr)
-        return 1
+    except (PolicyError, OSError) as e:
+        return _refused(policy, e)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
