@@ -188,15 +188,10 @@ class CanaryController:
         key = f"canary-lead:{route.name}"
         ttl = max(2.0, route.canary.config.interval * 2)
         try:
-            if await self._store.set_if_absent(key, self._replica.encode(), ttl):
-                return True
-            holder = await self._store.get(key)
-            if holder == self._replica.encode():
-                await self._store.set(key, holder, ttl)
-                return True
+            # atomic take-or-extend: two replicas never both believe they lead
+            return await self._store.hold_lease(key, self._replica.encode(), ttl)
         except StoreUnavailable:
             return True
-        return False
 
     async def _adopt_shared(self, route: RouteRuntime) -> None:
         """Take the published state when it is newer than ours, whoever published it."""

@@ -51,10 +51,11 @@ class MemoryStore:
         self._values.move_to_end(key)
         _trim(self._values, self._capacity)
 
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        if await self.get(key) is not None:
+    async def hold_lease(self, key: str, owner: bytes, ttl: float) -> bool:
+        holder = await self.get(key)
+        if holder is not None and holder != owner:
             return False
-        await self.set(key, value, ttl)
+        await self.set(key, owner, ttl)
         return True
 
     async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:

@@ -30,6 +30,16 @@ from gateway.telemetry.catalog import Metrics
 log = logging.getLogger("tailguard.state")
 
 # Token bucket: tokens and the time they were counted, refilled on Redis's clock.
+# A lease: taken when free, extended by its holder, refused to anyone else; one round trip.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -104,6 +114,7 @@ class RedisStore:
         )
         self._redis = aioredis.Redis.from_pool(pool)
         self._take_script = self._redis.register_script(_TAKE)
+        self._lease_script = self._redis.register_script(_LEASE)
         self._down_until = 0.0
         self._was_up = True
         self._handlers: dict[str, list[MessageHandler]] = {}
@@ -169,17 +180,17 @@ class RedisStore:
             raise self._failed("set", e) from None
         self._ok()
 
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        self._check("set_if_absent")
+    async def hold_lease(self, key: str, owner: bytes, ttl: float) -> bool:
+        self._check("hold_lease")
         try:
             async with asyncio.timeout(self._timeout):
-                done = await self._redis.set(
-                    self._prefix + key, value, px=max(1, int(ttl * 1000)), nx=True
+                held = await self._lease_script(
+                    keys=[self._prefix + key], args=[owner, max(1, int(ttl * 1000))]
                 )
         except (RedisError, OSError, TimeoutError) as e:
-            raise self._failed("set_if_absent", e) from None
+            raise self._failed("hold_lease", e) from None
         self._ok()
-        return bool(done)
+        return bool(int(held))
 
     async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:
         self._check("take")

@@ -49,8 +49,12 @@ class StateStore(Protocol):
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
-    async def set_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
-        """Set only when no live value exists (a lease); True when this call set it."""
+    async def hold_lease(self, key: str, owner: bytes, ttl: float) -> bool:
+        """Take the lease `key` for `owner`, or extend it when `owner` already holds it.
+
+        Atomic: of several replicas asking at once, exactly one holds it afterwards. False
+        when another owner holds a live lease.
+        """
         ...
 
     async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:

@@ -28,8 +28,12 @@ async def test_get_set_and_lease(redis_url: str) -> None:
         assert await store.get("k") is None
         await store.set("k", b"\x00\xffvalue", ttl=30)
         assert await store.get("k") == b"\x00\xffvalue"
-        assert await store.set_if_absent("lease", b"a", 30)
-        assert not await store.set_if_absent("lease", b"b", 30)
+        assert await store.hold_lease("lease", b"a", 30)
+        assert not await store.hold_lease("lease", b"b", 30)
+        assert await store.hold_lease("lease", b"a", 30)  # extended by its holder
+        # replicas racing for a free lease: exactly one wins
+        won = await asyncio.gather(*(store.hold_lease("race", bytes([i]), 30) for i in range(20)))
+        assert sum(won) == 1
     finally:
         await store.close()
 

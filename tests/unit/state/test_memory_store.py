@@ -19,14 +19,17 @@ async def test_values_expire_after_their_ttl() -> None:
     assert await store.get("k") is None
 
 
-async def test_set_if_absent_is_a_lease() -> None:
+async def test_a_lease_is_held_extended_and_passed_on_after_its_ttl() -> None:
     clock = FakeClock()
     store = MemoryStore(clock)
-    assert await store.set_if_absent("lease", b"a", ttl=5.0)
-    assert not await store.set_if_absent("lease", b"b", ttl=5.0)
-    assert await store.get("lease") == b"a"
-    clock.advance(5.0)
-    assert await store.set_if_absent("lease", b"b", ttl=5.0)
+    assert await store.hold_lease("lease", b"a", ttl=5.0)
+    assert not await store.hold_lease("lease", b"b", ttl=5.0)
+    clock.advance(4.0)
+    assert await store.hold_lease("lease", b"a", ttl=5.0)  # extended by its holder
+    clock.advance(4.0)
+    assert not await store.hold_lease("lease", b"b", ttl=5.0)
+    clock.advance(1.0)
+    assert await store.hold_lease("lease", b"b", ttl=5.0)
     assert await store.get("lease") == b"b"
 
 
