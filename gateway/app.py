@@ -316,6 +316,7 @@ class Gateway:
         self.model, self.snapshot = _build(text, str(self.policy_path), gateway=self)
         self.policy_text = text  # what runs, which the file may no longer say
         self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.watcher = (
             FileWatcher(self.watched_files, lambda: self.reload(actor="file-watch"))
             if watch
@@ -418,6 +419,12 @@ class Gateway:
                 self.watcher.mark_seen()
             return result
 
+    def _drop_unused_pools(self, snapshot: Snapshot) -> None:
+        """Close the connection pools of endpoints the new policy no longer names."""
+        task = asyncio.ensure_future(self.transports.retain(snapshot.endpoint_states()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def drain(self, backend: str, url: str, *, drained: bool, actor: str) -> None:
         """Stop (or resume) sending new requests to one endpoint; in-flight ones finish.
 
@@ -488,6 +495,7 @@ class Gateway:
         self.model = model
         self.policy_text = text
         self.health.sync()
+        self._drop_unused_pools(snapshot)
         self._publish_policy()
         self.metrics.reloads.labels("applied").inc()
         self.audit.record(

@@ -33,9 +33,17 @@ class Transports:
         return t
 
     async def retain(self, ids: Iterable[str]) -> None:
+        """Close the pools of endpoints no longer named (after a reload removed them).
+
+        Safe while older snapshots still serve: closing drops idle connections at once and
+        the busy ones when their answers end.
+        """
         keep = set(ids)
         for eid in [e for e in self._pools if e not in keep]:
             await self._pools.pop(eid).close()
+
+    def endpoint_ids(self) -> frozenset[str]:
+        return frozenset(self._pools)
 
     async def close(self) -> None:
         await self.retain(())

@@ -207,3 +207,29 @@ async def test_apply_persists_to_the_policy_file(
     async with http.get(f"{admin(gw)}/admin/policy") as r:
         got = await r.json()
     assert got["text"] == text and got["sha256"] == gw.snapshot.sha256 == got["file_sha256"]
+
+
+async def test_a_reload_that_removes_an_endpoint_closes_its_pool(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    a = await sims(name="a")
+    b = await sims(name="b")
+    gw = await gateway(valid_policy(a.url, b.url, 5))
+    assert gw.listening is not None
+    for _ in range(20):  # traffic opens a pool to each endpoint
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer", json=INFER_BODY
+        ) as r:
+            assert r.status == 200
+    assert gw.transports.endpoint_ids() == set(gw.snapshot.endpoint_states())
+    only_a = (
+        f'version: 1\nbackends:\n  clf-a: {{protocol: kserve-v2, endpoints: [{{url: "{a.url}"}}]}}\n'
+        "routes:\n  - {name: classify, match: {model: classifier}, split: [{backend: clf-a, weight: 100}]}\n"
+    )
+    result = await gw.reload(only_a, actor="test")
+    assert result.applied, result.issues
+    for _ in range(50):
+        if gw.transports.endpoint_ids() <= set(gw.snapshot.endpoint_states()):
+            break
+        await asyncio.sleep(0.01)
+    assert all(b.url not in eid for eid in gw.transports.endpoint_ids())
