@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
-import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed, ClientError
@@ -496,9 +495,7 @@ async def _read_head(conn: _Connection, method: str) -> _Head:
 class H1Stream:
     """The body of a streamed answer, read as it arrives.
 
-    Read with `read_chunk` (failures as `AttemptFailed`) or, as a drop-in for an aiohttp
-    response, with `content.readany()` (failures as aiohttp's exceptions). Both return b""
-    at the end. The holder must call `close()` (abandoned or failed) or `release()` (read
+    Read with `read_chunk` (b"" at the end; failures as `AttemptFailed`). The holder must call `close()` (abandoned or failed) or `release()` (read
     to the end); both are idempotent, and the connection goes back to the pool by itself
     once the end has been read.
     """
@@ -527,11 +524,6 @@ class H1Stream:
         self._settled = False
 
     @property
-    def content(self) -> H1Stream:
-        """aiohttp's `ClientResponse.content`, for code written against it."""
-        return self
-
-    @property
     def at_eof(self) -> bool:
         return self._done
 
@@ -556,15 +548,6 @@ class H1Stream:
             self.close()
             raise
         return data
-
-    async def readany(self) -> bytes:
-        """aiohttp-compatible read: ClientPayloadError for a bad body, ClientOSError for a reset."""
-        try:
-            return await self.read_chunk()
-        except AttemptFailed as e:
-            if e.outcome is Outcome.MALFORMED:
-                raise aiohttp.ClientPayloadError(e.message) from None
-            raise aiohttp.ClientOSError(e.message) from None
 
     def close(self) -> None:
         if not self._settled:

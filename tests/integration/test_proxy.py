@@ -184,27 +184,28 @@ async def test_sse_stream_passes_through_chunk_by_chunk(
     assert arrivals[0] < arrivals[-1] * 0.5
 
 
+def triton_infer(base_url: str, *, binary: bool) -> np.ndarray:
+    """One infer with tritonclient.http (blocking: run it in a thread), tensors JSON or binary."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=base_url.removeprefix("http://"))
+    try:
+        inp = triton.InferInput("INPUT0", [1, 4], "FP32")
+        inp.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.float32), binary_data=binary)
+        out = triton.InferRequestedOutput("OUTPUT0", binary_data=binary)
+        result = client.infer("classifier", [inp], outputs=[out])
+        return result.as_numpy("OUTPUT0")  # type: ignore[no-any-return]
+    finally:
+        client.close()
+
+
 async def test_tritonclient_http_through_the_gateway(
     sims: SimFactory, gateway: GatewayFactory
 ) -> None:
-    import tritonclient.http as triton
-
     sim = await sims(models=["classifier"])
     gw = await gateway(ONE_BACKEND.format(a=sim.url, timeout="2s"))
     assert gw.listening is not None
-    url = gw.listening.url.removeprefix("http://")
-
-    def call() -> np.ndarray:
-        client = triton.InferenceServerClient(url=url)
-        try:
-            inp = triton.InferInput("INPUT0", [1, 4], "FP32")
-            inp.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.float32), binary_data=False)
-            result = client.infer("classifier", [inp])
-            return result.as_numpy("OUTPUT0")  # type: ignore[no-any-return]
-        finally:
-            client.close()
-
-    out = await asyncio.to_thread(call)
+    out = await asyncio.to_thread(triton_infer, gw.listening.url, binary=False)
     assert out.shape == (1, 4)
 
 
@@ -350,23 +351,8 @@ async def test_json_a_backend_chokes_on_is_the_clients_fault(
 async def test_binary_tensor_requests_pass_the_json_check(
     sims: SimFactory, gateway: GatewayFactory
 ) -> None:
-    import tritonclient.http as triton
-
     sim = await sims(models=["classifier"])
     gw = await gateway(ONE_BACKEND.format(a=sim.url, timeout="2s"))
     assert gw.listening is not None
-    url = gw.listening.url.removeprefix("http://")
-
-    def call() -> np.ndarray:
-        client = triton.InferenceServerClient(url=url)
-        try:
-            inp = triton.InferInput("INPUT0", [1, 4], "FP32")
-            inp.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.float32), binary_data=True)
-            out = triton.InferRequestedOutput("OUTPUT0", binary_data=True)
-            result = client.infer("classifier", [inp], outputs=[out])
-            return result.as_numpy("OUTPUT0")  # type: ignore[no-any-return]
-        finally:
-            client.close()
-
-    out = await asyncio.to_thread(call)
+    out = await asyncio.to_thread(triton_infer, gw.listening.url, binary=True)
     assert out.tolist() == [[2.0, 4.0, 6.0, 8.0]]

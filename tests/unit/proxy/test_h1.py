@@ -9,7 +9,6 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
 
 from gateway.errors import AttemptFailed, ClientError
@@ -276,16 +275,17 @@ async def test_bad_chunk_framing_is_malformed(servers: Servers, framing: bytes) 
     await t.close()
 
 
-async def test_the_aiohttp_compatible_read_raises_what_the_edge_catches(servers: Servers) -> None:
+async def test_read_chunk_gives_pieces_then_classifies_a_cut_body(servers: Servers) -> None:
     head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     srv = await servers(answering(head + b"5\r\nhello\r\n3\r\nab", then_close=True))
     t = transport(srv.url)
     resp = await t.send("GET", "/", {}, b"")
-    content = stream_of(resp).content
-    assert await content.readany() == b"hello"
-    assert await content.readany() == b"ab"
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await content.readany()
+    stream = stream_of(resp)
+    assert await stream.read_chunk() == b"hello"
+    assert await stream.read_chunk() == b"ab"
+    with pytest.raises(AttemptFailed) as cut:
+        await stream.read_chunk()
+    assert cut.value.outcome is Outcome.MALFORMED
     resp.close()
     assert t.stats() == IDLE
 
