@@ -29,12 +29,10 @@ from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRunt
 from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
 from gateway.proxy.transports import Transports
 from gateway.proxy.upstream import HOP_BY_HOP, UpstreamResponse
+from gateway.resilience.hedge import HedgeDelayEstimator
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
-
-# How long a computed hedge percentile is reused before it is recomputed.
-HEDGE_DELAY_TTL = 0.25
 
 
 class AttemptResult:
@@ -113,7 +111,6 @@ class AttemptRunner:
         self._clock = clock
         self._rng = rng
         self._deadline_header = deadline_header
-        self._hedge_delay_cache: dict[str, tuple[float, float | None]] = {}
         # told (backend, endpoint id) of every ejection this replica enforces, to tell peers
         self.on_ejection: Callable[[str, str], None] | None = None
 
@@ -190,9 +187,12 @@ class AttemptRunner:
         first = launch(0.0, None)
         if first is None:
             raise NoHealthyEndpoint(f"no usable endpoint in backend '{backend.name}'")
+        first_task = next(iter(pending))
         first_region = backend.endpoints[first].region
-        hedge_delay = hedge.delay(self._recent_percentile(backend, hedge.config.percentile))
-        next_hedge = self._clock.now() + hedge_delay if hedge_delay is not None else None
+        started = self._clock.now()
+        estimator = route.hedge_delays.get(backend.name)
+        hedge_delay = estimator.delay(started) if estimator is not None else hedge.delay(None)
+        next_hedge = started + hedge_delay if hedge_delay is not None else None
         try:
             while pending:
                 wait_for = None
@@ -218,6 +218,8 @@ class AttemptRunner:
                 for task in done:
                     pending.pop(task)
                     result = task.result()
+                    if task is first_task and estimator is not None:
+                        _observe_first(estimator, result, started, self._clock.now())
                     if winner is None and result.acceptable:
                         winner = result
                         continue
@@ -226,6 +228,10 @@ class AttemptRunner:
                     else:
                         last = self._keep_most_informative(backend, last, result)
                 if winner is not None:
+                    if first_task in pending and estimator is not None:
+                        # overtaken: the first attempt took at least this long
+                        now = self._clock.now()
+                        estimator.observe(now, now - started)
                     if last is not None:
                         self._discard(backend, last)
                     if winner.index != first:
@@ -378,7 +384,7 @@ class AttemptRunner:
             if only.usable(now, ejected) and (only.breaker is None or only.breaker.allow(now)):
                 return 0
         available = backend.availability(now)
-        outstanding = [s.outstanding for s in backend.states]
+        outstanding = backend.loads(now)
         refused: set[int] = set()
         for _ in range(len(backend.states)):
             exclude = tried | refused if refused else tried
@@ -422,21 +428,20 @@ class AttemptRunner:
             self._metrics.budget_exhausted.labels(route.name, "retry").inc()
         return decision.delay if decision.retry else None
 
-    def _recent_percentile(self, backend: BackendRuntime, q: float | None) -> float | None:
-        if q is None:
-            return None
-        now = self._clock.now()
-        cached = self._hedge_delay_cache.get(backend.name)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        value = backend.latency.percentile(q, now)
-        self._hedge_delay_cache[backend.name] = (now + HEDGE_DELAY_TTL, value)
-        return value
-
     def _raise_for(self, ex: Exchange, result: AttemptResult) -> NoReturn:
         if result.outcome is Outcome.TIMEOUT:
             raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
         raise UpstreamUnavailable(f"{result.message}" + _tried_note(ex))
+
+
+def _observe_first(
+    estimator: HedgeDelayEstimator, result: AttemptResult, started: float, now: float
+) -> None:
+    """Tell an adaptive hedge delay how long a request's first attempt took, when it says so:
+    an answer (or the client's error), or a timeout (at least that long). A fast failure
+    says nothing about how long an answer takes."""
+    if result.acceptable or result.outcome is Outcome.TIMEOUT:
+        estimator.observe(now, now - started)
 
 
 def _tried_note(ex: Exchange) -> str:

@@ -28,9 +28,14 @@ import math
 from dataclasses import dataclass
 
 from gateway.resilience.budget import TokenBudget
+from gateway.resilience.windows import LatencyWindow
 
 # Shortest time left for which a hedge is still worth sending, seconds (see `decide`).
 MIN_HEDGE_TIME = 0.001
+# Adaptive (target) delays wait this fraction longer than the target quantile (see module doc).
+DEFAULT_HEADROOM = 0.25
+# The hedge-rate target when a policy names none: this share of the budget.
+DEFAULT_TARGET_OF_BUDGET = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +51,35 @@ class HedgeConfig:
 
     delay: float | None = None
     percentile: float | None = None
+    target: float | None = None
+    headroom: float = DEFAULT_HEADROOM
     min_delay: float = 0.005
     max_delay: float = 1.0
     max_extra: int = 1
     budget_ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        if (self.delay is None) == (self.percentile is None):
+        modes = (self.delay, self.percentile, self.target)
+        if sum(m is not None for m in modes) != 1:
             raise ValueError(
-                "hedging needs exactly one of delay (fixed seconds) or percentile (adaptive), "
-                f"got delay={self.delay!r}, percentile={self.percentile!r}"
+                "hedging needs exactly one of delay (fixed seconds), percentile or target "
+                f"(adaptive), got delay={self.delay!r}, percentile={self.percentile!r}, "
+                f"target={self.target!r}"
+            )
+        if self.target is not None:
+            if not (0 < self.target < 1):
+                raise ValueError(
+                    f"hedge target must be a fraction in (0, 1) such as 0.08, got {self.target!r}"
+                )
+            if self.target > self.budget_ratio:
+                raise ValueError(
+                    f"hedge target ({self.target!r}) must not exceed the budget "
+                    f"({self.budget_ratio!r}): the budget, not the delay, would choose which "
+                    "requests are hedged"
+                )
+        if not (math.isfinite(self.headroom) and 0 <= self.headroom <= 10):
+            raise ValueError(
+                f"hedge headroom must be a fraction in [0, 10] such as 0.25, got {self.headroom!r}"
             )
         if self.delay is not None and not (math.isfinite(self.delay) and self.delay >= 0):
             raise ValueError(
@@ -111,7 +135,7 @@ _NO_BUDGET = HedgeDecision(False, HedgeReason.BUDGET_EXHAUSTED)
 class HedgePolicy:
     """The compiled hedging decision of one route; immutable, shared by all its requests."""
 
-    __slots__ = ("_fixed", "_max", "_max_extra", "_min", "config")
+    __slots__ = ("_factor", "_fixed", "_max", "_max_extra", "_min", "config", "quantile")
 
     def __init__(self, config: HedgeConfig) -> None:
         self.config = config
@@ -119,6 +143,14 @@ class HedgePolicy:
         self._min = config.min_delay
         self._max = config.max_delay
         self._max_extra = config.max_extra
+        # the quantile of recent first attempts an adaptive delay is taken from (None: fixed)
+        self.quantile: float | None
+        if config.target is not None:
+            self.quantile = 1.0 - config.target
+            self._factor = 1.0 + config.headroom
+        else:
+            self.quantile = config.percentile
+            self._factor = 1.0
 
     @property
     def adaptive(self) -> bool:
@@ -132,22 +164,28 @@ class HedgePolicy:
         """A fresh hedge budget earning `budget_ratio` per request (one per route)."""
         return TokenBudget(self.config.budget_ratio, reserve=reserve, cap=cap)
 
-    def delay(self, recent_percentile: float | None) -> float | None:
+    def new_estimator(self) -> HedgeDelayEstimator:
+        """The recent-latency state an adaptive delay is computed from (one per route and backend)."""
+        return HedgeDelayEstimator(self)
+
+    def delay(self, recent_quantile: float | None) -> float | None:
         """Seconds to wait before hedging, or None: do not hedge this request.
 
-        recent_percentile: the backend group's recent latency at `config.percentile`
-            (seconds), ignored with a fixed delay. None, NaN or negative (no recent data)
-            → None for an adaptive policy.
+        recent_quantile: recent first-attempt latency at `self.quantile` (seconds), ignored
+            with a fixed delay. None, NaN or negative (no recent data) → None for an adaptive
+            policy. A target policy waits `headroom` longer than it; both are clamped to
+            [min_delay, max_delay].
         """
         if self._fixed is not None:
             return self._fixed
-        if recent_percentile is None or not recent_percentile >= 0:
+        if recent_quantile is None or not recent_quantile >= 0:
             return None
-        if recent_percentile < self._min:
+        value = recent_quantile * self._factor
+        if value < self._min:
             return self._min
-        if recent_percentile > self._max:
+        if value > self._max:
             return self._max
-        return recent_percentile
+        return value
 
     def decide(
         self, extra_sent: int, remaining: float, delay: float, budget: TokenBudget | None
@@ -176,3 +214,50 @@ class HedgePolicy:
     ) -> bool:
         """`decide(...).hedge`: True = send one extra attempt now (budget token taken)."""
         return self.decide(extra_sent, remaining, delay, budget).hedge
+
+
+class HedgeDelayEstimator:
+    """How long the first attempts of one route on one backend took lately; gives the delay.
+
+    Fed one sample per hedged request (`observe`): the first attempt's time to an
+    acceptable answer, or, when it was abandoned (another attempt won, or it timed out),
+    the time it had run by then. An abandoned first attempt was always still running at
+    the delay, so its sample lands above the quantile the delay is taken from, where it
+    belongs; recording only the answers that won would hide exactly the slow requests
+    hedging overtakes, and the delay would sink into the fast mode (see module doc).
+
+    `delay(now)` recomputes the quantile at most every `refresh` seconds (a sort of the
+    window's samples) and returns `HedgePolicy.delay` of it: None until `min_samples`
+    first attempts were seen (a cold route does not hedge rather than guess).
+    """
+
+    __slots__ = ("_cached", "_min_samples", "_next", "_policy", "_refresh", "window")
+
+    def __init__(
+        self,
+        policy: HedgePolicy,
+        window: float = 30.0,
+        refresh: float = 0.25,
+        min_samples: int = 20,
+    ) -> None:
+        self._policy = policy
+        self.window = LatencyWindow(window=window, buckets=6)
+        self._refresh = refresh
+        self._min_samples = min_samples
+        self._next = -math.inf
+        self._cached: float | None = None
+
+    def observe(self, now: float, seconds: float) -> None:
+        """One first attempt: answered after `seconds`, or abandoned after running `seconds`."""
+        self.window.record(now, seconds)
+
+    def delay(self, now: float) -> float | None:
+        """Seconds to wait before the first hedge of a request starting at `now`; None: do not."""
+        policy = self._policy
+        q = policy.quantile
+        if q is None:
+            return policy.delay(None)
+        if now >= self._next:
+            self._next = now + self._refresh
+            self._cached = policy.delay(self.window.percentile(q, now, self._min_samples))
+        return self._cached
