@@ -60,9 +60,12 @@ endpoint at all: no endpoints, or nothing available with panic disabled
 (`panic_threshold=0`).
 
 The caller's contract: pass the current availability per endpoint (healthy, not ejected,
-not draining, breaker not known open) and outstanding requests per endpoint, in the
-order of the endpoints given to the constructor; count `Pick.panic` in metrics; add
-each tried endpoint to the request's `exclude` set.
+not draining, breaker not known open) and each endpoint's load as the backend's
+`BalancerKind` measures it (outstanding requests, or `peak_ewma_load` of its `PeakEwma`
+and outstanding requests), in the order of the endpoints given to the constructor;
+feed every finished attempt's latency to its endpoint's `PeakEwma` (a cancelled or
+timed-out one as a lower bound); count `Pick.panic` in metrics; add each tried endpoint
+to the request's `exclude` set.
 """
 
 from __future__ import annotations

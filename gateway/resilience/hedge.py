@@ -3,22 +3,54 @@
 A hedge is a second (third…) attempt sent while the first is still running, because
 the first has already taken longer than most requests do. The first acceptable answer
 wins and the others are cancelled. Dean & Barroso hedged BigTable reads after 10 ms and
-cut p99.9 from 1,800 ms to 74 ms for 2 % more requests; the trick is that the delay is
-a high percentile, so only the slowest few percent of requests are ever hedged.
+cut p99.9 from 1,800 ms to 74 ms for 2 % more requests; the trick is that only the
+slowest few percent of requests are ever hedged.
 
-The delay is either fixed (`HedgeConfig.delay`) or adaptive: the backend group's recent
-latency at `percentile` (e.g. p95), clamped to [min_delay, max_delay]. Without a recent
-value (cold start) the adaptive policy does not hedge at all rather than guess.
+Three kinds of delay (`HedgeConfig`): fixed (`delay`); a percentile of recent first
+attempts (`percentile`, e.g. p95); and the recommended adaptive one (`target`).
+
+Why a percentile flips. A GPU server's latency is often a tight fast mode plus a tail
+(a cold cache, a GC pause, a batch that waited). With a 5 % tail, p95 sits exactly on
+the boundary of the two modes, and sampling noise moves it from one to the other:
+inside the fast mode, ordinary requests a hair over it (the gateway's own jitter, a
+noisy neighbour) spend the hedge budget and the slow ones find it empty; inside the
+slow mode, hedges leave too late to help. Whatever the percentile, a tail whose share
+is near it makes the delay flip between modes from one run to the next.
+
+The adaptive delay (`target`): the delay is the (1 - target) quantile of the recent
+first attempts of the route on the backend, times (1 + headroom), clamped to
+[min_delay, max_delay]. So at most the slowest `target` share of requests is hedged,
+and `target` is below the budget (80 % of it by default), so the budget has room to
+spare and never chooses which requests get a hedge. It does not flip:
+
+- any tail lighter than `target` lies entirely above the quantile, whatever its exact
+  share, so the quantile sits inside the fast mode, near its top: the boundary is at a
+  share the operator chose with room, not at an accident of the distribution;
+- the headroom (25 %) lifts the delay just above the fast mode, into the gap between
+  the modes, so the fast mode's own jitter, and the gateway's, is not hedged: the
+  hedges actually sent go to the tail, at about its share, not at `target`;
+- the estimate sees the tail it cuts: a first attempt overtaken by its hedge is
+  recorded with the time it had run (`HedgeDelayEstimator`). Recording only answers
+  would hide the slow requests hedging overtakes, and the delay would sink into the
+  fast mode until the budget ran dry and the tail came back: a limit cycle.
+
+A heavier tail than `target` is not cut: its quantile lies in the slow mode. Hedging a
+tail heavier than the budget cannot be done within the budget anyway; choose `budget`
+(and with it `target`) above the tail to cut. Proven on the real objects in virtual
+time (`gateway.loadtest.tailsim`) and in docs/performance.md.
 
 Hedges draw from a token budget (budget.py, ratio `budget_ratio`) so that even when the
 backend is slow across the board — when every request passes the delay — hedging adds
 at most that share of load instead of doubling it.
 
-The caller's contract: at the start of a request call `delay(recent)`; None = send no
-hedge. When `delay` seconds pass without an acceptable answer, call `should_hedge` (or
-`decide` for the reason); on True send one extra attempt to an endpoint not yet tried,
-preferably in another region (`LocalityBalancer.pick(..., avoid_region=...)`), and arm
-the timer again for the next one. The budget token is already spent when it says True.
+The caller's contract: at the start of a request ask the route's `HedgeDelayEstimator`
+for the backend (`delay(now)`; a fixed policy needs none: `delay(None)`); None = send no
+hedge. Report the first attempt to the estimator (`observe`): its time to an acceptable
+answer, or the time it had run when it was overtaken or timed out. When the delay
+passes without an acceptable answer, call `should_hedge` (or `decide` for the reason);
+on True send one extra attempt to an endpoint not yet tried, preferably in another
+region (`LocalityBalancer.pick(..., avoid_region=...)`), and arm the timer again for the
+next one. The budget token is already spent when it says True.
 """
 
 from __future__ import annotations
@@ -43,8 +75,11 @@ class HedgeConfig:
     """Hedging settings of one route; exactly one of `delay` and `percentile` is set.
 
     delay: fixed seconds to wait for the first answer before hedging.
-    percentile: adaptive delay, the backend's recent latency quantile in (0, 1), e.g. 0.95.
-    min_delay, max_delay: clamp of the adaptive delay, seconds (unused with a fixed delay).
+    percentile: the recent first attempts' latency quantile in (0, 1), e.g. 0.95.
+    target: adaptive delay hedging at most this share of requests, in (0, budget_ratio]:
+        the (1 - target) quantile of recent first attempts x (1 + headroom).
+    headroom: with `target`, how much longer than the quantile to wait (0.25 = 25 %).
+    min_delay, max_delay: clamp of an adaptive or percentile delay, seconds.
     max_extra: most hedges per request, beyond the first attempt (A6: maxAttempts - 1).
     budget_ratio: hedge tokens earned per request; 0.1 = hedges add ≤ 10 % load.
     """
