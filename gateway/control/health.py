@@ -109,7 +109,8 @@ class HealthChecker:
         ok = True
         for path in check.paths:
             try:
-                status = await transport.get_status(path, check.config.timeout)
+                # a failed probe closes its connection: the next one tests a fresh one
+                status = await transport.get_status(path, check.config.timeout, check.expect)
             except AttemptFailed:
                 ok = False
                 break

@@ -11,7 +11,7 @@ carrying an `Outcome`, so the attempt logic above never sees a library exception
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -227,11 +227,20 @@ class HttpTransport:
             raise AttemptFailed(Outcome.MALFORMED, "backend answered with malformed JSON")
         return UpstreamResponse(resp.status, resp.headers, data, None, outcome)
 
-    async def get_status(self, path: str, timeout: float) -> int:
-        """A health probe: the status of a GET, or raises `AttemptFailed`."""
+    async def get_status(
+        self, path: str, timeout: float, expect: Container[int] | None = None
+    ) -> int:
+        """A health probe: the status of a GET, or raises `AttemptFailed`.
+
+        The answer is read so the connection is reused; after a status outside `expect` it
+        is closed instead (see `H1Transport.get_status`).
+        """
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.get(self.spec.url + path, allow_redirects=False) as r:
+                    if expect is not None and r.status not in expect:
+                        r.close()
+                        return r.status
                     await r.read()
                     return r.status
         except TimeoutError:
