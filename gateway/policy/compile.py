@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from gateway.fallback.cache import CacheConfig
 from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
+from gateway.proxy.transport import PoolSpec
 from gateway.resilience.admission import AdmissionConfig
 from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -56,13 +57,6 @@ class EndpointSpec:
     region: str
     weight: int
     drain: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    max_connections: int
-    connect_timeout: float
-    idle_timeout: float
 
 
 @dataclass(frozen=True, slots=True)

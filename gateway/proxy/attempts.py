@@ -28,8 +28,8 @@ from gateway.errors import (
 )
 from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRuntime
 from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
+from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
-from gateway.proxy.upstream import HOP_BY_HOP, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics

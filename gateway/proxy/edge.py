@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
@@ -150,9 +151,50 @@ def loads_client_json(data: bytes | str) -> Any:
     return value
 
 
+# Content codings the gateway can undo to look inside a body (zlib window bits per coding).
+_CODINGS = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+class CodingError(ValueError):
+    """An encoded body that does not decode, or decodes to more than the limit."""
+
+
+def decoded(content_encoding: str | None, body: bytes, limit: int) -> bytes | None:
+    """The body with its content codings undone, for a check that must read it.
+
+    Returns the body itself when it is not encoded, None when a coding is one the gateway
+    cannot undo (the body then passes unjudged), and raises `CodingError` when the body is
+    corrupt or decodes to more than `limit` bytes (a decompression bomb). The body that is
+    forwarded is always the one received: this is for looking, never for sending.
+    """
+    if not content_encoding:
+        return body
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        if coding == "identity":
+            continue
+        bits = _CODINGS.get(coding)
+        if bits is None:
+            return None
+        d = zlib.decompressobj(bits)
+        try:
+            out = d.decompress(body, limit + 1)
+            if len(out) > limit or d.unconsumed_tail:
+                raise CodingError(f"{coding} body decodes to more than {limit} bytes")
+            out += d.flush()
+        except zlib.error as e:
+            raise CodingError(f"{coding} body does not decode: {e}") from None
+        if not d.eof:
+            raise CodingError(f"{coding} body is truncated")
+        body = out
+    return body
+
+
 __all__ = [
+    "CodingError",
     "ascii_int",
     "check_header_bytes",
+    "decoded",
     "loads_client_json",
     "normalize_target",
     "remove_dot_segments",

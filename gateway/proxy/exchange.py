@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
-from gateway.proxy.edge import ascii_int, loads_client_json
+from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json
 from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
@@ -175,12 +175,25 @@ class Exchange:
             headers.update(self.extra_headers)
 
 
-def json_body_problem(headers: Mapping[str, str], body: bytes, *, full: bool) -> str | None:
+def json_body_problem(
+    headers: Mapping[str, str], body: bytes, *, full: bool, limit: int = 64 << 20
+) -> str | None:
     """Why a JSON request body is not JSON, or None; `full` parses, else checks the shape.
 
     A KServe binary-tensor request carries JSON only in its first
-    `Inference-Header-Content-Length` bytes; the rest is raw tensor data.
+    `Inference-Header-Content-Length` bytes; the rest is raw tensor data. An encoded body
+    (`Content-Encoding: gzip`) is judged on its decoded form, at most `limit` bytes of it;
+    one in a coding the gateway cannot undo is not judged.
     """
+    coding = headers.get("content-encoding")
+    if coding:
+        try:
+            plain = decoded(coding, body, limit)
+        except CodingError as e:
+            return f"request body: {e}"
+        if plain is None:
+            return None
+        body = plain
     n = ascii_int(headers.get("inference-header-content-length"))
     part = body[:n] if n is not None else body
     if not full:

@@ -183,7 +183,9 @@ class BodyStage:
                     and backend.protocol != "http"
                     and req.method in ("POST", "PUT")
                 ):
-                    problem = json_body_problem(req.headers, body, full=False)
+                    problem = json_body_problem(
+                        req.headers, body, full=False, limit=ex.snapshot.settings.max_body
+                    )
                     if problem is not None:
                         raise ClientError(problem)
         return await nxt(ex)

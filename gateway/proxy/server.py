@@ -27,7 +27,7 @@ from gateway.proxy.answers import error_answer, protocol_for_path, stream_error_
 from gateway.proxy.edge import check_header_bytes, normalize_target
 from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
 from gateway.proxy.pipeline import CLIENT_CLOSED, Answer, ExchangeReporter, Handler
-from gateway.proxy.upstream import UpstreamResponse, forward_headers
+from gateway.proxy.transport import UpstreamResponse, forward_headers
 from gateway.resilience.outcome import Outcome
 from gateway.telemetry.logs import RateLimitedLog
 
