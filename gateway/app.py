@@ -26,7 +26,7 @@ from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
 from gateway.control.reloader import FileWatcher
-from gateway.errors import PolicyError, PolicyIssue, RouteNotFound
+from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import Snapshot, StateSettings, compile_policy
 from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
@@ -36,7 +36,7 @@ from gateway.proxy.attempts import AttemptRunner
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
-from gateway.proxy.listener import GuardedAppRunner, GuardedServer
+from gateway.proxy.listener import GuardedAppRunner, GuardedServer, parser_problem
 from gateway.proxy.pipeline import (
     AdmitStage,
     Answer,
@@ -541,6 +541,10 @@ class Gateway:
 
     async def start(self) -> Listening:
         """Bind both listeners and start the control loops; returns the bound addresses."""
+        problem = parser_problem()
+        if problem is not None:
+            log.critical("%s", problem)
+            raise StartupRefused(problem)
         settings = self.snapshot.settings
         host, port = self._listen_override or settings.listen
         ahost, aport = self._admin_override or settings.admin_listen
@@ -550,6 +554,8 @@ class Gateway:
             limits=settings.limits,
             handler_cancellation=True,
             access_log=None,
+            # content codings pass through byte for byte; the gateway decodes only to look
+            auto_decompress=False,
         )
         data_runner = web.ServerRunner(
             server, access_log=None, shutdown_timeout=settings.drain_timeout

@@ -235,7 +235,7 @@ async def _serve(
     reuse_port: bool = False,
 ) -> int:
     from gateway.app import Gateway, tune_gc
-    from gateway.errors import PolicyError
+    from gateway.errors import PolicyError, StartupRefused
 
     try:
         gw = Gateway(
@@ -266,6 +266,10 @@ async def _serve(
         print(f"cannot listen: {e}", file=sys.stderr)
         await gw.stop()
         return 1
+    except StartupRefused as e:
+        print(f"tailguard: {e.message}", file=sys.stderr)
+        await gw.stop()
+        return 2
     print(f"tailguard listening on {where.url} (admin {where.admin_url})", flush=True)
     tune_gc()
     await stop.wait()

@@ -52,6 +52,12 @@ class PolicyError(TailguardError):
         super().__init__("\n".join(str(i) for i in self.issues) or "invalid policy")
 
 
+class StartupRefused(TailguardError):
+    """The gateway will not serve as configured (an unsafe setting or environment)."""
+
+    code = "startup_refused"
+
+
 # --- client's fault (4xx) -------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,8 @@ from gateway.proxy.transports import Transports
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
+
+log = logging.getLogger("tailguard.proxy")
 
 # How long a computed hedge percentile is reused before it is recomputed.
 HEDGE_DELAY_TTL = 0.25
@@ -356,6 +359,13 @@ class AttemptRunner:
         if outcome is not Outcome.CANCELLED:
             m.child(m.attempt_duration, backend.name).observe(latency)
         if ejection is not None:
+            log.warning(
+                "endpoint %s of %s ejected for %.0fs (%s)",
+                state.spec.url,
+                backend.name,
+                ejection.until - self._clock.now(),
+                ejection.reason.value.replace("_", " "),
+            )
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
             if self.on_ejection is not None:

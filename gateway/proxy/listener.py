@@ -16,6 +16,7 @@ listener (`GuardedAppRunner`) share them.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from aiohttp import web
@@ -107,4 +108,34 @@ class GuardedAppRunner(web.AppRunner):
         )
 
 
-__all__ = ["MAX_HEADERS", "GuardedAppRunner", "GuardedServer", "ListenerLimits"]
+# Set to 1 to serve with aiohttp's pure-Python HTTP parser anyway (never in production).
+ALLOW_PY_PARSER_ENV = "TAILGUARD_ALLOW_PURE_PYTHON_HTTP"
+
+
+def parser_problem() -> str | None:
+    """Why this process must not serve HTTP, or None.
+
+    aiohttp's pure-Python request parser (used when its C extension is missing or
+    `AIOHTTP_NO_EXTENSIONS` is set) has had request-smuggling bugs the C parser has not,
+    and it is several times slower; a gateway at the edge refuses it unless told otherwise.
+    """
+    from aiohttp import http_parser
+
+    if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy:
+        if os.environ.get(ALLOW_PY_PARSER_ENV) == "1":
+            return None
+        return (
+            "aiohttp is running without its C HTTP parser (is AIOHTTP_NO_EXTENSIONS set, or "
+            "was it installed without its extension?); refusing to serve. Reinstall aiohttp "
+            f"from a wheel, or set {ALLOW_PY_PARSER_ENV}=1 to accept the risk"
+        )
+    return None
+
+
+__all__ = [
+    "ALLOW_PY_PARSER_ENV",
+    "MAX_HEADERS",
+    "GuardedAppRunner",
+    "GuardedServer",
+    "ListenerLimits",
+]
