@@ -478,8 +478,9 @@ async def test_a_client_that_leaves_cancels_its_attempts(
         ) as r:
             await r.read()
     # the backend is let go long before the route's 20 s deadline
-    deadline = time.monotonic() + 10
-    while sim.stats.in_flight and time.monotonic() < deadline:
+    for _ in range(500):
+        if not sim.stats.in_flight:
+            break
         await asyncio.sleep(0.02)
     assert sim.stats.in_flight == 0
     assert attempts(gw, sim, Outcome.CANCELLED) == 1
