@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import time
 
 import aiohttp
 import numpy as np
