@@ -131,13 +131,6 @@ class DeadlineExceeded(TailguardError):
     code = "deadline_exceeded"
 
 
-class StreamAborted(TailguardError):
-    """An upstream failed after the response had started; it cannot be retried."""
-
-    status = 502
-    code = "stream_aborted"
-
-
 class StoreUnavailable(TailguardError):
     """The shared state store did not answer in time or at all.
 

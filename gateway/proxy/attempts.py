@@ -304,7 +304,6 @@ class AttemptRunner:
         if header is not None:
             headers[header] = str(max(1, int(timeout * 1000)))
         ex.attempts += 1
-        ex.tried.append(spec.url)
         transport = self._transports.get(spec, backend.pool, backend.protocol)
         state.outstanding += 1
         state.last_used = now

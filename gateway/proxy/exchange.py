@@ -77,7 +77,6 @@ class Exchange:
         "status",
         "stream_done",
         "stream_outcome",
-        "tried",
         "upstream_headers",
     )
 
@@ -106,7 +105,6 @@ class Exchange:
         self.identity: Identity | None = None
         # headers a stage wants on the answer (rate-limit state, cache age); rarely set
         self.extra_headers: dict[str, str] | None = None
-        self.tried: list[str] = []
         # built once per request, copied per attempt (each attempt adds its own deadline)
         self.upstream_headers: CIMultiDict[str] | None = None
         # reads the request body when a stage needs it (after authentication)
