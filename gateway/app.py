@@ -530,6 +530,8 @@ class Gateway:
             changes=list(changes),
         )
         log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
+        for note in snapshot.notes:
+            log.warning("policy note: %s", note)
         return result
 
     def _publish_policy(self) -> None:
