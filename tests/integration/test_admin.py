@@ -162,7 +162,9 @@ async def test_environment_token_and_loopback_default(
     async with http.get(f"{base}/admin/status", headers={"x-admin-token": "guess"}) as r:
         assert r.status == 401
 
+    # the environment is read when the admin API starts
     monkeypatch.setenv("TAILGUARD_ADMIN_TOKEN", "from-the-environment")
+    base = admin_url(await gateway(TWO_ENDPOINTS.format(a=a.url, b=b.url)))
     async with http.get(f"{base}/admin/status") as r:
         assert r.status == 401
     async with http.get(
