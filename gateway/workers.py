@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -282,7 +283,7 @@ class Supervisor:
                 async with self._http.request(
                     request.method,
                     w.admin_url + request.path_qs,
-                    data=body or None,
+                    data=io.BytesIO(body) if body else None,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as r:
