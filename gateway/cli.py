@@ -213,6 +213,7 @@ async def _supervise(args: argparse.Namespace) -> int:
         read_tokens=read_tokens,
         admin_tls=settings.admin_tls,
         environ=os.environ,
+        watch=not args.no_watch,
     ).run()
 
 

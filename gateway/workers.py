@@ -65,7 +65,9 @@ from gateway.admin.server import (
 from gateway.errors import TailguardError
 
 TokenReader = Callable[[str], Mapping[str, str]]
-"""Policy text → the admin token hashes it configures (hash → id); raises `PolicyError`."""
+"""Policy text → the admin token hashes it configures (hash → id).
+
+Raises `PolicyError` (or `OSError` for a rules file it names) when the text is no policy."""
 
 log = logging.getLogger("tailguard.workers")
 
@@ -136,6 +138,8 @@ class Supervisor:
     `tokens` are the admin token hashes of the policy as checked at start, `read_tokens`
     gives them for a policy text when it changes, `admin_tls` is the policy's certificate
     and key paths. `environ` holds `TAILGUARD_ADMIN_TOKEN` and is what the workers inherit.
+    `watch` is false when the workers run with `--no-watch` (they re-read the policy file on
+    SIGHUP and `/admin/reload` only, and so does the supervisor).
     """
 
     def __init__(
@@ -150,6 +154,7 @@ class Supervisor:
         read_tokens: TokenReader,
         admin_tls: tuple[str, str] | None = None,
         environ: Mapping[str, str] | None = None,
+        watch: bool = True,
     ) -> None:
         self.policy = policy
         self.listen = listen
@@ -168,6 +173,7 @@ class Supervisor:
         self._tokens = tokens
         self._read_tokens = read_tokens
         self._policy_stamp: tuple[int, int, int] | None = None
+        self._follow_file = watch
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -242,12 +248,15 @@ class Supervisor:
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "workers": len(self.workers)})
 
-    def _refresh_tokens(self) -> None:
-        """Follow the policy file, as the workers do (file watch, SIGHUP, `/admin/reload`).
+    def _refresh_tokens(self, *, reread: bool = False) -> None:
+        """Follow the policy file as the workers do: on every change when they watch it,
+        else when `reread` (SIGHUP, `/admin/reload`).
 
         A file that cannot be read or compiled changes nothing: the workers keep their last
         good policy, and so does this check.
         """
+        if not (self._follow_file or reread):
+            return
         try:
             st = os.stat(self.policy)
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -296,6 +305,8 @@ class Supervisor:
         status, payload, ctype = next((a for a in answers if a[0] >= 400), answers[0])
         if status == 200 and request.method in ("POST", "PUT") and request.path == "/admin/policy":
             self._applied(body, payload)
+        elif status == 200 and request.path == "/admin/reload":
+            self._refresh_tokens(reread=True)
         return web.Response(status=status, body=payload, content_type=ctype)
 
     def _applied(self, body: bytes, answer: bytes) -> None:
@@ -305,10 +316,14 @@ class Supervisor:
             if not json.loads(answer).get("applied"):
                 return
             self._tokens = self._read_tokens(body.decode("utf-8"))
-        except (ValueError, AttributeError, TailguardError):
+        except (ValueError, AttributeError, OSError, TailguardError):
             return
 
     # --- lifecycle -------------------------------------------------------------------------
+
+    def _on_hup(self) -> None:
+        self.signal_all(signal.SIGHUP)
+        self._refresh_tokens(reread=True)
 
     async def run(self) -> int:
         """Serve the admin face and supervise until SIGTERM/SIGINT; the exit status.
@@ -348,7 +363,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.signal_all(signal.SIGHUP))
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         print(
             f"tailguard supervising {len(self.workers)} workers on "
             f"http://{self.listen[0]}:{self.listen[1]} "

@@ -417,11 +417,9 @@ def test_the_environments_token_opens_the_supervisor_on_every_interface(tmp_path
 def test_the_supervisors_admin_listener_uses_the_policys_admin_tls(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     trusted = ssl.create_default_context(cafile=str(cert))
+    tls = f", admin_tls: {{cert: '{cert.name}', key: '{key.name}'}}"  # relative to the policy
     with supervised(
-        tmp_path,
-        extra=tokens_section(TOKEN),
-        gateway=f", admin_tls: {{cert: '{cert.name}', key: '{key.name}'}}",  # relative paths
-        context=trusted,
+        tmp_path, extra=tokens_section(TOKEN), gateway=tls, context=trusted, args=("--no-watch",)
     ) as run:
         assert run.admin_url.startswith("https://")
         base = run.admin_url
@@ -438,3 +436,14 @@ def test_the_supervisors_admin_listener_uses_the_policys_admin_tls(tmp_path: Pat
             raise AssertionError("the admin port answered without TLS verification")
         head = raw_head(run.admin, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         assert not head.startswith(b"HTTP/1.1 200"), head
+
+        # without the file watch, SIGHUP is what rotates the token, for workers and supervisor
+        run.policy.write_text(
+            policy_text(run.port, run.admin, run.sim_port, tokens_section(NEW_TOKEN), tls)
+        )
+        run.sup.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while call(base + "/admin/status", token=NEW_TOKEN, context=trusted)[0] != 200:
+            assert time.monotonic() < deadline, "SIGHUP did not bring the new token in"
+            time.sleep(0.1)
+        assert call(base + "/admin/status", token=TOKEN, context=trusted)[0] == 401
