@@ -25,7 +25,7 @@ from gateway.clock import Clock, MonotonicClock
 from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
-from gateway.control.reloader import FileWatcher
+from gateway.control.reloader import FileWatcher, ReloadResult
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import Snapshot, StateSettings, compile_policy
@@ -137,28 +137,6 @@ def _build(
         auth=auth,
     )
     return model, snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """What a reload did: applied or not, why not, and what changed."""
-
-    applied: bool
-    dry_run: bool
-    sha256: str
-    previous_sha256: str
-    changes: tuple[str, ...]
-    issues: tuple[str, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "applied": self.applied,
-            "dry_run": self.dry_run,
-            "sha256": self.sha256,
-            "previous_sha256": self.previous_sha256,
-            "changes": list(self.changes),
-            "issues": list(self.issues),
-        }
 
 
 def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:

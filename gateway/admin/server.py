@@ -34,7 +34,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,7 +43,44 @@ from gateway.errors import ClientError, RouteNotFound, TailguardError
 from gateway.resilience.breaker import BreakerState
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from pathlib import Path
+
+    from gateway.clock import Clock
+    from gateway.control.canary import CanaryController
+    from gateway.control.reloader import ReloadResult
+    from gateway.policy.compile import Snapshot
+    from gateway.state.store import StateStore
+    from gateway.telemetry.audit import AuditLog
+    from gateway.telemetry.catalog import Metrics
+
+
+class AdminTarget(Protocol):
+    """What the admin API may see and do of a running gateway, and nothing more."""
+
+    clock: Clock
+    metrics: Metrics
+    canary: CanaryController
+    audit: AuditLog
+    store: StateStore
+    policy_path: Path
+    policy_text: str
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    async def reload(
+        self,
+        text: str | None = None,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        persist: bool = False,
+    ) -> ReloadResult: ...
+
+    def drain(self, backend: str, url: str, *, drained: bool, actor: str) -> None: ...
+
+    def is_ready(self) -> bool: ...
+
 
 ADMIN_TOKEN_ENV = "TAILGUARD_ADMIN_TOKEN"
 SUPERVISOR_SECRET_ENV = "TAILGUARD_SUPERVISOR_SECRET"
@@ -216,7 +253,7 @@ def _host_is_loopback(host: str) -> bool:
     return all(_is_loopback(str(info[4][0])) for info in infos)
 
 
-def status_of(gateway: Gateway) -> dict[str, Any]:
+def status_of(gateway: AdminTarget) -> dict[str, Any]:
     """What an operator asks at 3 a.m.: what serves, what is sick, and why."""
     snap = gateway.snapshot
     now = gateway.clock.now()
@@ -284,7 +321,7 @@ def status_of(gateway: Gateway) -> dict[str, Any]:
     }
 
 
-def build_admin_app(gateway: Gateway) -> web.Application:
+def build_admin_app(gateway: AdminTarget) -> web.Application:
     """The admin API of one gateway process; credentials from its policy and environment."""
     app = web.Application(client_max_size=MAX_POLICY_BYTES)
     credentials = AdminCredentials.from_environ(os.environ)
