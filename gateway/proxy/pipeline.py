@@ -58,6 +58,10 @@ class OutcomeListener(Protocol):
     def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None: ...
 
 
+class SloListener(Protocol):
+    def record(self, ex: Exchange, answer: Answer, status: int, latency: float) -> None: ...
+
+
 class ObserveStage:
     """Outermost: counts, times, and turns every error into a JSON answer (never a traceback).
 
@@ -66,11 +70,16 @@ class ObserveStage:
     """
 
     def __init__(
-        self, metrics: Metrics, clock: Clock, canary: OutcomeListener | None = None
+        self,
+        metrics: Metrics,
+        clock: Clock,
+        canary: OutcomeListener | None = None,
+        slo: SloListener | None = None,
     ) -> None:
         self._m = metrics
         self._clock = clock
         self._canary = canary
+        self._slo = slo
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         m = self._m
@@ -94,6 +103,8 @@ class ObserveStage:
         if ex.route is not None:
             latency = self._clock.now() - ex.request.received_at
             m.child(m.request_duration, route_name).observe(latency)
+            if self._slo is not None:
+                self._slo.record(ex, answer, status, latency)
             canary = self._canary
             side = ex.split_backend
             if (

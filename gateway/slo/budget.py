@@ -268,7 +268,7 @@ COARSE = "c"
 class _Ring:
     """`size` buckets of `width` seconds: bucket number n lives in slot n % size."""
 
-    __slots__ = ("bad", "blame", "good", "index", "size", "width")
+    __slots__ = ("bad", "blame", "good", "index", "newest", "size", "width")
 
     def __init__(self, width: float, size: int) -> None:
         self.width = width
@@ -277,6 +277,7 @@ class _Ring:
         self.good = [0] * size
         self.bad = [0] * size
         self.blame = [0] * size
+        self.newest = -1  # the latest bucket number seen
 
     def slot(self, n: int) -> int | None:
         """The slot of bucket `n`, emptied if it held an older bucket; None if `n` is too old."""
@@ -286,6 +287,8 @@ class _Ring:
             if held > n:
                 return None
             self.index[s] = n
+            if n > self.newest:
+                self.newest = n
             self.good[s] = self.bad[s] = self.blame[s] = 0
         return s
 
@@ -432,8 +435,15 @@ class SloBudget:
         return out
 
     def restore_pending(self, items: Iterable[BucketCounts]) -> None:
-        """Give back counts whose upload failed; they go with the next `take_pending`."""
+        """Give back counts whose upload failed; they go with the next `take_pending`.
+
+        Counts of buckets their ring no longer spans are dropped: no window reads them any
+        more, so a long outage of the store keeps memory bounded.
+        """
         for item in items:
+            ring = self._ring(item.ring)
+            if item.n <= ring.newest - ring.size:
+                continue
             p = self._pending.setdefault((item.ring, item.n), [0, 0, 0])
             p[0] += item.good
             p[1] += item.bad
@@ -473,6 +483,10 @@ class SloBudget:
 
     def width(self, ring: str) -> float:
         return self._ring(ring).width
+
+    def size(self, ring: str) -> int:
+        """Buckets the ring holds (its span is size x width)."""
+        return self._ring(ring).size
 
 
 def _above(w: WindowStatus, factor: float) -> bool:
