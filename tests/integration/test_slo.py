@@ -55,8 +55,11 @@ slos:
 
 
 class Rig:
-    def __init__(self, gw: Gateway, clock: FakeClock, stable: SimServer, candidate: SimServer):
+    def __init__(
+        self, gw: Gateway, clock: FakeClock, stable: SimServer, candidate: SimServer, audit: Path
+    ) -> None:
         self.gw, self.clock, self.stable, self.candidate = gw, clock, stable, candidate
+        self.audit = audit
         assert gw.listening is not None
         self.url = f"{gw.listening.url}/v2/models/classifier/infer"
         self.admin = gw.listening.admin_url
@@ -114,7 +117,7 @@ async def rig(tmp_path: Path, sims: SimFactory) -> AsyncIterator[Rig]:
     await gw.slo.close()
     gw.canary.tick()  # a first interval with no samples: WAIT, weight stays at the first step
     try:
-        yield Rig(gw, clock, stable, candidate)
+        yield Rig(gw, clock, stable, candidate, audit)
     finally:
         await gw.stop()
 
@@ -165,7 +168,7 @@ async def test_fast_burn_freezes_the_canary_until_it_subsides(
     m = gw.metrics.slo_actions
     assert m.labels("classify", "freeze")._value.get() == 2
     assert m.labels("classify", "release")._value.get() == 1
-    audit = [json.loads(line) for line in Path(gw.audit.path).read_text().splitlines()]
+    audit = [json.loads(line) for line in rig.audit.read_text().splitlines()]
     kinds = [a["event"] for a in audit if str(a["event"]).startswith("slo-")]
     assert kinds == [
         "slo-fast-burn", "slo-freeze", "slo-shed", "slo-freeze",
