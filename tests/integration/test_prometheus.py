@@ -171,12 +171,12 @@ async def test_the_page_fires_on_injected_errors_and_resolves_after(
     gw = await gateway(POLICY.format(url=sim.url))
     policy = gw.policy_path
     rules = tmp_path / "rules.yaml"
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "rules", str(policy), "--out", str(rules),
-         "--time-scale", repr(SCALE)],
-        capture_output=True, text=True, timeout=60,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "rules", str(policy), "--out", str(rules),
+        "--time-scale", repr(SCALE), stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
     assert "[2500ms]" in rules.read_text()  # the 5m window, scaled
 
     prom = prometheus_for(gw, rules)
