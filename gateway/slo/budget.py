@@ -453,16 +453,18 @@ class SloBudget:
         """Take a bucket's totals across replicas (this one's shared counts included).
 
         Counts made here since they were uploaded are added on top: they are not in the
-        shared totals yet. A bucket older than its ring's span is ignored.
+        shared totals yet. A count never goes down: a store that lost its data (a Redis
+        restarted without persistence) does not make this replica forget what it counted.
+        A bucket older than its ring's span is ignored.
         """
         ring = self._ring(item.ring)
         s = ring.slot(item.n)
         if s is None:
             return
         p = self._pending.get((item.ring, item.n)) or (0, 0, 0)
-        ring.good[s] = item.good + p[0]
-        ring.bad[s] = item.bad + p[1]
-        ring.blame[s] = item.blame + p[2]
+        ring.good[s] = max(ring.good[s], item.good + p[0])
+        ring.bad[s] = max(ring.bad[s], item.bad + p[1])
+        ring.blame[s] = max(ring.blame[s], item.blame + p[2])
 
     def recent_buckets(self, now: float, span: float) -> list[tuple[str, int]]:
         """(ring, bucket) pairs covering the last `span` seconds (at least two per ring)."""
