@@ -2,8 +2,9 @@
 
 Open to anyone who can reach the port: `/metrics`, `/healthz`, `/readyz` (what scrapers and
 orchestrators need). Behind the admin credentials: everything under `/admin/` — the state
-of routes, backends and endpoints, drain/undrain, canary actions, and the policy itself
-(get, validate, dry-run, apply). Admin credentials are separate from the data plane's: a
+of routes, backends and endpoints, drain/undrain, canary actions, SLOs and their error
+budgets (and an override of the budget policy), and the policy itself (get, validate,
+dry-run, apply). Admin credentials are separate from the data plane's: a
 client API key never opens the admin API. Admin tokens are configured as hashes in the
 policy (`admin.tokens`) or as the `TAILGUARD_ADMIN_TOKEN` environment variable; with
 neither, the admin API answers only callers on the loopback interface, and `tailguard run`
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from gateway.clock import Clock
     from gateway.control.canary import CanaryController
     from gateway.control.reloader import ReloadResult
+    from gateway.control.slo import SloController
     from gateway.policy.compile import Snapshot
     from gateway.state.store import StateStore
     from gateway.telemetry.audit import AuditLog
@@ -62,6 +64,7 @@ class AdminTarget(Protocol):
     canary: CanaryController
     audit: AuditLog
     store: StateStore
+    slo: SloController
     policy_path: Path
     policy_text: str
 
@@ -318,6 +321,7 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
         "routes": routes,
         "backends": backends,
         "canary_decisions": gateway.canary.decisions[-10:],
+        "slo": gateway.slo.state(),
     }
 
 
@@ -421,6 +425,19 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         route, action = request.match_info["route"], request.match_info["action"]
         return web.json_response(gateway.canary.act(route, action, actor))
 
+    async def slo(_: web.Request, actor: str) -> web.Response:
+        return web.json_response(gateway.slo.state())
+
+    async def slo_override(request: web.Request, actor: str) -> web.Response:
+        route = request.match_info["route"]
+        if request.method == "DELETE":
+            return web.json_response(gateway.slo.override(route, None, actor))
+        body = await _json(request)
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ClientError('give {"seconds": N}: how long enforcement stays suspended')
+        return web.json_response(gateway.slo.override(route, float(seconds), actor))
+
     async def reset_breaker(request: web.Request, actor: str) -> web.Response:
         body = await _json(request)
         backend, url = body.get("backend"), body.get("endpoint")
@@ -449,6 +466,9 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         ("POST", "/admin/endpoints/{action:drain|undrain}", drain),
         ("POST", "/admin/breakers/reset", reset_breaker),
         ("POST", "/admin/canary/{route}/{action:promote|pause|resume|rollback}", canary),
+        ("GET", "/admin/slo", slo),
+        ("POST", "/admin/slo/{route}/override", slo_override),
+        ("DELETE", "/admin/slo/{route}/override", slo_override),
     ):
         app.router.add_route(method, path, guarded(handler), expect_handler=expect)
     return app
