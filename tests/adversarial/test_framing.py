@@ -193,7 +193,7 @@ def test_only_http_1x_requests_are_served(edge: Edge, version: bytes, keep_alive
     # a request after one that ends the connection is refused whole, hiding the answer
     conv = converse(edge.port, attack + (get(NEXT) if keep_alive else b""), expect=1 + keep_alive)
     assert conv.raw.startswith(b"HTTP/1."), f"answered {conv.raw[:20]!r}"
-    conv.assert_sound()
+    conv.assert_sound(refusals=(505,))
     assert conv.statuses in ([505], [400]), conv
     assert conv.closed, conv
     assert edge.take() == []
@@ -204,7 +204,7 @@ def test_unknown_transfer_coding_is_refused_not_forwarded_as_identity(edge: Edge
     the backend would get its coded bytes as if they were the body (RFC 9112 6.1: 501)."""
     attack = request(b"Transfer-Encoding: gzip, chunked", body=chunk(b'{"a":1}') + LAST)
     conv = converse(edge.port, attack + get(NEXT), expect=2)
-    assert conv.garbled is None and not conv.hung, conv
+    conv.assert_sound(refusals=(501,))
     assert conv.statuses[:1] in ([400], [501]), conv
     assert conv.closed, conv
     assert edge.take() == []

@@ -203,6 +203,11 @@ def intended_difference(data: bytes, ours: Verdict, theirs: Verdict) -> str | No
             return "a status code below 100 is not a status code (RFC 9110 15)"
         if theirs.status == 101:
             return "the client never asks to switch protocols, so a 101 is refused"
+        if re.fullmatch(rb"[\t\x20-\x7e\x80-\xff]*", status_line[13:]) is None:
+            return (
+                "a reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 4): llhttp lets "
+                "control characters through, the client may refuse them"
+            )
         if _field(theirs.headers, b"transfer-encoding") and _codings(theirs.headers) != [
             b"chunked"
         ]:
