@@ -52,6 +52,12 @@ class PolicyError(TailguardError):
         super().__init__("\n".join(str(i) for i in self.issues) or "invalid policy")
 
 
+class StartupRefused(TailguardError):
+    """The gateway will not serve as configured (an unsafe setting or environment)."""
+
+    code = "startup_refused"
+
+
 # --- client's fault (4xx) -------------------------------------------------------------------
 
 
@@ -118,18 +124,20 @@ class Shed(TailguardError):
     code = "overloaded"
 
 
+class BudgetShed(Shed):
+    """Refused while the route's SLO burns its error budget fast: low priorities go first.
+
+    Not counted against the SLO itself: it is the policy protecting the budget.
+    """
+
+    code = "budget_shed"
+
+
 class DeadlineExceeded(TailguardError):
     """The route's overall timeout ran out before an answer arrived."""
 
     status = 504
     code = "deadline_exceeded"
-
-
-class StreamAborted(TailguardError):
-    """An upstream failed after the response had started; it cannot be retried."""
-
-    status = 502
-    code = "stream_aborted"
 
 
 class StoreUnavailable(TailguardError):

@@ -53,7 +53,9 @@ from gateway.policy.units import (
     PositivePercent,
     PositiveSize,
     Rate,
+    Window,
     parse_hostport,
+    parse_percent,
 )
 from gateway.resilience.hedge import DEFAULT_TARGET_OF_BUDGET
 from gateway.resilience.outcome import RETRY_CONDITIONS
@@ -93,6 +95,10 @@ __all__ = [
     "RateLimitModel",
     "RetryModel",
     "RouteModel",
+    "SloAvailabilityModel",
+    "SloFastBurnModel",
+    "SloLatencyModel",
+    "SloModel",
     "SlowCallModel",
     "SplitModel",
     "StateModel",
@@ -336,6 +342,12 @@ class GatewayModel(FrozenModel):
     drain_timeout: Duration = 10.0
     tls: TlsModel | None = None
     admin_tls: TlsModel | None = None
+    # what each listener allows one client (slow or idle clients must not hold slots)
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0
+    body_timeout: Duration = 30.0
+    max_connections: Annotated[int, Strict(), Field(ge=1)] = 10_000
+    max_header_size: PositiveSize = 16 * 1024
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:
@@ -343,6 +355,8 @@ class GatewayModel(FrozenModel):
         same_host = host == ahost or host in _WILDCARD_HOSTS or ahost in _WILDCARD_HOSTS
         if port == aport and port != 0 and same_host:
             raise checks_failed((("admin_listen",), f"must differ from listen (port {port})"))
+        if not 1024 <= self.max_header_size <= 1 << 20:
+            raise checks_failed((("max_header_size",), "must be between 1KiB and 1MiB"))
         return self
 
 
@@ -630,6 +644,8 @@ class AdmissionModel(FrozenModel):
     queue: Annotated[int, Strict(), Field(ge=0)] = 0
     queue_timeout: DurationOrZero = 0.05
     priority_header: HeaderName | None = "x-tailguard-priority"
+    # tenants whose priority header is honoured; None: every caller's
+    priority_tenants: tuple[Name, ...] | None = None
     adaptive: Bool = False
 
 
@@ -725,6 +741,17 @@ class RouteModel(FrozenModel):
     rate_limit: RateLimitModel | None = None
     canary: CanaryModel | None = None
     allow_tenants: tuple[Name, ...] | None = None
+    # every request of this route may be sent more than once (retried after it may have
+    # reached a backend, or hedged), whatever its method; inference usually is
+    idempotent: Bool = False
+
+    @property
+    def repeatable(self) -> bool:
+        """The one rule retries and hedges share: may a non-idempotent request be repeated?
+
+        `retries.non_idempotent: true` is the older spelling of `idempotent: true`.
+        """
+        return self.idempotent or (self.retries is not None and self.retries.non_idempotent)
 
     @model_validator(mode="after")
     def _route_checks(self) -> RouteModel:
@@ -769,6 +796,70 @@ class RouteModel(FrozenModel):
             )  # fmt: skip
         if problems:
             raise checks_failed(*problems)
+        return self
+
+
+# --- service level objectives -------------------------------------------------------------
+
+
+def _objective(value: Any) -> float:
+    fraction = parse_percent(value)
+    if not 0.0 < fraction < 1.0:
+        raise _error("objective", "must be more than 0% and less than 100% (like 99.9%)")
+    return round(fraction, 12)  # 99.9 / 100 is 0.9990000000000001 in binary
+
+
+# A target share of good events: more than 0 % and less than 100 % (a 100 % objective leaves
+# no error budget to spend, so every burn rate would divide by zero).
+Objective = Annotated[
+    float,
+    BeforeValidator(_objective),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$", "examples": ["99.9%"]}),
+]
+
+
+class SloAvailabilityModel(FrozenModel):
+    """Good = answered without a gateway or backend error; 4xx answers are not counted."""
+
+    objective: Objective
+    fallback: Literal["good", "bad"] = "bad"
+
+
+class SloLatencyModel(FrozenModel):
+    """Good = a successful answer within `threshold`; failed requests are availability's."""
+
+    threshold: Duration
+    objective: Objective
+
+
+class SloFastBurnModel(FrozenModel):
+    """What the gateway does while the budget burns fast (1h and 5m windows above 14.4x)."""
+
+    freeze_canary: Bool = True
+    rollback_canary: Bool = True
+    blame_share: PositivePercent = 0.5
+    min_bad_events: Annotated[int, Strict(), Field(ge=1)] = 10
+    shed: Literal["sheddable", "low", "normal"] | None = None
+
+
+class SloModel(FrozenModel):
+    routes: Annotated[tuple[Name, ...], Field(min_length=1)]
+    window: Window = 30 * 86400.0
+    availability: SloAvailabilityModel | None = None
+    latency: SloLatencyModel | None = None
+    on_fast_burn: SloFastBurnModel = SloFastBurnModel()
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> SloModel:
+        if (self.availability is None) == (self.latency is None):
+            raise checks_failed(((), "give exactly one of availability or latency"))
+        seen: set[str] = set()
+        for k, route in enumerate(self.routes):
+            if route in seen:
+                raise checks_failed((("routes", k), f"route '{route}' is listed twice"))
+            seen.add(route)
+        if self.window < 60.0:
+            raise checks_failed((("window",), "must be at least 1m"))
         return self
 
 
@@ -832,6 +923,7 @@ class PolicyModel(FrozenModel):
     admin: AdminModel = AdminModel()
     backends: Annotated[FrozenMap[Name, BackendModel], Field(min_length=1)]
     routes: Annotated[tuple[RouteModel, ...], Field(min_length=1)]
+    slos: FrozenMap[Name, SloModel] = FrozenMap()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PolicyModel:
@@ -886,6 +978,16 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                     (("routes", i, "fallback", k, "backend"),
                      f"backend '{backend}' is not defined in backends{hint}")
                 )  # fmt: skip
+
+    slos = data.get("slos")
+    for slo_name, slo in slos.items() if isinstance(slos, Mapping) else ():
+        slo_routes = slo.get("routes") if isinstance(slo, Mapping) else None
+        for k, route_name in enumerate(slo_routes if isinstance(slo_routes, list | tuple) else ()):
+            if isinstance(route_name, str) and route_name not in names:
+                hint = did_you_mean(route_name, names)
+                problems.append(
+                    (("slos", slo_name, "routes", k), f"no route named '{route_name}'{hint}")
+                )
 
     has_auth = isinstance(data.get("auth"), Mapping)
     for i, route in enumerate(routes if isinstance(routes, list | tuple) else ()):
