@@ -266,7 +266,12 @@ COARSE = "c"
 
 
 class _Ring:
-    """`size` buckets of `width` seconds: bucket number n lives in slot n % size."""
+    """`size` buckets of `width` seconds: bucket number n lives in slot n % size.
+
+    Every slot holds a bucket of the last `size` up to `newest` (the buckets skipped when
+    time jumps ahead are emptied then), so a window's sum is a sum of list slices, in C,
+    rather than a Python loop over thousands of buckets every tick.
+    """
 
     __slots__ = ("bad", "blame", "good", "index", "newest", "size", "width")
 
@@ -277,18 +282,27 @@ class _Ring:
         self.good = [0] * size
         self.bad = [0] * size
         self.blame = [0] * size
-        self.newest = -1  # the latest bucket number seen
+        self.newest = -1  # the latest bucket number seen; -1 before the first
 
     def slot(self, n: int) -> int | None:
         """The slot of bucket `n`, emptied if it held an older bucket; None if `n` is too old."""
-        s = n % self.size
-        held = self.index[s]
-        if held != n:
-            if held > n:
+        size = self.size
+        newest = self.newest
+        if n > newest:
+            if newest >= 0:
+                # the buckets between hold counts a whole ring old: empty them
+                for m in range(max(newest + 1, n - size + 1), n):
+                    t = m % size
+                    self.index[t] = m
+                    self.good[t] = self.bad[t] = self.blame[t] = 0
+            self.newest = n
+        elif n <= newest - size:
+            return None
+        s = n % size
+        if self.index[s] != n:
+            if self.index[s] > n:
                 return None
             self.index[s] = n
-            if n > self.newest:
-                self.newest = n
             self.good[s] = self.bad[s] = self.blame[s] = 0
         return s
 
@@ -299,21 +313,27 @@ class _Ring:
         return (self.good[s], self.bad[s], self.blame[s])
 
     def sums(self, now_n: int, lengths: Sequence[int]) -> list[tuple[int, int, int]]:
-        """(good, bad, blame) over the last `lengths[i]` buckets up to `now_n`; ascending lengths."""
+        """(good, bad, blame) over the last `lengths[i]` buckets up to `now_n`."""
         out: list[tuple[int, int, int]] = []
-        g = b = c = 0
-        k = 0
-        index, good, bad, blame, size = self.index, self.good, self.bad, self.blame, self.size
+        size, newest = self.size, self.newest
+        hi = min(now_n, newest)
         for length in lengths:
-            while k < min(length, size):
-                n = now_n - k
-                s = n % size
-                if index[s] == n:
-                    g += good[s]
-                    b += bad[s]
-                    c += blame[s]
-                k += 1
-            out.append((g, b, c))
+            lo = max(now_n - length + 1, newest - size + 1)
+            if newest < 0 or lo > hi:
+                out.append((0, 0, 0))
+                continue
+            a, b = lo % size, hi % size
+            if a <= b:
+                parts = [slice(a, b + 1)]
+            else:
+                parts = [slice(a, size), slice(0, b + 1)]
+            out.append(
+                (
+                    sum(sum(self.good[p]) for p in parts),
+                    sum(sum(self.bad[p]) for p in parts),
+                    sum(sum(self.blame[p]) for p in parts),
+                )
+            )
         return out
 
 
