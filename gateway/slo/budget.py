@@ -323,10 +323,7 @@ class _Ring:
                 out.append((0, 0, 0))
                 continue
             a, b = lo % size, hi % size
-            if a <= b:
-                parts = [slice(a, b + 1)]
-            else:
-                parts = [slice(a, size), slice(0, b + 1)]
+            parts = [slice(a, b + 1)] if a <= b else [slice(a, size), slice(0, b + 1)]
             out.append(
                 (
                     sum(sum(self.good[p]) for p in parts),
