@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gateway import __version__
 
@@ -168,6 +168,7 @@ def _validate(files: Sequence[str]) -> int:
     from gateway.fallback.rules import load_rules, looks_like_rules
 
     bad = 0
+    notes: tuple[str, ...] = ()
     for f in files:
         try:
             text = Path(f).read_text(encoding="utf-8")
@@ -183,7 +184,7 @@ def _validate(files: Sequence[str]) -> int:
                     if name is not None:
                         check_policy_template(scenario, scenario.resolve(f, name))
             else:
-                compile_text(text, f)
+                notes = compile_text(text, f).notes
         except PolicyError as e:
             bad += 1
             for issue in e.issues:
@@ -196,6 +197,9 @@ def _validate(files: Sequence[str]) -> int:
             print(f"{f}:1:1: not UTF-8 text", file=sys.stderr)
         else:
             print(f"{f}: ok")
+            for note in notes:
+                print(f"{f}: note: {note}")
+            notes = ()
     return 1 if bad else 0
 
 
@@ -243,25 +247,66 @@ def _groups(doc: dict[str, object]) -> list[dict[str, list[object]]]:
 
 async def _supervise(args: argparse.Namespace) -> int:
     """`run --workers N`: check the policy once, then supervise N worker processes."""
-    from gateway.app import compile_file
+    import os
+    from pathlib import Path
+
+    from gateway.app import compile_file, compile_text
     from gateway.errors import PolicyError
     from gateway.workers import Supervisor
 
     try:
-        settings = compile_file(args.policy).settings
+        snapshot = compile_file(args.policy)
     except (PolicyError, OSError) as e:
         return _refused(args.policy, e)
+    settings = snapshot.settings
     listen = args.listen or settings.listen
     admin = args.admin_listen or settings.admin_listen
     if listen[1] == 0:
         print("--workers needs a fixed data port (not 0)", file=sys.stderr)
+        return 2
+    if _admin_exposed(admin, snapshot.admin_tokens, from_flag=args.admin_listen is not None):
         return 2
     extra = ["--log-level", args.log_level]
     if args.audit_log:
         extra += ["--audit-log", args.audit_log]
     if args.no_watch:
         extra.append("--no-watch")
-    return await Supervisor(args.policy, args.workers, listen, admin, extra).run()
+    base = Path(args.policy).parent
+
+    def read_tokens(text: str) -> Mapping[str, str]:
+        return compile_text(text, args.policy, base_dir=base).admin_tokens
+
+    return await Supervisor(
+        args.policy,
+        args.workers,
+        listen,
+        admin,
+        extra,
+        tokens=snapshot.admin_tokens,
+        read_tokens=read_tokens,
+        admin_tls=settings.admin_tls,
+        environ=os.environ,
+        watch=not args.no_watch,
+    ).run()
+
+
+def _admin_exposed(admin: tuple[str, int], tokens: Mapping[str, str], *, from_flag: bool) -> bool:
+    """Say so (and return True: exit 2) when the admin API would listen off loopback with no
+    admin token configured, where only a token could keep callers out."""
+    import os
+
+    from gateway.admin.server import AdminCredentials, exposure_problem
+
+    problem = exposure_problem(
+        admin,
+        tokens,
+        AdminCredentials.from_environ(os.environ),
+        source="--admin-listen" if from_flag else "gateway.admin_listen",
+    )
+    if problem is None:
+        return False
+    print(f"tailguard: refusing to start: {problem}", file=sys.stderr)
+    return True
 
 
 def _refused(policy: str, e: Exception) -> int:
@@ -304,7 +349,7 @@ async def _serve(
     reuse_port: bool = False,
 ) -> int:
     from gateway.app import Gateway, tune_gc
-    from gateway.errors import PolicyError
+    from gateway.errors import PolicyError, StartupRefused
 
     try:
         gw = Gateway(
@@ -317,6 +362,10 @@ async def _serve(
         )
     except (PolicyError, OSError) as e:
         return _refused(policy, e)
+    admin_at = admin or gw.snapshot.settings.admin_listen
+    if _admin_exposed(admin_at, gw.snapshot.admin_tokens, from_flag=admin is not None):
+        await gw.stop()
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -335,6 +384,10 @@ async def _serve(
         print(f"cannot listen: {e}", file=sys.stderr)
         await gw.stop()
         return 1
+    except StartupRefused as e:
+        print(f"tailguard: {e.message}", file=sys.stderr)
+        await gw.stop()
+        return 2
     print(f"tailguard listening on {where.url} (admin {where.admin_url})", flush=True)
     tune_gc()
     await stop.wait()

@@ -23,13 +23,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.clock import Clock
 from gateway.control.canary import CanaryController
-from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
+from gateway.errors import BudgetShed, ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import PRIORITY_NAMES, Snapshot
-from gateway.proxy.budgetshed import SHED_HEADER
+from gateway.resilience.outcome import Outcome
 from gateway.slo.budget import (
     BURN_WINDOWS,
     COARSE,
@@ -137,17 +137,23 @@ class SloController:
 
     # --- the request path ------------------------------------------------------------------
 
-    def record(self, ex: Exchange, answer: Any, status: int, latency: float) -> None:
-        """Count one finished request of a routed exchange for each SLO of its route."""
+    def record(self, ex: Exchange, status: int, latency: float) -> None:
+        """Count one finished request of a routed exchange for each SLO of its route.
+
+        Called once, at the exchange's end: a stream that broke after its 200 is a failure.
+        """
         route = ex.route
         if route is None:
             return
         slos = self._by_route.get(route.name)
         if slos is None or 400 <= status < 500:
             return  # a client's error says nothing about the service
-        failed = status >= 500
-        if failed and status == 503 and SHED_HEADER in getattr(answer, "headers", ()):
+        if ex.error_code == BudgetShed.code:
             return  # shed by the budget policy on purpose: not the service failing
+        if ex.stream_outcome is Outcome.CANCELLED:
+            return  # the client left mid-stream: that says nothing about the service
+        broken = ex.stream_outcome is not None and ex.stream_outcome is not Outcome.SUCCESS
+        failed = status >= 500 or broken
         fallback = ex.fallback is not None
         canary = route.canary
         blame = canary is not None and ex.split_backend == canary.backend
