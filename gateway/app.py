@@ -150,6 +150,7 @@ def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:
     for kind, before, after in (
         ("backend", dict(old.backends.items()), dict(new.backends.items())),
         ("route", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
+        ("slo", dict(old.slos.items()), dict(new.slos.items())),
     ):
         out.extend(f"{kind} {n} added" for n in after if n not in before)
         out.extend(f"{kind} {n} removed" for n in before if n not in after)

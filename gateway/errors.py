@@ -95,6 +95,25 @@ class Forbidden(ClientError):
     code = "forbidden"
 
 
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+
+
+class VersionNotSupported(ClientError):
+    """Another HTTP version than 1.0 or 1.1: the client's doing, whatever the status class."""
+
+    status = 505
+    code = "http_version_not_supported"
+
+
+class CodingNotImplemented(ClientError):
+    """A transfer coding the gateway does not undo (RFC 9112 section 6.1)."""
+
+    status = 501
+    code = "transfer_coding_not_implemented"
+
+
 class RateLimited(ClientError):
     status = 429
     code = "rate_limited"

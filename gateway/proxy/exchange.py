@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
-from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json
+from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json, text_problem
 from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def json_body_problem(
     if not full:
         b = part.strip()
         if b and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D)):
-            return None
+            return text_problem(part)
         return "request body is not valid JSON"
     try:
         loads_client_json(part)

@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import AttemptFailed
-from gateway.policy.compile import EndpointSpec, PoolSpec
 from gateway.proxy.h1 import H1Transport, parse_head
+from gateway.proxy.transport import PoolSpec
 from tests.adversarial.edge import join_lines
 
 # --- verdicts -------------------------------------------------------------------------------
@@ -468,15 +468,9 @@ class FakeUpstream:
 
 async def ours_exchange(upstream: FakeUpstream, data: bytes) -> Verdict:
     upstream.response = data
-    spec = EndpointSpec(
-        id="e",
-        backend="b",
-        url=f"http://127.0.0.1:{upstream.port}",
-        region="l",
-        weight=1,
-        drain=False,
+    transport = H1Transport(
+        f"http://127.0.0.1:{upstream.port}", PoolSpec(1, 1.0, 30.0), check_json=False
     )
-    transport = H1Transport(spec, PoolSpec(1, 1.0, 30.0), check_json=False)
     try:
         async with asyncio.timeout(5):
             try:
