@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.quality.sketch import CategoricalSketch, NumericSketch, Profile
+from gateway.resilience.divergence import js_distance_counts
 
 PSI_BINS = 10
 PSI_FLOOR = 1e-4
@@ -126,19 +127,9 @@ def ks(reference: NumericSketch, current: NumericSketch) -> float:
 
 def js_distance(reference: CategoricalSketch, current: CategoricalSketch) -> float:
     """Jensen-Shannon distance (base 2) between the label shares of two sketches."""
-    nr, nc = reference.n, current.n
-    if nr == 0 or nc == 0:
+    if reference.n == 0 or current.n == 0:
         raise ValueError("js needs labels on both sides")
-    total = 0.0
-    for label in set(reference.counts) | set(current.counts):
-        p = reference.counts.get(label, 0) / nr
-        q = current.counts.get(label, 0) / nc
-        m = (p + q) / 2
-        if p > 0:
-            total += p * math.log2(p / m)
-        if q > 0:
-            total += q * math.log2(q / m)
-    return math.sqrt(max(total / 2, 0.0))
+    return js_distance_counts(reference.counts, current.counts)
 
 
 def score_feature(
