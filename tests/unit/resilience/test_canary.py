@@ -377,7 +377,10 @@ def test_decision_to_dict_is_json_ready() -> None:
     d = interval(a, clock, canary=(100, 10, 0.2))
     as_json = json.loads(json.dumps(d.to_dict()))
     assert as_json["action"] == "hold" and as_json["verdict"] == "fail"
-    assert as_json["canary"] == {"requests": 100, "errors": 10, "error_rate": 0.1, "p99": 0.2}
+    assert as_json["canary"] == {
+        "requests": 100, "errors": 10, "error_rate": 0.1, "p99": 0.2, "outputs": 0,
+    }  # fmt: skip
+    assert as_json["output_drift"] is None
     assert as_json["phase"] == "progressing" and as_json["weight_after"] == 5.0
 
 
