@@ -48,6 +48,7 @@ from gateway.proxy.pipeline import (
 from gateway.proxy.ratelimit import RateLimitStage
 from gateway.proxy.server import ProxyServer
 from gateway.proxy.transports import Transports
+from gateway.quality.monitor import QualityMonitor
 from gateway.resilience.breaker import BreakerState
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
@@ -341,7 +342,12 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
-        self._observe = ObserveStage(self.metrics, self.clock, self.canary)
+        self.quality = QualityMonitor(
+            lambda: self.snapshot, self.metrics, self.clock, self.rng, self.store,
+            self.transports, self.audit, self.peers.replica, self.canary,
+        )  # fmt: skip
+        self.quality.sync(self.snapshot)
+        self._observe = ObserveStage(self.metrics, self.clock, self.canary, self.quality.tap)
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._route = RouteStage(self.rng)
         self._authorize = AuthorizeStage(self.metrics)
@@ -490,6 +496,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
+        self.quality.sync(snapshot)
         self._assemble(snapshot)
         self.snapshot = snapshot
         self.model = model
@@ -552,6 +559,7 @@ class Gateway:
         if self.watcher is not None:
             self.watcher.start()
         self.canary.start()
+        self.quality.start()
         self.health.sync()
         self.listening = Listening(
             host,
@@ -588,6 +596,7 @@ class Gateway:
             await self.watcher.close()
         await self.health.close()
         await self.canary.close()
+        await self.quality.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -21,6 +21,7 @@ from gateway.policy.compile import PRIORITY_NAMES, RouteRuntime
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
+from gateway.quality.tap import QualityTap
 from gateway.telemetry.catalog import Metrics, code_class
 
 log = logging.getLogger("tailguard.proxy")
@@ -66,11 +67,16 @@ class ObserveStage:
     """
 
     def __init__(
-        self, metrics: Metrics, clock: Clock, canary: OutcomeListener | None = None
+        self,
+        metrics: Metrics,
+        clock: Clock,
+        canary: OutcomeListener | None = None,
+        quality: QualityTap | None = None,
     ) -> None:
         self._m = metrics
         self._clock = clock
         self._canary = canary
+        self._quality = quality
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         m = self._m
@@ -107,6 +113,13 @@ class ObserveStage:
                 failed = status >= 500 or ex.fallback is not None
                 if failed or status < 400:
                     canary.record(ex.route, side, failed, latency)
+            # quality sampling and shadows: a draw and an append; the worker does the rest
+            tap = self._quality
+            if tap is not None and ex.route.tap_share and not isinstance(answer, LocalAnswer):
+                up = answer.response
+                assert up is not None
+                body = up.body if up.stream is None else None
+                tap.observe(ex.route, backend_name, ex.request, body, status, latency)
         return answer
 
 
