@@ -18,7 +18,9 @@ tensor bytes), per input and output tensor `<io>.<name>.`:
   Binary tensors give shape, datatype and elements only: their bytes are not decoded.
   A classification-shaped output (a float tensor `[batch, classes]`, 2 <= classes <=
   `MAX_CLASSES`) adds `<name>.class` (argmax per row, categorical) and `<name>.score`
-  (the winning score per row, numeric).
+  (the winning score per row, numeric). The first such output whose rows are
+  probabilities (non-negative, summing to 1) is the answer's predicted class; without
+  one, the first score matrix is.
 OpenAI chat completions:
   request.messages, request.prompt_chars, request.max_tokens (numeric), request.stream
   (categorical); from a buffered answer: usage.prompt_tokens, usage.completion_tokens
@@ -42,6 +44,8 @@ MAX_VALUES = 32
 MAX_CLASSES = 1000
 # Rows of a batch looked at per exchange (argmax and scores).
 MAX_ROWS = 64
+# Flat tensors up to this many numbers are read in plain Python (numpy costs more there).
+SMALL = 256
 # Tensors looked at per request or answer, in order.
 MAX_TENSORS = 16
 NAME_MAX = 48
@@ -71,6 +75,7 @@ class Features:
     scores: list[list[float]] = field(default_factory=list)
     tokens: int | None = None
     problem: str | None = None
+    primary_is_probability: bool = False
 
     def add(self, name: str, value: float) -> None:
         self.numeric.setdefault(name, []).append(value)
@@ -171,6 +176,13 @@ def _tensors(out: Features, io: str, tensors: object, *, classify: bool) -> None
         data = tensor.get("data")
         if data is None or datatype not in NUMERIC_TYPES:
             continue  # binary tensor data (or BYTES): shape and type only
+        if (
+            isinstance(data, list)
+            and len(data) <= SMALL
+            and all(type(v) is float or type(v) is int for v in data)
+        ):
+            _small(out, prefix, data, shape, count, datatype, classify)
+            continue
         values = _as_array(data)
         if values is None:
             continue
@@ -183,15 +195,40 @@ def _tensors(out: Features, io: str, tensors: object, *, classify: bool) -> None
         if nan or inf:
             picked = picked[np.isfinite(picked)]
         out.numeric.setdefault(prefix + ".value", []).extend(picked.tolist())
-        if (
-            classify
-            and datatype in FLOAT_TYPES
-            and len(shape) == 2
-            and shape[0] >= 1
-            and 2 <= shape[1] <= MAX_CLASSES
-            and n == count
-        ):
-            _classes(out, prefix, values.reshape(shape[0], shape[1]))
+        if classify and _class_shaped(datatype, shape) and n == count:
+            _classes(out, prefix, values.reshape(shape[0], shape[1]).tolist())
+
+
+def _class_shaped(datatype: str, shape: list[int]) -> bool:
+    return (
+        datatype in FLOAT_TYPES
+        and len(shape) == 2
+        and shape[0] >= 1
+        and 2 <= shape[1] <= MAX_CLASSES
+    )
+
+
+def _small(
+    out: Features,
+    prefix: str,
+    data: list[float],
+    shape: list[int],
+    count: int,
+    datatype: str,
+    classify: bool,
+) -> None:
+    """A flat tensor of a few numbers: plain Python, cheaper than numpy at this size."""
+    finite = [float(v) for v in data if v - v == 0]  # NaN and infinities give NaN
+    nan = sum(1 for v in data if v != v)
+    out.add(prefix + ".nan", float(nan))
+    out.add(prefix + ".inf", float(len(data) - len(finite) - nan))
+    n = len(finite)
+    picked = finite if n <= MAX_VALUES else finite[:: math.ceil(n / MAX_VALUES)]
+    out.numeric.setdefault(prefix + ".value", []).extend(picked)
+    if classify and _class_shaped(datatype, shape) and len(data) == count:
+        width = shape[1]
+        rows = [[float(v) for v in data[i : i + width]] for i in range(0, count, width)]
+        _classes(out, prefix, rows)
 
 
 def _as_array(data: object) -> np.ndarray[Any, np.dtype[np.float64]] | None:
@@ -205,18 +242,31 @@ def _as_array(data: object) -> np.ndarray[Any, np.dtype[np.float64]] | None:
     return arr.ravel()
 
 
-def _classes(out: Features, prefix: str, matrix: np.ndarray[Any, np.dtype[np.float64]]) -> None:
-    rows = matrix[:MAX_ROWS]
-    best = np.argmax(np.where(np.isnan(rows), -np.inf, rows), axis=1)
-    top = rows[np.arange(rows.shape[0]), best]
+def _classes(out: Features, prefix: str, rows: list[list[float]]) -> None:
+    """Argmax and winning score per row; a probability output is preferred as `primary`."""
+    rows = rows[:MAX_ROWS]
+    labels = []
+    top = []
+    probabilities = True
+    for row in rows:
+        best, score = 0, -math.inf
+        for i, v in enumerate(row):
+            if v > score:  # NaN never wins
+                best, score = i, v
+        labels.append(str(best))
+        if math.isfinite(score):
+            top.append(score)
+        if probabilities and (abs(sum(row) - 1.0) > 1e-3 or min(row) < 0.0):
+            probabilities = False
     name = prefix + ".class"
-    labels = [str(int(c)) for c in best]
     out.categorical.setdefault(name, []).extend(labels)
-    out.numeric.setdefault(prefix + ".score", []).extend(float(s) for s in top if math.isfinite(s))
-    if out.primary is None:
+    out.numeric.setdefault(prefix + ".score", []).extend(top)
+    # the first probability output stands for the answer; else the first score matrix
+    if out.primary is None or (probabilities and not out.primary_is_probability):
         out.primary = name
+        out.primary_is_probability = probabilities
         out.rows = labels
-        out.scores = rows.tolist()
+        out.scores = rows
 
 
 # --- OpenAI chat ---------------------------------------------------------------------------

@@ -45,10 +45,11 @@ class NumericSketch:
         return int(self._kll.n)
 
     def update(self, values: Sequence[float]) -> None:
-        if len(values) == 1:
-            v = values[0]
-            if v == v and v not in (float("inf"), float("-inf")):
-                self._kll.update(v)
+        if len(values) <= 16:
+            update = self._kll.update
+            for v in values:
+                if v - v == 0:  # finite (NaN and infinities give NaN)
+                    update(v)
             return
         arr = np.asarray(values, dtype=np.float64)
         arr = arr[np.isfinite(arr)]
