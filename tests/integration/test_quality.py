@@ -10,6 +10,7 @@ import aiohttp
 
 from gateway.app import Gateway
 from gateway.sim import SimServer
+from gateway.sim.faults import Faults, Latency
 from gateway.sim.outputs import Outputs
 from tests.integration.conftest import GatewayFactory, SimFactory
 
@@ -47,12 +48,18 @@ def infer_body(rng: random.Random) -> dict[str, Any]:
 class Load:
     """Steady concurrent traffic of random inputs (one distribution) to both routes."""
 
-    def __init__(self, http: aiohttp.ClientSession, gw: Gateway, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        gw: Gateway,
+        concurrency: int = 8,
+        urls: tuple[str, ...] | list[str] = (
+            "/v2/models/classifier/infer",
+            "/v2/models/control/infer",
+        ),
+    ) -> None:
         assert gw.listening is not None
-        self._urls = [
-            f"{gw.listening.url}/v2/models/classifier/infer",
-            f"{gw.listening.url}/v2/models/control/infer",
-        ]
+        self._urls = [f"{gw.listening.url}{u}" for u in urls]
         self._http = http
         self._stop = asyncio.Event()
         self.statuses: dict[int, int] = {}
@@ -61,7 +68,7 @@ class Load:
     async def _worker(self, i: int) -> None:
         rng = random.Random(i)
         while not self._stop.is_set():
-            url = self._urls[i % 2]
+            url = self._urls[i % len(self._urls)]
             async with self._http.post(url, json=infer_body(rng)) as r:
                 await r.read()
                 self.statuses[r.status] = self.statuses.get(r.status, 0) + 1
@@ -208,3 +215,55 @@ async def sim_stats(http: aiohttp.ClientSession, sim: SimServer) -> dict[str, An
     async with http.get(f"{sim.control_url}/_sim/stats") as r:
         data: dict[str, Any] = await r.json()
         return data
+
+
+CANARY_POLICY = """\
+version: 1
+backends:
+  stable:
+    protocol: kserve-v2
+    endpoints: [{{url: "{stable}"}}]
+  candidate:
+    protocol: kserve-v2
+    endpoints: [{{url: "{candidate}"}}]
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split:
+      - {{backend: stable, weight: 100}}
+      - {{backend: candidate, weight: 0}}
+    quality: {{sample: 100%}}
+    canary:
+      backend: candidate
+      steps: [30, 60, 100]
+      interval: 0.5s
+      gates: {{max_error_rate_increase: 1%, max_p99_ratio: 20, min_samples: 20,
+               max_output_drift: 0.2, min_output_samples: 20}}
+      max_failed_checks: 2
+"""
+
+
+async def test_a_canary_with_shifted_outputs_and_no_errors_is_rolled_back(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    steady = Faults(latency=Latency(kind="fixed", ms=2))
+    stable = await sims(models=("classifier",), outputs=Outputs(classes=CLASSES), faults=steady)
+    candidate = await sims(
+        models=("classifier",), outputs=Outputs(classes=CLASSES, bias=(3.0,)), faults=steady
+    )
+    gw = await gateway(CANARY_POLICY.format(stable=stable.url, candidate=candidate.url))
+    analysis = gw.canary.analysis("classify")
+    assert analysis is not None
+    load = Load(http, gw, concurrency=8, urls=["/v2/models/classifier/infer"])
+    try:
+        await until(lambda: analysis.phase.is_terminal, limit=30, gw=gw)
+    finally:
+        statuses = await load.stop()
+    assert statuses == {200: sum(statuses.values())}  # not one error on either side
+    assert analysis.phase.value == "rolled-back"
+    judged = [d for d in gw.canary.decisions if d["verdict"] in ("pass", "fail")]
+    assert [d["action"] for d in judged][-2:] == ["hold", "rollback"], gw.canary.decisions
+    last = judged[-1]
+    assert last["canary"]["errors"] == 0 and last["baseline"]["errors"] == 0
+    assert last["output_drift"] > 0.2
+    assert "output drift" in last["reason"]
