@@ -33,6 +33,7 @@ from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
 from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
+from gateway.proxy.contract import ContractStage, ModelContracts
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
@@ -352,6 +353,8 @@ class Gateway:
         self._route = RouteStage(self.rng)
         self._authorize = AuthorizeStage(self.metrics)
         self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
+        self.contracts = ModelContracts(self.transports, self.clock)
+        self._contract = ContractStage(self.contracts, self.metrics)
         self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
         self._admit = AdmitStage(self.gates, self.clock)
         self._attempt = AttemptStage(self.runner, self.clock)
@@ -371,7 +374,7 @@ class Gateway:
         """Compose the request path of a snapshot before it serves: only the stages it uses.
 
         One ordered list for the whole house (observe, authenticate, route, authorize, rate
-        limit, fallback, admit, attempt); a stage a route does not need is left out of that
+        limit, contract, fallback, admit, attempt); a stage a route does not need is left out of that
         route's chain rather than asked on every request.
         """
         outer: list[Stage] = [self._observe]
@@ -386,6 +389,8 @@ class Gateway:
                 stages.append(self._authorize)
             if route.rate_limit is not None:
                 stages.append(self._rate_limit)
+            if route.contract is not None:
+                stages.append(self._contract)
             if route.cache is not None or route.fallback is not None:
                 stages.append(self._fallback)
             if global_limit or route.admission is not None:
@@ -497,6 +502,7 @@ class Gateway:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
         self.quality.sync(snapshot)
+        self.contracts.forget()  # a reload may point a backend at another model server
         self._assemble(snapshot)
         self.snapshot = snapshot
         self.model = model

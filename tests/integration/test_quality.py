@@ -267,3 +267,62 @@ async def test_a_canary_with_shifted_outputs_and_no_errors_is_rolled_back(
     assert last["canary"]["errors"] == 0 and last["baseline"]["errors"] == 0
     assert last["output_drift"] > 0.2
     assert "output drift" in last["reason"]
+
+
+CONTRACT_POLICY = """\
+version: 1
+backends:
+  model:
+    protocol: kserve-v2
+    endpoints: [{{url: "{url}"}}]
+routes:
+  - name: classify
+    match: {{path_prefix: /v2/models/}}
+    split: [{{backend: model, weight: 100}}]
+    contract: {{metadata_ttl: 1m, fetch_timeout: 1s}}
+"""
+
+
+async def test_inputs_that_break_the_models_metadata_get_a_kserve_400_before_the_backend(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=("classifier",))
+    gw = await gateway(CONTRACT_POLICY.format(url=sim.url))
+    assert gw.listening is not None
+    url = f"{gw.listening.url}/v2/models/classifier/infer"
+    good = {"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    bad = [
+        ({"inputs": [{"name": "IMAGE", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
+         "unknown_input"),
+        ({"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}]},
+         "datatype"),
+        ({"inputs": [{"name": "INPUT0", "shape": [2], "datatype": "FP32", "data": [1, 2]}]},
+         "shape"),
+        ({"inputs": [{"name": "INPUT0", "shape": [1, 3], "datatype": "FP32", "data": [1, 2]}]},
+         "data_size"),
+    ]  # fmt: skip
+    for payload, _ in bad:
+        async with http.post(url, json=payload) as r:
+            assert r.status == 400
+            answer = await r.json()
+            assert set(answer) == {"error"} and isinstance(answer["error"], str)
+            assert r.headers["x-request-id"]
+    async with http.post(url, json=good) as r:
+        assert r.status == 200, await r.text()
+    assert sim.stats.by_model["classifier"] == 1  # only the good one reached the model
+    text = await (await http.get(f"{gw.listening.admin_url}/metrics")).text()
+    for _, why in bad:
+        line = next(
+            x for x in text.splitlines()
+            if x.startswith("tailguard_contract_rejections_total{") and f'reason="{why}"' in x
+        )  # fmt: skip
+        assert line.endswith(" 1.0")
+
+    # a model whose metadata cannot be had: let through unchecked, and counted
+    async with http.post(f"{gw.listening.url}/v2/models/other/infer", json=good) as r:
+        assert r.status == 404  # the backend's own answer
+    text = await (await http.get(f"{gw.listening.admin_url}/metrics")).text()
+    assert any(
+        x.startswith("tailguard_contract_unchecked_total{") and "metadata_unavailable" in x
+        for x in text.splitlines()
+    )
