@@ -326,3 +326,54 @@ async def test_inputs_that_break_the_models_metadata_get_a_kserve_400_before_the
         x.startswith("tailguard_contract_unchecked_total{") and "metadata_unavailable" in x
         for x in text.splitlines()
     )
+
+
+async def test_references_through_the_ctl_commands(
+    sims: SimFactory,
+    gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    tmp_path: Any,
+    capsys: Any,
+) -> None:
+    from gateway.cli import main
+
+    sim = await sims(models=("classifier",), outputs=Outputs(classes=CLASSES))
+    gw = await gateway(
+        DROP_POLICY.format(url=sim.url).replace("quality_queue: 4", "quality_queue: 1024")
+    )
+    assert gw.listening is not None
+    admin = gw.listening.admin_url
+
+    async def ctl(*args: str) -> tuple[int, str]:
+        code = await asyncio.to_thread(main, ["ctl", "--admin", admin, *args])
+        out, err = capsys.readouterr()
+        return code, out + err
+
+    code, text = await ctl("quality", "capture", "classify")
+    assert code == 1 and "no profiled traffic yet" in text
+    rng = random.Random(5)
+    url = f"{gw.listening.url}/v2/models/classifier/infer"
+    for _ in range(30):
+        async with http.post(url, json=infer_body(rng)) as r:
+            assert r.status == 200
+    await until(lambda: gw.quality.processed == 30, gw=gw)
+    code, text = await ctl("quality", "capture", "classify")
+    assert code == 0 and "classify/model: reference taken from 30 sampled answers" in text
+    saved = tmp_path / "ref.json"
+    code, text = await ctl("quality", "export", "classify", "--backend", "model", "-o", str(saved))
+    assert code == 0 and saved.exists()
+    code, text = await ctl("quality", "clear", "classify")
+    assert code == 0 and "cleared for model" in text
+    code, text = await ctl("quality", "export", "classify", "--backend", "model", "-o", str(saved))
+    assert code == 1 and "no reference" in text
+    code, text = await ctl("quality", "load", "classify", str(saved), "--backend", "model")
+    assert code == 0 and "reference loaded (30 answers)" in text
+    code, text = await ctl("quality", "load", "classify", str(saved), "--backend", "nope")
+    assert code == 1 and "does not serve route" in text
+    code, text = await ctl("quality", "capture", "classify", "--for", "10m")
+    assert code == 0 and "recording the next 600 s" in text
+    code, text = await ctl("quality", "show", "classify")
+    assert code == 0 and "output.PROBS.class" in text and "js" in text
+    code, text = await asyncio.to_thread(main, ["status", "--admin", admin]), ""
+    out, _ = capsys.readouterr()
+    assert code == 0 and "DRIFT" in out and "capturing" in out
