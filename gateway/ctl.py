@@ -601,6 +601,8 @@ def _quality(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None
                 out.write(f"{route}/{backend}:\n")
                 if rows:
                     out.write(render_table(("FEATURE", "STAT", "SCORE", "THRESHOLD", "REF N", "CUR N", ""), rows) + "\n")  # fmt: skip
+                elif b.get("reference"):
+                    out.write("  reference in place, not scored yet (scores come every second)\n")
                 else:
                     out.write("  no reference yet (tailguard ctl quality capture)\n")
     elif what == "export":

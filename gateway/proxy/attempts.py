@@ -9,6 +9,8 @@ every outcome back exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -27,11 +29,13 @@ from gateway.errors import (
 )
 from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRuntime
 from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
+from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
-from gateway.proxy.upstream import HOP_BY_HOP, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
+
+log = logging.getLogger("tailguard.proxy")
 
 # How long a computed hedge percentile is reused before it is recomputed.
 HEDGE_DELAY_TTL = 0.25
@@ -122,24 +126,30 @@ class AttemptRunner:
     ) -> AttemptResult:
         """The answer for the client: the first acceptable one, else the last failed HTTP answer.
 
-        The result always has a `response`. When it is a stream, the caller must copy it and then
-        call `finish_stream` with how it ended. Raises a `TailguardError` when no attempt produced
-        an HTTP answer at all.
+        The result always has a `response`. When it is a stream, `ex.stream_done` is set:
+        the exchange's end settles the connection and the attempt's report with how the
+        stream ended. Raises a `TailguardError` when no attempt produced an HTTP answer.
         """
-        if route.retry_budget is not None:
-            route.retry_budget.deposit()
-        if ex.upstream_headers is None:
-            ex.upstream_headers = upstream_headers(ex.request, ex.snapshot.strip_headers)
-        if route.hedge is None:
-            result = await self._sequential(ex, route, backend)
-        else:
+        if not ex.deposited:
+            # once per client request: a fallback's second run is not a second request
+            ex.deposited = True
+            if route.retry_budget is not None:
+                route.retry_budget.deposit()
             if route.hedge_budget is not None:
                 route.hedge_budget.deposit()
+        if ex.upstream_headers is None:
+            ex.upstream_headers = upstream_headers(ex.request, ex.snapshot.strip_headers)
+        if route.hedge is None or not (route.repeatable or ex.request.method in IDEMPOTENT_METHODS):
+            # a request that may not arrive twice is never hedged (the rule retries obey)
+            result = await self._sequential(ex, route, backend)
+        else:
             result = await self._hedged(ex, route, backend)
         m = self._metrics
         m.child(m.attempts_per_request, route.name).observe(ex.attempts)
         if result.response is None:
             self._raise_for(ex, result)
+        if result.unreported:
+            ex.stream_done = functools.partial(self._settle_stream, backend, result)
         return result
 
     # --- the two loops -------------------------------------------------------------------
@@ -294,7 +304,6 @@ class AttemptRunner:
         if header is not None:
             headers[header] = str(max(1, int(timeout * 1000)))
         ex.attempts += 1
-        ex.tried.append(spec.url)
         transport = self._transports.get(spec, backend.pool, backend.protocol)
         state.outstanding += 1
         state.last_used = now
@@ -349,15 +358,29 @@ class AttemptRunner:
         if outcome is not Outcome.CANCELLED:
             m.child(m.attempt_duration, backend.name).observe(latency)
         if ejection is not None:
+            log.warning(
+                "endpoint %s of %s ejected for %.0fs (%s)",
+                state.spec.url,
+                backend.name,
+                ejection.until - self._clock.now(),
+                ejection.reason.value.replace("_", " "),
+            )
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
             if self.on_ejection is not None:
                 self.on_ejection(backend.name, state.spec.id)
 
-    def finish_stream(
+    def _settle_stream(
         self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome
     ) -> None:
-        """Report a streamed attempt once its body has ended, cleanly or not."""
+        """A streamed answer has ended (read to its end, broken, or abandoned): give its
+        connection back or close it, and report the attempt once."""
+        up = result.response
+        if up is not None:
+            if outcome is Outcome.SUCCESS:
+                up.release()
+            else:
+                up.close()
         if result.unreported:
             result.unreported = False
             self._finish(backend, result.index, outcome, self._clock.now() - result.started)

@@ -2,8 +2,9 @@
 
 A route with `contract:` has its infer requests checked against what `GET /v2/models/<m>`
 of the chosen backend says (input names, datatypes, shapes with -1 as "any size"), and
-a request that breaks it is answered 400 in KServe's own shape, `{"error": "<message>"}`,
-without reaching the backend; refusals are counted per reason. The metadata is fetched
+a request that breaks it is refused with `ContractViolation`, which the edge answers 400
+in KServe's own shape (`{"error": "<message>"}`, code `contract_violation` in
+`x-tailguard-error`) without reaching the backend; refusals are counted per reason. The metadata is fetched
 once per backend and model, shared by concurrent requests, and trusted for
 `metadata_ttl`; while it cannot be had (the backend is down, the answer is not
 metadata) requests pass unchecked and are counted, so a metadata outage never becomes
@@ -24,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.errors import AttemptFailed, TailguardError
+from gateway.errors import AttemptFailed, ContractViolation, TailguardError
 from gateway.policy.compile import BackendRuntime, model_from_path
-from gateway.proxy.exchange import Exchange, LocalAnswer
+from gateway.proxy.exchange import Exchange
 from gateway.proxy.pipeline import Answer, Handler
 from gateway.proxy.transports import Transports
 from gateway.quality.features import load_json_head
@@ -241,8 +242,8 @@ class ModelContracts:
 class ContractStage:
     """Refuse KServe v2 infer requests that break the model's metadata (route `contract:`).
 
-    Belongs in a route's chain after authorization and rate limiting and before the
-    cache and fallbacks: a request refused here never reaches a backend, a cache or a
+    Belongs in a route's chain after the body is read (BodyStage) and before the cache
+    and fallbacks: a request refused here never reaches a backend, a cache or a
     fallback, and counts against no backend.
     """
 
@@ -270,8 +271,7 @@ class ContractStage:
         if violation is None:
             return await nxt(ex)
         m.child(m.contract_rejections, route.name, violation.reason).inc()
-        body = json.dumps({"error": violation.message}).encode()
-        return LocalAnswer(400, body, {"Content-Type": "application/json"})
+        raise ContractViolation(violation.message)
 
 
 __all__ = [

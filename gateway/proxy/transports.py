@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.policy.compile import EndpointSpec
 from gateway.proxy.h1 import H1Transport
+from gateway.proxy.transport import PoolSpec
 
 
 class Transports:
@@ -28,7 +29,7 @@ class Transports:
                 task = asyncio.get_running_loop().create_task(t.close())
                 self._closing.add(task)  # keep a reference until it is done
                 task.add_done_callback(self._closing.discard)
-            t = H1Transport(spec, pool, check_json=protocol != "http")
+            t = H1Transport(spec.url, pool, check_json=protocol != "http")
             self._pools[spec.id] = t
         return t
 

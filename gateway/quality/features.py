@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.proxy.edge import CodingError, decoded
+
 # At most this many values of one tensor enter the value distribution per exchange:
 # enough for a distribution over many exchanges, cheap whatever the tensor's size.
 MAX_VALUES = 32
@@ -49,6 +51,8 @@ SMALL = 256
 # Tensors looked at per request or answer, in order.
 MAX_TENSORS = 16
 NAME_MAX = 48
+# A compressed body is read up to this size once decoded.
+DECODE_LIMIT = 16 << 20
 
 NUMERIC_TYPES = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
@@ -82,6 +86,22 @@ class Features:
 
     def label(self, name: str, value: str) -> None:
         self.categorical.setdefault(name, []).append(value)
+
+
+def decode_body(coding: str | None, body: bytes) -> bytes:
+    """A body with its content codings undone (gzip, deflate), for reading its features.
+
+    A body whose coding cannot be undone (unknown, corrupt, or decoding past
+    `DECODE_LIMIT`: a bomb) reads as empty, so it is counted as unreadable, never profiled
+    as garbage.
+    """
+    if not coding:
+        return body
+    try:
+        out = decoded(coding, body, DECODE_LIMIT)
+    except CodingError:
+        return b""
+    return out if out is not None else b""
 
 
 def clean_name(name: object) -> str:

@@ -31,7 +31,7 @@ from gateway.clock import Clock
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.quality.config import WINDOW_SLICES
 from gateway.quality.drift import DriftScore, DriftStat, compare
-from gateway.quality.features import Features, extract
+from gateway.quality.features import Features, decode_body, extract
 from gateway.quality.shadow import ShadowSender
 from gateway.quality.sketch import Profile
 from gateway.quality.tap import Observed, QualityTap
@@ -87,6 +87,20 @@ class Capture:
     actor: str
 
 
+def bodies(item: Observed) -> tuple[bytes, bytes | None]:
+    """The request and answer bodies as the model saw and said them (codings undone).
+
+    A body whose coding cannot be undone (unknown, corrupt, a bomb) reads as empty, so
+    it is counted as unreadable rather than profiled as garbage.
+    """
+    request = decode_body(item.request.headers.get("content-encoding"), item.request.body)
+    answer = item.answer
+    response = None
+    if answer is not None and answer.body is not None and answer.stream is None:
+        response = decode_body(answer.headers.get("content-encoding"), answer.body)
+    return request, response
+
+
 class QualityMonitor:
     """Owns the tap, the profiles, the references, the scores and the shadow sender."""
 
@@ -101,6 +115,7 @@ class QualityMonitor:
         audit: AuditLog,
         replica: str,
         canary: CanaryController | None = None,
+        queue: int = 1024,
     ) -> None:
         self._current = current
         self._m = metrics
@@ -109,7 +124,7 @@ class QualityMonitor:
         self._audit = audit
         self._replica = replica
         self._canary = canary
-        self.tap = QualityTap(current().settings.quality_queue, rng.random, metrics)
+        self.tap = QualityTap(queue, rng.random, metrics)
         self.shadow = ShadowSender(current, transports, metrics, clock)
         self._windows: dict[Key, ProfileWindow] = {}
         self._window_len: dict[str, float] = {}
@@ -169,13 +184,14 @@ class QualityMonitor:
             b = snapshot.backends.get(item.backend)
             if b is None:
                 continue
-            features = extract(b.protocol, item.request.body, item.response)
+            request, response = bodies(item)
+            features = extract(b.protocol, request, response)
             if features.problem is not None:
                 problem = features.problem if features.problem in QUALITY_PROBLEMS else "other"
                 m.child(m.quality_problems, route.name, problem).inc()
             if item.sampled:
                 self._profile(route, item.backend, features, now)
-            if item.shadowed and item.response is not None:
+            if item.shadowed and response is not None:
                 self.shadow.launch(route, item.request, features, item.latency)
         self.processed += len(batch)
         spent = time.thread_time() - started

@@ -52,7 +52,7 @@ def drift_alert_rules(routes: Iterable[RouteRuntime]) -> list[dict[str, Any]]:
                     "summary": (
                         "{{ $labels.feature }} of route {{ $labels.route }} on backend "
                         "{{ $labels.backend }} drifted from its reference "
-                        "({{ $labels.stat }} = {{ $value | printf \"%.3f\" }})"
+                        '({{ $labels.stat }} = {{ $value | printf "%.3f" }})'
                     ),
                     "description": (
                         "The current window's profile differs from the reference by more than "

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from gateway.clock import Clock
 from gateway.errors import AttemptFailed, TailguardError
 from gateway.quality.compare import ShadowTally, compare_answers
-from gateway.quality.features import Features, extract
+from gateway.quality.features import Features, decode_body, extract
 from gateway.telemetry.catalog import Metrics
 
 if TYPE_CHECKING:
@@ -122,7 +122,8 @@ class ShadowSender:
             snapshot = self._current()
             b = snapshot.backends.get(cfg.backend)
             protocol = b.protocol if b is not None else "http"
-            shadow = extract(protocol, request.body, body)
+            coding = request.headers.get("content-encoding")
+            shadow = extract(protocol, decode_body(coding, request.body), body)
             pair = compare_answers(primary, shadow)
             tally.record(pair, latency, took)
             m = self._m
@@ -183,7 +184,7 @@ class ShadowSender:
             return "error", None, took
         if body is None or len(body) > cfg.max_body:
             return "too_large", None, took
-        return "answered", body, took
+        return "answered", decode_body(resp.headers.get("content-encoding"), body), took
 
     async def close(self) -> None:
         tasks = list(self._tasks)

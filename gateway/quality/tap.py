@@ -1,8 +1,8 @@
 """The quality feature's only piece on the request path: a random draw and an append.
 
-At a request's end the gateway hands every answered exchange to `QualityTap.observe`.
-For a route without `quality:` or `shadow:` that is one attribute read; otherwise one
-random draw decides whether the exchange is kept (its share is the larger of the sample
+At an exchange's end (its answer written) the gateway hands it to `QualityTap.observe`;
+the caller skips routes without `quality:` or `shadow:` (one attribute read). Otherwise a
+few field reads and one random draw decide whether the exchange is kept (its share is the larger of the sample
 and the shadow share), and a kept exchange is appended to a bounded queue that the
 quality worker empties off the request path. When the queue is full the exchange is
 dropped and counted: the request never waits for the worker and never fails because
@@ -15,31 +15,36 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.resilience.outcome import Outcome
 from gateway.telemetry.catalog import Metrics
 
 if TYPE_CHECKING:
     from gateway.policy.compile import RouteRuntime
-    from gateway.proxy.exchange import ProxyRequest
+    from gateway.proxy.exchange import Exchange, ProxyRequest
+    from gateway.proxy.transport import UpstreamResponse
 
 
 class Observed:
-    """One kept exchange, as the worker will read it; `draw` says what it was kept for."""
+    """One kept exchange, as the worker will read it; `draw` says what it was kept for.
 
-    __slots__ = ("backend", "draw", "latency", "request", "response", "route")
+    `answer` is the upstream answer the client got (its body is None for a stream).
+    """
+
+    __slots__ = ("answer", "backend", "draw", "latency", "request", "route")
 
     def __init__(
         self,
         route: RouteRuntime,
         backend: str,
         request: ProxyRequest,
-        response: bytes | None,
+        answer: UpstreamResponse | None,
         latency: float,
         draw: float,
     ) -> None:
         self.route = route
         self.backend = backend
         self.request = request
-        self.response = response
+        self.answer = answer
         self.latency = latency
         self.draw = draw
 
@@ -87,23 +92,22 @@ class QualityTap:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def observe(
-        self,
-        route: RouteRuntime,
-        backend: str,
-        request: ProxyRequest,
-        response: bytes | None,
-        status: int,
-        latency: float,
-    ) -> None:
-        """One answered exchange at its end: keep it (sampled or shadowed) or not. Never raises.
+    def observe(self, ex: Exchange, latency: float) -> None:
+        """One exchange at its end (answer written): keep it, sampled or shadowed, or not.
 
-        `backend` is the backend that answered; `response` the buffered answer body (None
-        for a stream); `status` the status the client got (only 2xx answers are kept: an
-        error says nothing about the data or the model's outputs); `latency` seconds.
+        Never raises and never waits. Kept only when a backend answered 2xx and the client
+        got that answer whole: not a gateway-made answer (cache, rules, errors), not a
+        stream that broke or a client that left. `latency` is seconds from arrival to end.
+        The answer is `ex.response` (for a stream its body is not kept: request features only).
         """
+        route = ex.route
+        backend = ex.backend
+        if route is None or backend is None or not 200 <= ex.status < 300 or not ex.attempts:
+            return
         share = route.tap_share
-        if share == 0.0 or not 200 <= status < 300:
+        if share == 0.0 or ex.fallback not in (None, "backend"):
+            return
+        if ex.stream_outcome is not None and ex.stream_outcome is not Outcome.SUCCESS:
             return
         draw = self._random()
         if draw >= share:
@@ -113,7 +117,7 @@ class QualityTap:
             self.dropped += 1
             self._m.child(self._m.quality_dropped, route.name, "queue_full").inc()
             return
-        queue.append(Observed(route, backend, request, response, latency, draw))
+        queue.append(Observed(route, backend.name, ex.request, ex.response, latency, draw))
         self.kept += 1
 
     def take(self, limit: int) -> list[Observed]:

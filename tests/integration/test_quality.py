@@ -372,6 +372,10 @@ async def test_references_through_the_ctl_commands(
     assert code == 1 and "does not serve route" in text
     code, text = await ctl("quality", "capture", "classify", "--for", "10m")
     assert code == 0 and "recording the next 600 s" in text
+    await until(
+        lambda: gw.quality.state()["routes"]["classify"]["quality"]["backends"]["model"]["scores"],
+        gw=gw,
+    )
     code, text = await ctl("quality", "show", "classify")
     assert code == 0 and "output.PROBS.class" in text and "js" in text
     code, text = await asyncio.to_thread(main, ["status", "--admin", admin]), ""
