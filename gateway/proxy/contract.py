@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.clock import Clock
-from gateway.errors import AttemptFailed, ContractViolation, TailguardError
+from gateway.errors import AttemptFailed, ClientError, ContractViolation, TailguardError
 from gateway.policy.compile import BackendRuntime, model_from_path
+from gateway.proxy.edge import CodingError, decoded
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.pipeline import Answer, Handler
 from gateway.proxy.transports import Transports
@@ -267,7 +268,16 @@ class ContractStage:
         if contract is None:
             m.child(m.contract_unchecked, route.name, why).inc()
             return await nxt(ex)
-        violation = check_request(contract, req.body)
+        try:
+            body = decoded(
+                req.headers.get("content-encoding"), req.body, ex.snapshot.settings.max_body
+            )
+        except CodingError as e:
+            raise ClientError(str(e)) from None
+        if body is None:  # a coding the gateway cannot undo: the backend judges it
+            m.child(m.contract_unchecked, route.name, "unknown_coding").inc()
+            return await nxt(ex)
+        violation = check_request(contract, body)
         if violation is None:
             return await nxt(ex)
         m.child(m.contract_rejections, route.name, violation.reason).inc()

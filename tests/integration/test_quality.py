@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import random
 from typing import Any
 
@@ -309,14 +311,22 @@ async def test_inputs_that_break_the_models_metadata_get_a_kserve_400_before_the
             assert r.headers["x-request-id"]
     async with http.post(url, json=good) as r:
         assert r.status == 200, await r.text()
-    assert sim.stats.by_model["classifier"] == 1  # only the good one reached the model
+    # encoded bodies are judged on what they decode to, and forwarded as they came
+    for payload, status in ((good, 200), (bad[1][0], 400)):
+        raw = gzip.compress(json.dumps(payload).encode())
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        async with http.post(url, data=raw, headers=headers) as r:
+            assert r.status == status, await r.text()
+            if status == 400:
+                assert r.headers["x-tailguard-error"] == "contract_violation"
+    assert sim.stats.by_model["classifier"] == 2  # only the good ones reached the model
     text = await (await http.get(f"{gw.listening.admin_url}/metrics")).text()
     for _, why in bad:
         line = next(
             x for x in text.splitlines()
             if x.startswith("tailguard_contract_rejections_total{") and f'reason="{why}"' in x
         )  # fmt: skip
-        assert line.endswith(" 1.0")
+        assert line.endswith(" 2.0" if why == "datatype" else " 1.0")
 
     # a model whose metadata cannot be had: let through unchecked, and counted
     async with http.post(f"{gw.listening.url}/v2/models/other/infer", json=good) as r:
