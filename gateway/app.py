@@ -25,7 +25,8 @@ from gateway.clock import Clock, MonotonicClock
 from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
-from gateway.control.reloader import FileWatcher
+from gateway.control.reloader import FileWatcher, ReloadResult
+from gateway.control.slo import SloController
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import Snapshot, StateSettings, compile_policy
@@ -33,6 +34,7 @@ from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
 from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
+from gateway.proxy.budgetshed import BudgetShedStage
 from gateway.proxy.contract import ContractStage, ModelContracts
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
@@ -139,28 +141,6 @@ def _build(
         auth=auth,
     )
     return model, snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """What a reload did: applied or not, why not, and what changed."""
-
-    applied: bool
-    dry_run: bool
-    sha256: str
-    previous_sha256: str
-    changes: tuple[str, ...]
-    issues: tuple[str, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "applied": self.applied,
-            "dry_run": self.dry_run,
-            "sha256": self.sha256,
-            "previous_sha256": self.previous_sha256,
-            "changes": list(self.changes),
-            "issues": list(self.issues),
-        }
 
 
 def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:
@@ -362,12 +342,19 @@ class Gateway:
             queue=snapshot.settings.quality_queue,
         )  # fmt: skip
         self.quality.sync(snapshot)
+        self.slo = SloController(
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store, self.canary
+        )
+        self.slo.sync(snapshot)
         self._observe = ObserveStage()
-        self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary, self.quality.tap)
+        self._reporter = ExchangeReporter(
+            self.metrics, self.clock, self.canary, self.slo, quality=self.quality.tap
+        )
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
         self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
+        self._budget_shed = BudgetShedStage(self.slo.shed_level, self.metrics)
         self.contracts = ModelContracts(self.transports, self.clock)
         self._contract = ContractStage(self.contracts, self.metrics)
         self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
@@ -395,12 +382,15 @@ class Gateway:
         """
         global_limit = snapshot.settings.max_concurrency is not None
         chains: dict[str, Handler] = {}
+        shedding = self.slo.shedding_routes(snapshot)
         for route in snapshot.routes:
             stages: list[Stage] = []
             if snapshot.auth is not None:
                 stages.append(self._authorize)  # every route of a policy with auth
             if route.rate_limit is not None:
                 stages.append(self._rate_limit)
+            if route.name in shedding:
+                stages.append(self._budget_shed)
             stages.append(self._body)
             if route.contract is not None:
                 stages.append(self._contract)
@@ -527,6 +517,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
+        self.slo.sync(snapshot)
         self.quality.sync(snapshot)
         self.contracts.forget()  # a reload may point a backend at another model server
         self._adopt(snapshot)
@@ -606,6 +597,7 @@ class Gateway:
         if self.watcher is not None:
             self.watcher.start()
         self.canary.start()
+        self.slo.start()
         self.quality.start()
         self.health.sync()
         self.listening = Listening(
@@ -643,6 +635,7 @@ class Gateway:
             await self.watcher.close()
         await self.health.close()
         await self.canary.close()
+        await self.slo.close()
         await self.quality.close()
         for runner in self._runners:
             await runner.cleanup()

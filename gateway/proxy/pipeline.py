@@ -54,6 +54,10 @@ class OutcomeListener(Protocol):
     def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None: ...
 
 
+class SloListener(Protocol):
+    def record(self, ex: Exchange, status: int, latency: float) -> None: ...
+
+
 class ObserveStage:
     """Outermost: every error becomes an answer in the route's protocol (never a traceback).
 
@@ -88,6 +92,7 @@ class ExchangeReporter:
         metrics: Metrics,
         clock: Clock,
         canary: OutcomeListener | None = None,
+        slo: SloListener | None = None,
         quality: QualityTap | None = None,
     ) -> None:
         self._m = metrics
@@ -95,6 +100,7 @@ class ExchangeReporter:
         self._canary = canary
         self._quality = quality
         self._failures = FailureSummary(log, clock)
+        self._slo = slo
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -123,6 +129,8 @@ class ExchangeReporter:
             return
         latency = self._clock.now() - ex.request.received_at
         m.child(m.request_duration, route_name).observe(latency)
+        if self._slo is not None and status != CLIENT_CLOSED:
+            self._slo.record(ex, status, latency)
         tap = self._quality
         if tap is not None and route.tap_share:
             tap.observe(ex, latency)  # quality sampling and shadows: a draw and an append
