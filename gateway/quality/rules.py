@@ -19,7 +19,8 @@ from gateway.quality.drift import DriftStat
 if TYPE_CHECKING:
     from gateway.policy.compile import RouteRuntime
 
-RUNBOOK = "docs/quality.md#when-a-drift-alert-fires"
+RUNBOOKS = "docs/runbooks"
+ALERT_NAMES = ("TailguardDataDrift", "TailguardQualityQueueDropping")
 # A drift must last this many windows before it pages anyone: one window of shifted
 # traffic may be a burst of unusual clients, two are a trend.
 FOR_WINDOWS = 2
@@ -59,7 +60,7 @@ def drift_alert_rules(routes: Iterable[RouteRuntime]) -> list[dict[str, Any]]:
                         "the route's threshold. Compare with `tailguard ctl quality show "
                         f"{r.name}`; if the change is intended, capture a new reference."
                     ),
-                    "runbook_url": RUNBOOK,
+                    "runbook_url": f"{RUNBOOKS}/TailguardDataDrift.md",
                 },
             }
         )
@@ -77,7 +78,7 @@ def drift_alert_rules(routes: Iterable[RouteRuntime]) -> list[dict[str, Any]]:
                         "scores rest on fewer samples. Lower quality.sample or raise "
                         "gateway.quality_queue."
                     ),
-                    "runbook_url": RUNBOOK,
+                    "runbook_url": f"{RUNBOOKS}/TailguardQualityQueueDropping.md",
                 },
             }
         )

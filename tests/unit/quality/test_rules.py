@@ -87,7 +87,7 @@ def test_promtool_accepts_the_rules_and_the_alert_fires_on_drift(tmp_path: Path)
                                 "exp_annotations": {
                                     "summary": "output.PROBS.class of route classify on backend v1 drifted from its reference (js = 0.200)",
                                     "description": rules()[0]["annotations"]["description"],  # type: ignore[index]
-                                    "runbook_url": "docs/quality.md#when-a-drift-alert-fires",
+                                    "runbook_url": "docs/runbooks/TailguardDataDrift.md",
                                 },
                             }
                         ],
