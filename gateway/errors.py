@@ -68,6 +68,12 @@ class ClientError(TailguardError):
     code = "bad_request"
 
 
+class ContractViolation(ClientError):
+    """The request's inputs break the model's own metadata (a route with `contract:`)."""
+
+    code = "contract_violation"
+
+
 class RequestTimeout(ClientError):
     """The client did not deliver its request in time."""
 

@@ -19,6 +19,7 @@ from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
     from gateway.auth import Identity
+    from gateway.proxy.transport import UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,7 @@ class Exchange:
         "permits",
         "protocol",
         "request",
+        "response",
         "route",
         "snapshot",
         "split_backend",
@@ -118,6 +120,8 @@ class Exchange:
         self.status = 0
         self.error_code: str | None = None
         self.stream_outcome: Outcome | None = None
+        # the upstream answer the client was sent, if one was (quality sampling reads it)
+        self.response: UpstreamResponse | None = None
 
     def hold(self, permit: Permit) -> None:
         """Keep `permit` until the exchange ends."""

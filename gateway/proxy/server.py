@@ -157,6 +157,7 @@ class ProxyServer:
             assert up is not None
             out = forward_headers(up.headers)
             ex.response_headers(out)
+            ex.response = up
             if up.stream is None:
                 resp = web.Response(status=up.status, body=up.body, headers=out)
                 if close:

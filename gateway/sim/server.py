@@ -36,6 +36,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.sim import kserve, openai
 from gateway.sim.faults import FaultKind, Faults
+from gateway.sim.outputs import PROBS_NAME, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ class SimServer:
         control_port: int | None = None,
         seed: int | None = None,
         faults: Faults | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty list of model names")
@@ -150,6 +152,7 @@ class SimServer:
         self._port = port
         self._control_port = control_port
         self._faults = faults if faults is not None else Faults()
+        self._outputs = outputs if outputs is not None else Outputs()
         self._rng = random.Random(seed)
         self._ident: dict[str, str] = {}
         self._web: web.Server | None = None
@@ -214,6 +217,17 @@ class SimServer:
         if not isinstance(faults, Faults):
             raise TypeError(f"faults must be a Faults (try Faults.from_dict), got {faults!r}")
         self._faults = faults
+
+    @property
+    def outputs(self) -> Outputs:
+        """What the simulated classifier answers besides OUTPUT0 (see `gateway.sim.outputs`)."""
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, outputs: Outputs) -> None:
+        if not isinstance(outputs, Outputs):
+            raise TypeError(f"outputs must be an Outputs (try Outputs.from_dict), got {outputs!r}")
+        self._outputs = outputs
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -545,7 +559,19 @@ class SimServer:
             parsed = kserve.parse_request(
                 body, request.headers.get("Inference-Header-Content-Length")
             )
-            status, answer = 200, kserve.infer(parsed, model)
+            outputs = self._outputs
+            if outputs.classes:
+                answer = kserve.infer(parsed, model, (PROBS_NAME,))
+                first = parsed["inputs"][0]
+                # the first input's values, flattened: OUTPUT0 holds them doubled
+                probs = outputs.probabilities(
+                    [v / 2.0 for v in answer["outputs"][0]["data"]], first["shape"], self._rng
+                )
+                if probs is not None:
+                    answer["outputs"].append(probs)
+            else:
+                answer = kserve.infer(parsed, model)
+            status = 200
         except kserve.InferError as e:
             status, answer = e.status, {"error": e.message}
         data = _DUMP(answer).encode()
@@ -701,6 +727,16 @@ class SimServer:
                 else:
                     return self._not_allowed("GET, PUT, PATCH, DELETE")
                 return self._json(200, self._faults.to_dict())
+            if sub == "outputs":
+                if method == "GET":
+                    return self._json(200, self._outputs.to_dict())
+                if method == "PUT":
+                    self.outputs = Outputs.from_dict(await self._control_body(request))
+                elif method == "DELETE":
+                    self.outputs = Outputs()
+                else:
+                    return self._not_allowed("GET, PUT, DELETE")
+                return self._json(200, self._outputs.to_dict())
             if sub == "stats":
                 if method != "GET":
                     return self._not_allowed("GET")
