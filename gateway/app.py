@@ -57,8 +57,10 @@ from gateway.proxy.transports import Transports
 from gateway.resilience.breaker import BreakerState
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
+from gateway.telemetry.access import AccessLog
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
+from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
 
 log = logging.getLogger("tailguard")
 
@@ -341,6 +343,9 @@ class Gateway:
         self.slo.sync(snapshot)
         self._observe = ObserveStage()
         self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary, self.slo)
+        self.loop_lag = LoopLagProbe(self.metrics)
+        self.gc_pauses = GcPauseProbe(self.metrics)
+        self.access_log: AccessLog | None = None
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
@@ -400,6 +405,10 @@ class Gateway:
 
     def _adopt(self, snapshot: Snapshot) -> None:
         self._serving = self._assemble(snapshot)
+        telemetry = snapshot.settings.telemetry
+        self._reporter.tenants.set_limit(telemetry.max_label_values)
+        if self.access_log is not None and telemetry.access_log is not None:
+            self.access_log.set_sample(telemetry.access_log.sample)
 
     def on_breaker_transition(
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState
@@ -577,6 +586,13 @@ class Gateway:
         await admin_site.start()
         self._runners.append(admin_runner)
 
+        access = settings.telemetry.access_log
+        if access is not None:
+            # the destination is opened once; a reload changes only the sampling rate
+            self.access_log = AccessLog(access, self.policy_path.parent, self.rng)
+            self._reporter.access = self.access_log
+        self.loop_lag.start()
+        self.gc_pauses.install()
         self.peers.attach()
         await self.store.start()
         if self.watcher is not None:
@@ -627,6 +643,11 @@ class Gateway:
         await self.caches.close()
         await self.peers.close()
         await self.store.close()
+        await self.loop_lag.close()
+        self.gc_pauses.remove()
+        if self.access_log is not None:
+            self._reporter.access = None
+            self.access_log.close()
         self.audit.close()
 
     def is_ready(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -63,8 +63,10 @@ class Exchange:
         "deposited",
         "endpoint",
         "error_code",
+        "explain",
         "extra_headers",
         "fallback",
+        "first_byte_at",
         "hedged",
         "identity",
         "on_end",
@@ -72,7 +74,9 @@ class Exchange:
         "protocol",
         "request",
         "route",
+        "sent_bytes",
         "snapshot",
+        "span",
         "split_backend",
         "status",
         "stream_done",
@@ -118,6 +122,22 @@ class Exchange:
         self.status = 0
         self.error_code: str | None = None
         self.stream_outcome: Outcome | None = None
+        # when the answer's head was written (0: not yet) and how many body bytes followed
+        self.first_byte_at = 0.0
+        self.sent_bytes = 0
+        # the request's server span when tracing is on, and its decision trace when asked
+        # (both None otherwise: a request nobody traces pays one `is None` test for each)
+        self.span: Any = None
+        self.explain: list[dict[str, Any]] | None = None
+
+    def note(self, kind: str, **detail: Any) -> None:
+        """Record a decision for the decision trace, when the caller asked for one.
+
+        Callers test `ex.explain is not None` first so a request not explained builds nothing.
+        """
+        if self.explain is not None:
+            detail["decision"] = kind
+            self.explain.append(detail)
 
     def hold(self, permit: Permit) -> None:
         """Keep `permit` until the exchange ends."""

@@ -24,7 +24,8 @@ from gateway.proxy.answers import error_answer
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
 from gateway.resilience.outcome import Outcome
-from gateway.telemetry.catalog import Metrics, code_class
+from gateway.telemetry.catalog import LabelGuard, Metrics, code_class
+from gateway.telemetry.config import DEFAULT_MAX_LABEL_VALUES
 from gateway.telemetry.logs import FailureSummary
 
 log = logging.getLogger("tailguard.proxy")
@@ -47,6 +48,14 @@ def compose(stages: Sequence[Stage], terminal: Handler) -> Handler:
     for stage in reversed(stages):
         handler = functools.partial(stage, nxt=handler)
     return handler
+
+
+class AccessWriter(Protocol):
+    def write(self, ex: Exchange, duration: float) -> None: ...
+
+
+class ExchangeTracer(Protocol):
+    def end(self, ex: Exchange) -> None: ...
 
 
 class OutcomeListener(Protocol):
@@ -98,6 +107,21 @@ class ExchangeReporter:
         self._canary = canary
         self._failures = FailureSummary(log, clock)
         self._slo = slo
+        self.tenants = LabelGuard(metrics, "tenant", DEFAULT_MAX_LABEL_VALUES)
+        # the access log and the tracer, when the policy turns them on (see gateway.app)
+        self.access: AccessWriter | None = None
+        self.tracer: ExchangeTracer | None = None
+
+    def chunk_written(self, ex: Exchange, gap: float, sent_before: int) -> None:
+        """A streamed chunk went out: `gap` since the request (first) or the previous chunk."""
+        route = ex.route
+        if route is None:
+            return
+        m = self._m
+        if sent_before:
+            m.child(m.inter_token, route.name).observe(gap)
+        else:
+            m.child(m.time_to_first_token, route.name).observe(gap)
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -118,14 +142,29 @@ class ExchangeReporter:
             code = "client_closed"
         if code is not None:
             m.errors.labels(route_name, code).inc()
+            if 400 <= status < 499 and ex.error_code is not None:
+                m.child(m.invalid_requests, route_name, code).inc()
             if status >= 500 or broken:
                 self._failures.count(route_name, code)
         elif status >= 500:
             self._failures.count(route_name, f"backend answered {status}")
+        latency = self._clock.now() - ex.request.received_at
+        if self.tracer is not None and ex.span is not None:
+            self.tracer.end(ex)
+        if self.access is not None:
+            self.access.write(ex, latency)
         if route is None:
             return
-        latency = self._clock.now() - ex.request.received_at
         m.child(m.request_duration, route_name).observe(latency)
+        if ex.first_byte_at:
+            m.child(m.time_to_first_byte, route_name).observe(
+                ex.first_byte_at - ex.request.received_at
+            )
+        body = ex.request.body
+        if body:
+            m.child(m.request_body_size, route_name).observe(len(body))
+        if ex.identity is not None:
+            m.child(m.tenant_requests, route_name, self.tenants(ex.identity.tenant)).inc()
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)
         canary = self._canary

@@ -150,7 +150,9 @@ class ProxyServer:
                 if close:
                     resp.force_close()
                 await resp.prepare(request)
+                ex.first_byte_at = self._clock.now()
                 await resp.write_eof()
+                ex.sent_bytes = len(answer.body)
                 status = answer.status
                 return resp
             up = answer.response
@@ -162,7 +164,9 @@ class ProxyServer:
                 if close:
                     resp.force_close()
                 await resp.prepare(request)
+                ex.first_byte_at = self._clock.now()
                 await resp.write_eof()
+                ex.sent_bytes = len(up.body or b"")
                 status = up.status
                 return resp
             return await self._stream(request, ex, up, out, close)
@@ -186,10 +190,14 @@ class ProxyServer:
         if close:
             resp.force_close()
         outcome = Outcome.CANCELLED  # what it is if writing to the client fails
+        now = self._clock.now
+        reporter = self._reporter
         try:
             await resp.prepare(request)
-            idle = max(ex.deadline - self._clock.now(), 1.0)
+            ex.first_byte_at = last = now()
+            idle = max(ex.deadline - last, 1.0)
             stream = up.stream
+            sent = 0
             while True:
                 try:
                     chunk = await stream.read_chunk(idle)
@@ -200,6 +208,12 @@ class ProxyServer:
                     broken = Outcome.SUCCESS
                     break
                 await resp.write(chunk)
+                # time to the first token, then the gaps between tokens (one chunk each)
+                t = now()
+                reporter.chunk_written(ex, t - last if sent else t - ex.request.received_at, sent)
+                last = t
+                sent += len(chunk)
+                ex.sent_bytes = sent
             if broken is Outcome.SUCCESS:
                 await resp.write_eof()
                 outcome = Outcome.SUCCESS
