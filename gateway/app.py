@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway import __version__
 from gateway.auth import ApiKeyConfig, AuthConfig, Authenticator, JwtConfig, load_secrets_file
@@ -61,6 +62,7 @@ from gateway.telemetry.access import AccessLog
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
 from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
+from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger("tailguard")
 
@@ -298,6 +300,7 @@ class Gateway:
         audit_log: str | Path | None = None,
         watch: bool = False,
         reuse_port: bool = False,
+        span_processor: SpanProcessor | None = None,
     ) -> None:
         self.policy_path = Path(policy_path)
         self._reuse_port = reuse_port
@@ -346,6 +349,12 @@ class Gateway:
         self.loop_lag = LoopLagProbe(self.metrics)
         self.gc_pauses = GcPauseProbe(self.metrics)
         self.access_log: AccessLog | None = None
+        # tracing is set up once, from the policy the gateway starts with (a restart changes it)
+        self.tracing: Tracing | None = None
+        tracing = snapshot.settings.telemetry.tracing
+        if tracing is not None and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
+            self.tracing = Tracing(tracing, processor=span_processor)
+            self._reporter.tracer = self.tracing
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
@@ -644,6 +653,9 @@ class Gateway:
         await self.peers.close()
         await self.store.close()
         await self.loop_lag.close()
+        if self.tracing is not None:
+            self._reporter.tracer = None
+            await self.tracing.shutdown()
         self.gc_pauses.remove()
         if self.access_log is not None:
             self._reporter.access = None

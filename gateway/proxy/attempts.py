@@ -146,6 +146,8 @@ class AttemptRunner:
             result = await self._hedged(ex, route, backend)
         m = self._metrics
         m.child(m.attempts_per_request, route.name).observe(ex.attempts)
+        if ex.trace is not None:
+            ex.trace.settle(result.index if result.acceptable else None)
         if result.response is None:
             self._raise_for(ex, result)
         if result.unreported:
@@ -304,6 +306,8 @@ class AttemptRunner:
         if header is not None:
             headers[header] = str(max(1, int(timeout * 1000)))
         ex.attempts += 1
+        trace = ex.trace
+        span = trace.attempt_start(backend, spec, ex.attempts, headers, now) if trace else None
         transport = self._transports.get(spec, backend.pool, backend.protocol)
         state.outstanding += 1
         state.last_used = now
@@ -323,6 +327,8 @@ class AttemptRunner:
             ):
                 # the backend choked on the client's bad JSON: the client's fault, not its
                 self._finish(backend, index, Outcome.CLIENT_ERROR, clock.now() - now)
+                if trace is not None:
+                    trace.attempt_end(span, index, Outcome.CLIENT_ERROR, 500, keep=False)
                 response.close()
                 raise ClientError(json_body_problem(req.headers, req.body, full=True) or "")
             if response.retry_after is not None:
@@ -337,7 +343,12 @@ class AttemptRunner:
             message = f"{spec.url}: no answer within {timeout * 1000:.0f} ms"
         except asyncio.CancelledError:
             self._finish(backend, index, Outcome.CANCELLED, clock.now() - now)
+            if trace is not None:
+                trace.attempt_end(span, index, Outcome.CANCELLED, None, keep=False)
             raise
+        if trace is not None:
+            status = response.status if response is not None else None
+            trace.attempt_end(span, index, outcome, status, keep=not outcome.is_failure)
         if response is not None and response.stream is not None and not outcome.is_failure:
             # a committed stream reports when it ends; see `finish_stream`
             ex.endpoint = spec.url

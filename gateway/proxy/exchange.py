@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -19,6 +19,7 @@ from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
     from gateway.auth import Identity
+    from gateway.telemetry.tracing import RequestTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "answer_body",
         "attempts",
         "backend",
         "body_reader",
@@ -63,7 +65,6 @@ class Exchange:
         "deposited",
         "endpoint",
         "error_code",
-        "explain",
         "extra_headers",
         "fallback",
         "first_byte_at",
@@ -76,11 +77,11 @@ class Exchange:
         "route",
         "sent_bytes",
         "snapshot",
-        "span",
         "split_backend",
         "status",
         "stream_done",
         "stream_outcome",
+        "trace",
         "upstream_headers",
     )
 
@@ -125,19 +126,11 @@ class Exchange:
         # when the answer's head was written (0: not yet) and how many body bytes followed
         self.first_byte_at = 0.0
         self.sent_bytes = 0
-        # the request's server span when tracing is on, and its decision trace when asked
-        # (both None otherwise: a request nobody traces pays one `is None` test for each)
-        self.span: Any = None
-        self.explain: list[dict[str, Any]] | None = None
-
-    def note(self, kind: str, **detail: Any) -> None:
-        """Record a decision for the decision trace, when the caller asked for one.
-
-        Callers test `ex.explain is not None` first so a request not explained builds nothing.
-        """
-        if self.explain is not None:
-            detail["decision"] = kind
-            self.explain.append(detail)
+        # its spans when tracing is on and its decision trace when asked for (a
+        # `RequestTrace`); None otherwise, so a request nobody traces pays one test per hook
+        self.trace: RequestTrace | None = None
+        # a buffered answer's body, kept only for a traced request (GenAI span attributes)
+        self.answer_body: bytes | None = None
 
     def hold(self, permit: Permit) -> None:
         """Keep `permit` until the exchange ends."""

@@ -55,6 +55,8 @@ class AccessWriter(Protocol):
 
 
 class ExchangeTracer(Protocol):
+    def start(self, ex: Exchange) -> None: ...
+
     def end(self, ex: Exchange) -> None: ...
 
 
@@ -149,7 +151,7 @@ class ExchangeReporter:
         elif status >= 500:
             self._failures.count(route_name, f"backend answered {status}")
         latency = self._clock.now() - ex.request.received_at
-        if self.tracer is not None and ex.span is not None:
+        if ex.trace is not None and self.tracer is not None:
             self.tracer.end(ex)
         if self.access is not None:
             self.access.write(ex, latency)
@@ -207,6 +209,10 @@ class RouteStage:
         ex.backend = backend
         ex.split_backend = backend.name
         ex.deadline = req.received_at + route.timeout
+        if ex.trace is not None:
+            ex.trace.note(
+                "route", route=route.name, split_backend=backend.name, sticky=sticky is not None
+            )
         return await self._chains[route.name](ex)
 
 
@@ -258,9 +264,17 @@ class AdmitStage:
         gates = self._gates.for_request(ex.snapshot, route)
         if gates:
             priority = _priority(ex, route)
+            trace = ex.trace
             for gate in gates:
-                await gate.acquire(priority, route.name)
+                try:
+                    await gate.acquire(priority, route.name)
+                except Shed as e:
+                    if trace is not None:
+                        trace.note("admission", admitted=False, priority=priority, reason=e.message)
+                    raise
                 ex.hold(Slot(gate, self._clock))
+            if trace is not None:
+                trace.note("admission", admitted=True, priority=priority, gates=len(gates))
         return await nxt(ex)
 
 

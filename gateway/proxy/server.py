@@ -129,6 +129,9 @@ class ProxyServer:
         reporter = self._reporter
         ex = Exchange(preq, serving.snapshot, protocol_for_path(path), reporter.end)
         reporter.begin(ex)
+        tracer = reporter.tracer
+        if tracer is not None:
+            tracer.start(ex)
         if request.body_exists:
             timeout = serving.snapshot.settings.body_timeout
             ex.body_reader = functools.partial(_read_body, request, timeout)
@@ -167,6 +170,8 @@ class ProxyServer:
                 ex.first_byte_at = self._clock.now()
                 await resp.write_eof()
                 ex.sent_bytes = len(up.body or b"")
+                if ex.trace is not None:
+                    ex.answer_body = up.body
                 status = up.status
                 return resp
             return await self._stream(request, ex, up, out, close)

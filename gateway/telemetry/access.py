@@ -65,12 +65,7 @@ def access_record(ex: Exchange, duration: float, wall: float) -> dict[str, Any]:
     region = None
     if backend is not None and ex.endpoint is not None:
         region = next((s.spec.region for s in backend.states if s.spec.url == ex.endpoint), None)
-    span = ex.span
-    trace_id = None
-    if span is not None:
-        ctx = span.get_span_context()
-        if ctx.trace_id:
-            trace_id = f"{ctx.trace_id:032x}"
+    trace_id = ex.trace.trace_id if ex.trace is not None else None
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
         + f".{int(wall % 1 * 1000):03d}Z",
