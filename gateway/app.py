@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ from gateway.telemetry.tracing import Tracing
 log = logging.getLogger("tailguard")
 
 REGION_ENV = "TAILGUARD_REGION"
+# state changes the status page lists
+RECENT_CHANGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +352,8 @@ class Gateway:
         self.loop_lag = LoopLagProbe(self.metrics)
         self.gc_pauses = GcPauseProbe(self.metrics)
         self.access_log: AccessLog | None = None
+        # recent state changes for the status page: breaker moves, drains, reloads
+        self.changes: deque[dict[str, object]] = deque(maxlen=RECENT_CHANGES)
         # tracing is set up once, from the policy the gateway starts with (a restart changes it)
         self.tracing: Tracing | None = None
         tracing = snapshot.settings.telemetry.tracing
@@ -428,6 +433,13 @@ class Gateway:
         ).inc()
         self.metrics.breaker_state.labels(backend, url).set(BREAKER_STATE_VALUE[new.name.lower()])
         log.warning("breaker of %s (%s): %s -> %s", url, backend, old.name, new.name)
+        if hasattr(self, "changes"):
+            self.changes.append(
+                {
+                    "time": self.clock.wall(),
+                    "what": f"breaker of {url} ({backend}): {old.name.lower()} -> {new.name.lower()}",
+                }
+            )
         if new is BreakerState.OPEN and hasattr(self, "peers"):
             self.peers.notify(backend, endpoint, "breaker-open")
 
@@ -473,6 +485,12 @@ class Gateway:
             endpoint=url,
         )
         state.admin_drain = drained
+        self.changes.append(
+            {
+                "time": self.clock.wall(),
+                "what": f"{'drain' if drained else 'undrain'} {url} ({backend}) by {actor}",
+            }
+        )
         log.warning("%s %s of backend %s", "draining" if drained else "undraining", url, backend)
 
     def watched_files(self) -> list[Path]:
@@ -538,6 +556,9 @@ class Gateway:
             changes=list(changes),
         )
         log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
+        self.changes.append(
+            {"time": self.clock.wall(), "what": f"policy {snapshot.sha256[:12]} applied by {actor}"}
+        )
         for note in snapshot.notes:
             log.warning("policy note: %s", note)
         return result

@@ -35,6 +35,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
@@ -44,8 +45,6 @@ from gateway.errors import ClientError, RouteNotFound, TailguardError
 from gateway.resilience.breaker import BreakerState
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from gateway.clock import Clock
     from gateway.control.canary import CanaryController
     from gateway.control.reloader import ReloadResult
@@ -314,6 +313,7 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
             )
         backends.append({"name": b.name, "protocol": b.protocol, "endpoints": endpoints})
     return {
+        "recent_changes": list(getattr(gateway, "changes", ())),
         "policy": {"source": snap.source, "sha256": snap.sha256},
         "ready": gateway.is_ready(),
         "region": snap.settings.region,
@@ -323,6 +323,19 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
         "canary_decisions": gateway.canary.decisions[-10:],
         "slo": gateway.slo.state(),
     }
+
+
+UI_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+}
+# The status page's static files, read once from the package (no build step, nothing fetched)
+UI_FILES = {
+    p.name: p.read_bytes()
+    for p in (Path(__file__).parent / "ui").iterdir()
+    if p.suffix.lstrip(".") in UI_TYPES
+}
 
 
 def build_admin_app(gateway: AdminTarget) -> web.Application:
@@ -453,6 +466,25 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
             {"backend": backend, "endpoint": url, "breaker": BreakerState.CLOSED.name.lower()}
         )
 
+    async def ui(request: web.Request) -> web.StreamResponse:
+        # the page's shell holds no data: everything it shows comes from the admin API,
+        # asked with the same credentials (loopback, or an admin token the page asks for)
+        name = request.match_info.get("name") or "index.html"
+        body = UI_FILES.get(name)
+        if body is None:
+            return _error(404, "not_found", f"no such file: {name}")
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": UI_TYPES[name.rsplit(".", 1)[-1]],
+                "Cache-Control": "no-cache",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    app.router.add_get("/ui", ui)
+    app.router.add_get("/ui/{name}", ui)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
