@@ -62,6 +62,7 @@ from gateway.state.store import StateStore
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
+from gateway.telemetry.explain import Explanations
 from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
 from gateway.telemetry.tracing import Tracing
 
@@ -349,6 +350,8 @@ class Gateway:
         self.slo.sync(snapshot)
         self._observe = ObserveStage()
         self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary, self.slo)
+        self.explanations = Explanations()
+        self._reporter.explanations = self.explanations
         self.loop_lag = LoopLagProbe(self.metrics)
         self.gc_pauses = GcPauseProbe(self.metrics)
         self.access_log: AccessLog | None = None
@@ -409,7 +412,7 @@ class Gateway:
         outer: list[Stage] = [self._observe]
         if snapshot.auth is not None:
             outer.append(self._authenticate)
-        outer.append(RouteStage(self.rng, chains))
+        outer.append(RouteStage(self.rng, chains, self.explanations))
         return Serving(snapshot, compose(outer, _never))
 
     @property

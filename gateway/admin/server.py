@@ -438,6 +438,14 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         route, action = request.match_info["route"], request.match_info["action"]
         return web.json_response(gateway.canary.act(route, action, actor))
 
+    async def explain(request: web.Request, actor: str) -> web.Response:
+        rid = request.match_info["rid"]
+        kept = getattr(gateway, "explanations", None)
+        found = kept.get(rid) if kept is not None else None
+        if found is None:
+            raise RouteNotFound(f"no decision trace kept for request {rid!r}")
+        return web.json_response(found)
+
     async def slo(_: web.Request, actor: str) -> web.Response:
         return web.json_response(gateway.slo.state())
 
@@ -499,6 +507,7 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         ("POST", "/admin/breakers/reset", reset_breaker),
         ("POST", "/admin/canary/{route}/{action:promote|pause|resume|rollback}", canary),
         ("GET", "/admin/slo", slo),
+        ("GET", "/admin/explain/{rid}", explain),
         ("POST", "/admin/slo/{route}/override", slo_override),
         ("DELETE", "/admin/slo/{route}/override", slo_override),
     ):

@@ -31,6 +31,7 @@ from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRunt
 from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
 from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
+from gateway.resilience.budget import TokenBudget
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
@@ -216,7 +217,15 @@ class AttemptRunner:
                 if not done:
                     assert hedge_delay is not None
                     remaining = ex.deadline - self._clock.now()
-                    if hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget):
+                    send = hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget)
+                    if ex.trace is not None:
+                        ex.trace.note(
+                            "hedge_timer",
+                            delay=hedge_delay,
+                            send=send,
+                            budget=_balance(route.hedge_budget),
+                        )
+                    if send:
                         if launch(0.0, first_region) is not None:
                             extra += 1
                             self._metrics.hedges_sent.labels(route.name).inc()
@@ -452,6 +461,14 @@ class AttemptRunner:
             budget=route.retry_budget,
         )
         self._metrics.retries.labels(route.name, decision.reason.value).inc()
+        if ex.trace is not None:
+            ex.trace.note(
+                "retry",
+                retry=decision.retry,
+                reason=decision.reason.value,
+                delay=decision.delay,
+                budget=_balance(route.retry_budget),
+            )
         if decision.reason.name == "BUDGET_EXHAUSTED":
             self._metrics.budget_exhausted.labels(route.name, "retry").inc()
         return decision.delay if decision.retry else None
@@ -471,6 +488,10 @@ class AttemptRunner:
         if result.outcome is Outcome.TIMEOUT:
             raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
         raise UpstreamUnavailable(f"{result.message}" + _tried_note(ex))
+
+
+def _balance(budget: TokenBudget | None) -> float | None:
+    return round(budget.balance, 3) if budget is not None else None
 
 
 def _tried_note(ex: Exchange) -> str:

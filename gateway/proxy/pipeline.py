@@ -26,7 +26,9 @@ from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
 from gateway.resilience.outcome import Outcome
 from gateway.telemetry.catalog import LabelGuard, Metrics, code_class
 from gateway.telemetry.config import DEFAULT_MAX_LABEL_VALUES
+from gateway.telemetry.explain import EXPLAIN_HEADER, Explanations
 from gateway.telemetry.logs import FailureSummary
+from gateway.telemetry.tracing import RequestTrace
 
 log = logging.getLogger("tailguard.proxy")
 
@@ -113,6 +115,7 @@ class ExchangeReporter:
         # the access log and the tracer, when the policy turns them on (see gateway.app)
         self.access: AccessWriter | None = None
         self.tracer: ExchangeTracer | None = None
+        self.explanations: Explanations | None = None
 
     def chunk_written(self, ex: Exchange, gap: float, sent_before: int) -> None:
         """A streamed chunk went out: `gap` since the request (first) or the previous chunk."""
@@ -151,8 +154,12 @@ class ExchangeReporter:
         elif status >= 500:
             self._failures.count(route_name, f"backend answered {status}")
         latency = self._clock.now() - ex.request.received_at
-        if ex.trace is not None and self.tracer is not None:
-            self.tracer.end(ex)
+        trace = ex.trace
+        if trace is not None:
+            if self.tracer is not None:
+                self.tracer.end(ex)
+            if trace.decisions is not None and self.explanations is not None:
+                self.explanations.store(ex)
         if self.access is not None:
             self.access.write(ex, latency)
         if route is None:
@@ -193,12 +200,26 @@ class RouteStage:
     snapshot is adopted; this stage is made for that snapshot and never changes.
     """
 
-    def __init__(self, rng: random.Random, chains: Mapping[str, Handler]) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        chains: Mapping[str, Handler],
+        explanations: Explanations | None = None,
+    ) -> None:
         self._rng = rng
         self._chains = chains
+        self._explanations = explanations
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         req = ex.request
+        explanations = self._explanations
+        if explanations is not None and EXPLAIN_HEADER in req.headers and explanations.wanted(ex):
+            if ex.trace is None:
+                ex.trace = RequestTrace(None, None)
+            ex.trace.decisions = []
+            ex.add_headers({EXPLAIN_HEADER: f"/admin/explain/{req.request_id}"})
+            if ex.identity is not None:
+                ex.trace.note("caller", tenant=ex.identity.tenant)
         route = ex.snapshot.route_for(req.method, req.path, req.headers)
         if route is None:
             raise RouteNotFound(f"no route matches {req.method} {req.path}")
