@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 
+from gateway.app import tune_gc
 from gateway.policy.compile import compile_policy
 from gateway.policy.load import load_policy_text
 from gateway.proxy.exchange import Exchange, ProxyRequest
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    # the garbage collector tuned as a serving gateway tunes it (`tailguard run`)
+    tune_gc()
 
     def tracer(ratio: float, batch: bool = True) -> Tracing:
         processor = (

@@ -302,7 +302,9 @@ class Tracing:
         span = trace.span
         trace.close_open()
         if span.sampled:
-            span.deferred = functools.partial(_server_attributes, ex)
+            # a copy of what the attributes need, not the exchange: the exchange holds the
+            # trace, which holds this span, and that cycle would wait for the cyclic GC
+            span.deferred = functools.partial(_server_attributes, Ended(ex))
         span.end()
 
     async def shutdown(self) -> None:
@@ -484,17 +486,35 @@ def _attr(value: Any) -> Any:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def _server_attributes(ex: Exchange, span: HandSpan) -> None:
+class Ended:
+    """What the server span's attributes are made from, copied from an ended exchange."""
+
+    __slots__ = (
+        "answer_body", "attempts", "backend", "body", "endpoint", "error_code", "fallback",
+        "hedged", "method", "path", "route", "status", "stream_outcome",
+    )  # fmt: skip
+
+    def __init__(self, ex: Exchange) -> None:
+        req = ex.request
+        self.method, self.path, self.body = req.method, req.path, req.body
+        self.route, self.status, self.answer_body = ex.route, ex.status, ex.answer_body
+        self.backend = ex.backend.name if ex.backend is not None else None
+        self.endpoint, self.attempts, self.hedged = ex.endpoint, ex.attempts, ex.hedged
+        self.fallback, self.error_code = ex.fallback, ex.error_code
+        self.stream_outcome = ex.stream_outcome
+
+
+def _server_attributes(ex: Ended, span: HandSpan) -> None:
     route = ex.route
     status = ex.status
-    method = ex.request.method
+    method = ex.method
     span.update_name(f"{method} {route.name}" if route is not None else method)
     span.set_attribute("http.response.status_code", status)
     if route is not None:
         span.set_attribute("http.route", route.name)
         span.set_attribute("tailguard.route", route.name)
     if ex.backend is not None:
-        span.set_attribute("tailguard.backend", ex.backend.name)
+        span.set_attribute("tailguard.backend", ex.backend)
     if ex.endpoint is not None:
         span.set_attribute("tailguard.endpoint", ex.endpoint)
     span.set_attribute("tailguard.attempts", ex.attempts)
@@ -517,12 +537,12 @@ def _server_attributes(ex: Exchange, span: HandSpan) -> None:
     elif route.protocol == "kserve-v2":
         from gateway.policy.compile import model_from_path
 
-        model = model_from_path(ex.request.path)
+        model = model_from_path(ex.path)
         if model is not None:
             span.set_attribute("gen_ai.request.model", model)
 
 
-def _genai_attributes(ex: Exchange, span: HandSpan) -> None:
+def _genai_attributes(ex: Ended, span: HandSpan) -> None:
     """GenAI semantic conventions from the buffered request and answer bodies.
 
     Read with a few anchored searches rather than a JSON parse (a parse of both bodies was
@@ -532,11 +552,11 @@ def _genai_attributes(ex: Exchange, span: HandSpan) -> None:
     attrs = span.attrs
     if attrs is None:
         return
-    op = GENAI_OPERATIONS.get(ex.request.path)
+    op = GENAI_OPERATIONS.get(ex.path)
     if op is not None:
         attrs["gen_ai.operation.name"] = op
     attrs["gen_ai.provider.name"] = "openai"
-    body = ex.request.body
+    body = ex.body
     if body and len(body) <= MAX_PARSED_BODY:
         m = _MODEL.search(body)
         if m is not None:
