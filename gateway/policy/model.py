@@ -989,6 +989,13 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                 (("routes", i, "allow_tenants"), "needs the top-level auth section to know tenants")
             )  # fmt: skip
 
+    telemetry = data.get("telemetry")
+    explain = telemetry.get("explain") if isinstance(telemetry, Mapping) else None
+    if isinstance(explain, Mapping) and explain.get("tenants") and not has_auth:
+        problems.append(
+            (("telemetry", "explain", "tenants"), "needs the top-level auth section to know tenants")
+        )  # fmt: skip
+
     for name, backend in (backends or {}).items():
         if not isinstance(backend, Mapping):
             continue

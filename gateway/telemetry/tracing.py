@@ -18,6 +18,7 @@ nothing is registered in OpenTelemetry's globals.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -309,8 +310,6 @@ class Tracing:
 
     async def shutdown(self) -> None:
         """Flush queued spans (bounded by the exporter's timeout) and stop the exporter."""
-        import asyncio
-
         await asyncio.get_running_loop().run_in_executor(None, self.processor.shutdown)
 
 
@@ -474,7 +473,8 @@ class RequestTrace:
 
     def close_open(self) -> None:
         """End whatever is still open when the request ends (an abandoned run)."""
-        self.settle(None) if self._open else None
+        if self._open:
+            self.settle(None)
         while len(self._parents) > 1:
             self._parents.pop()
 

@@ -22,7 +22,7 @@ def test_telemetry_section_compiles_into_frozen_settings() -> None:
         telemetry="  access_log: {path: a.log, sample: 5%}\n"
         "  tracing: {endpoint: 'http://c:4318', protocol: http, sample_ratio: 25%,"
         " headers: {x-k: v}}\n"
-        "  explain: {tenants: [t1], keep: 10}\n"
+        "  explain: {keep: 10}\n"
         "  max_label_values: 7"
     )
     snap = compile_policy(load_policy_text(text, "p.yaml"), source="p.yaml", text=text)
@@ -30,7 +30,7 @@ def test_telemetry_section_compiles_into_frozen_settings() -> None:
     assert t.access_log is not None and t.access_log.path == "a.log" and t.access_log.sample == 0.05
     assert t.tracing is not None and t.tracing.protocol == "http"
     assert t.tracing.sample_ratio == 0.25 and dict(t.tracing.headers) == {"x-k": "v"}
-    assert t.explain is not None and t.explain.tenants == {"t1"} and t.explain.keep == 10
+    assert t.explain is not None and t.explain.tenants == frozenset() and t.explain.keep == 10
     assert t.max_label_values == 7
 
 
@@ -48,3 +48,9 @@ def test_bad_telemetry_keys_are_refused_with_their_line(telemetry: str, where: s
     with pytest.raises(PolicyError) as e:
         load_policy_text(BASE.format(telemetry=telemetry), "p.yaml")
     assert any(i.line == 3 and where in str(i) for i in e.value.issues), e.value.issues
+
+
+def test_explain_tenants_need_auth_to_know_tenants() -> None:
+    with pytest.raises(PolicyError) as e:
+        load_policy_text(BASE.format(telemetry="  explain: {tenants: [t1]}"), "p.yaml")
+    assert any("needs the top-level auth section" in str(i) for i in e.value.issues)
