@@ -14,10 +14,12 @@ import logging
 import os
 import random
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gateway import __version__
 from gateway.auth import ApiKeyConfig, AuthConfig, Authenticator, JwtConfig, load_secrets_file
@@ -59,12 +61,18 @@ from gateway.quality.monitor import QualityMonitor
 from gateway.resilience.breaker import BreakerState
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
+from gateway.telemetry.access import AccessLog
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
+from gateway.telemetry.explain import Explanations
+from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
+from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger("tailguard")
 
 REGION_ENV = "TAILGUARD_REGION"
+# state changes the status page lists
+RECENT_CHANGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +306,7 @@ class Gateway:
         audit_log: str | Path | None = None,
         watch: bool = False,
         reuse_port: bool = False,
+        span_processor: SpanProcessor | None = None,
     ) -> None:
         self.policy_path = Path(policy_path)
         self._reuse_port = reuse_port
@@ -351,6 +360,19 @@ class Gateway:
         self._reporter = ExchangeReporter(
             self.metrics, self.clock, self.canary, self.slo, quality=self.quality.tap
         )
+        self.explanations = Explanations()
+        self._reporter.explanations = self.explanations
+        self.loop_lag = LoopLagProbe(self.metrics)
+        self.gc_pauses = GcPauseProbe(self.metrics)
+        self.access_log: AccessLog | None = None
+        # recent state changes for the status page: breaker moves, drains, reloads
+        self.changes: deque[dict[str, object]] = deque(maxlen=RECENT_CHANGES)
+        # tracing is set up once, from the policy the gateway starts with (a restart changes it)
+        self.tracing: Tracing | None = None
+        tracing = snapshot.settings.telemetry.tracing
+        if tracing is not None and os.environ.get("OTEL_SDK_DISABLED", "").lower() != "true":
+            self.tracing = Tracing(tracing, processor=span_processor)
+            self._reporter.tracer = self.tracing
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
@@ -404,7 +426,7 @@ class Gateway:
         outer: list[Stage] = [self._observe]
         if snapshot.auth is not None:
             outer.append(self._authenticate)
-        outer.append(RouteStage(self.rng, chains))
+        outer.append(RouteStage(self.rng, chains, self.explanations))
         return Serving(snapshot, compose(outer, _never))
 
     @property
@@ -414,6 +436,10 @@ class Gateway:
 
     def _adopt(self, snapshot: Snapshot) -> None:
         self._serving = self._assemble(snapshot)
+        telemetry = snapshot.settings.telemetry
+        self._reporter.tenants.set_limit(telemetry.max_label_values)
+        if self.access_log is not None and telemetry.access_log is not None:
+            self.access_log.set_sample(telemetry.access_log.sample)
 
     def on_breaker_transition(
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState
@@ -424,6 +450,13 @@ class Gateway:
         ).inc()
         self.metrics.breaker_state.labels(backend, url).set(BREAKER_STATE_VALUE[new.name.lower()])
         log.warning("breaker of %s (%s): %s -> %s", url, backend, old.name, new.name)
+        if hasattr(self, "changes"):
+            self.changes.append(
+                {
+                    "time": self.clock.wall(),
+                    "what": f"breaker of {url} ({backend}): {old.name.lower()} -> {new.name.lower()}",
+                }
+            )
         if new is BreakerState.OPEN and hasattr(self, "peers"):
             self.peers.notify(backend, endpoint, "breaker-open")
 
@@ -469,6 +502,12 @@ class Gateway:
             endpoint=url,
         )
         state.admin_drain = drained
+        self.changes.append(
+            {
+                "time": self.clock.wall(),
+                "what": f"{'drain' if drained else 'undrain'} {url} ({backend}) by {actor}",
+            }
+        )
         log.warning("%s %s of backend %s", "draining" if drained else "undraining", url, backend)
 
     def watched_files(self) -> list[Path]:
@@ -536,6 +575,9 @@ class Gateway:
             changes=list(changes),
         )
         log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
+        self.changes.append(
+            {"time": self.clock.wall(), "what": f"policy {snapshot.sha256[:12]} applied by {actor}"}
+        )
         for note in snapshot.notes:
             log.warning("policy note: %s", note)
         return result
@@ -593,6 +635,13 @@ class Gateway:
         await admin_site.start()
         self._runners.append(admin_runner)
 
+        access = settings.telemetry.access_log
+        if access is not None:
+            # the destination is opened once; a reload changes only the sampling rate
+            self.access_log = AccessLog(access, self.policy_path.parent, self.rng)
+            self._reporter.access = self.access_log
+        self.loop_lag.start()
+        self.gc_pauses.install()
         self.peers.attach()
         await self.store.start()
         if self.watcher is not None:
@@ -645,6 +694,14 @@ class Gateway:
         await self.caches.close()
         await self.peers.close()
         await self.store.close()
+        await self.loop_lag.close()
+        if self.tracing is not None:
+            self._reporter.tracer = None
+            await self.tracing.shutdown()
+        self.gc_pauses.remove()
+        if self.access_log is not None:
+            self._reporter.access = None
+            self.access_log.close()
         self.audit.close()
 
     def is_ready(self) -> bool:

@@ -35,6 +35,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
@@ -45,8 +46,6 @@ from gateway.policy.units import parse_duration
 from gateway.resilience.breaker import BreakerState
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from gateway.clock import Clock
     from gateway.control.canary import CanaryController
     from gateway.control.reloader import ReloadResult
@@ -317,6 +316,7 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
             )
         backends.append({"name": b.name, "protocol": b.protocol, "endpoints": endpoints})
     return {
+        "recent_changes": list(getattr(gateway, "changes", ())),
         "policy": {"source": snap.source, "sha256": snap.sha256},
         "ready": gateway.is_ready(),
         "region": snap.settings.region,
@@ -364,6 +364,19 @@ def _max_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
         if v is not None and (s["stat"] not in best or v > best[s["stat"]]["value"]):
             best[s["stat"]] = {"value": v, "feature": s["feature"], "threshold": s["threshold"]}
     return best
+
+
+UI_TYPES = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+}
+# The status page's static files, read once from the package (no build step, nothing fetched)
+UI_FILES = {
+    p.name: p.read_bytes()
+    for p in (Path(__file__).parent / "ui").iterdir()
+    if p.suffix.lstrip(".") in UI_TYPES
+}
 
 
 def build_admin_app(gateway: AdminTarget) -> web.Application:
@@ -466,6 +479,14 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         route, action = request.match_info["route"], request.match_info["action"]
         return web.json_response(gateway.canary.act(route, action, actor))
 
+    async def explain(request: web.Request, actor: str) -> web.Response:
+        rid = request.match_info["rid"]
+        kept = getattr(gateway, "explanations", None)
+        found = kept.get(rid) if kept is not None else None
+        if found is None:
+            raise RouteNotFound(f"no decision trace kept for request {rid!r}")
+        return web.json_response(found)
+
     async def slo(_: web.Request, actor: str) -> web.Response:
         return web.json_response(gateway.slo.state())
 
@@ -531,6 +552,25 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         result = gateway.quality.load(route, backend, await request.read(), actor)
         return web.json_response(result)
 
+    async def ui(request: web.Request) -> web.StreamResponse:
+        # the page's shell holds no data: everything it shows comes from the admin API,
+        # asked with the same credentials (loopback, or an admin token the page asks for)
+        name = request.match_info.get("name") or "index.html"
+        body = UI_FILES.get(name)
+        if body is None:
+            return _error(404, "not_found", f"no such file: {name}")
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": UI_TYPES[name.rsplit(".", 1)[-1]],
+                "Cache-Control": "no-cache",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    app.router.add_get("/ui", ui)
+    app.router.add_get("/ui/{name}", ui)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -545,6 +585,7 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         ("POST", "/admin/breakers/reset", reset_breaker),
         ("POST", "/admin/canary/{route}/{action:promote|pause|resume|rollback}", canary),
         ("GET", "/admin/slo", slo),
+        ("GET", "/admin/explain/{rid}", explain),
         ("POST", "/admin/slo/{route}/override", slo_override),
         ("DELETE", "/admin/slo/{route}/override", slo_override),
         ("GET", "/admin/quality", quality_state),

@@ -44,6 +44,12 @@ from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
 from gateway.resilience.split import SplitEntry, WeightedSplit
 from gateway.resilience.windows import LatencyWindow, PeakEwma
 from gateway.slo.budget import FastBurnConfig, SliKind, SloConfig
+from gateway.telemetry.config import (
+    AccessLogConfig,
+    ExplainConfig,
+    TelemetrySettings,
+    TracingConfig,
+)
 
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
@@ -333,6 +339,7 @@ class GatewaySettings:
     admin_tls: tuple[str, str] | None = None
     limits: ListenerLimits = ListenerLimits()
     body_timeout: float = 30.0
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
 @dataclass(slots=True)
@@ -362,6 +369,25 @@ class Snapshot:
 
     def endpoint_states(self) -> dict[str, EndpointState]:
         return {s.spec.id: s for b in self.backends.values() for s in b.states}
+
+
+def _telemetry(policy: PolicyModel) -> TelemetrySettings:
+    t = policy.telemetry
+    a, tr, x = t.access_log, t.tracing, t.explain
+    return TelemetrySettings(
+        access_log=AccessLogConfig(a.path, a.sample) if a is not None else None,
+        tracing=TracingConfig(
+            endpoint=tr.endpoint,
+            protocol=tr.protocol,
+            sample_ratio=tr.sample_ratio,
+            headers=dict(tr.headers.items()),
+            service_name=tr.service_name,
+        )
+        if tr is not None
+        else None,
+        explain=ExplainConfig(frozenset(x.tenants), x.keep) if x is not None else None,
+        max_label_values=t.max_label_values,
+    )
 
 
 def model_from_path(path: str) -> str | None:
@@ -411,6 +437,7 @@ def compile_policy(
             max_header_size=int(gw.max_header_size),
         ),
         body_timeout=gw.body_timeout,
+        telemetry=_telemetry(policy),
         state=StateSettings(
             store=policy.state.store,
             url=policy.state.url,

@@ -959,6 +959,38 @@ class AdminModel(FrozenModel):
     tokens: tuple[AdminTokenModel, ...] = ()
 
 
+# --- telemetry -----------------------------------------------------------------------------
+
+
+class AccessLogModel(FrozenModel):
+    # "stdout", or a file path (relative to the policy file), opened when the gateway starts
+    path: Text = "stdout"
+    sample: PositivePercent = 1.0
+
+
+class TracingModel(FrozenModel):
+    # OTLP collector; None: the OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT environment, else none
+    endpoint: Text | None = None
+    protocol: Literal["grpc", "http"] = "grpc"
+    sample_ratio: Percent = 1.0
+    headers: FrozenMap[Text, Text] = FrozenMap()
+    service_name: Text = "tailguard"
+
+
+class ExplainModel(FrozenModel):
+    # tenants who may ask for a decision trace; the admin token always may
+    tenants: tuple[Name, ...] = ()
+    keep: Annotated[int, Strict(), Field(ge=1, le=100_000)] = 1000
+
+
+class TelemetryModel(FrozenModel):
+    access_log: AccessLogModel | None = None
+    tracing: TracingModel | None = None
+    explain: ExplainModel | None = None
+    # distinct values a data-derived label (model, tenant) may take before folding into "other"
+    max_label_values: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 100
+
+
 # --- the policy ----------------------------------------------------------------------------
 
 
@@ -968,6 +1000,7 @@ class PolicyModel(FrozenModel):
     state: StateModel = StateModel()
     auth: AuthModel | None = None
     admin: AdminModel = AdminModel()
+    telemetry: TelemetryModel = TelemetryModel()
     backends: Annotated[FrozenMap[Name, BackendModel], Field(min_length=1)]
     routes: Annotated[tuple[RouteModel, ...], Field(min_length=1)]
     slos: FrozenMap[Name, SloModel] = FrozenMap()
@@ -1044,6 +1077,13 @@ def policy_cross_checks(data: Any) -> list[Problem]:
             problems.append(
                 (("routes", i, "allow_tenants"), "needs the top-level auth section to know tenants")
             )  # fmt: skip
+
+    telemetry = data.get("telemetry")
+    explain = telemetry.get("explain") if isinstance(telemetry, Mapping) else None
+    if isinstance(explain, Mapping) and explain.get("tenants") and not has_auth:
+        problems.append(
+            (("telemetry", "explain", "tenants"), "needs the top-level auth section to know tenants")
+        )  # fmt: skip
 
     for name, backend in (backends or {}).items():
         if not isinstance(backend, Mapping):

@@ -31,6 +31,7 @@ from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRunt
 from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
 from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
+from gateway.resilience.budget import TokenBudget
 from gateway.resilience.hedge import HedgeDelayEstimator
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
@@ -143,6 +144,8 @@ class AttemptRunner:
             result = await self._hedged(ex, route, backend)
         m = self._metrics
         m.child(m.attempts_per_request, route.name).observe(ex.attempts)
+        if ex.trace is not None:
+            ex.trace.settle(result.index if result.acceptable else None)
         if result.response is None:
             self._raise_for(ex, result)
         if result.unreported:
@@ -214,7 +217,15 @@ class AttemptRunner:
                 if not done:
                     assert hedge_delay is not None
                     remaining = ex.deadline - self._clock.now()
-                    if hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget):
+                    send = hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget)
+                    if ex.trace is not None:
+                        ex.trace.note(
+                            "hedge_timer",
+                            delay=hedge_delay,
+                            send=send,
+                            budget=_balance(route.hedge_budget),
+                        )
+                    if send:
                         if launch(0.0, first_region) is not None:
                             extra += 1
                             self._metrics.hedges_sent.labels(route.name).inc()
@@ -310,6 +321,8 @@ class AttemptRunner:
         if header is not None:
             headers[header] = str(max(1, int(timeout * 1000)))
         ex.attempts += 1
+        trace = ex.trace
+        span = trace.attempt_start(backend, spec, ex.attempts, headers, now) if trace else None
         transport = self._transports.get(spec, backend.pool, backend.protocol)
         state.outstanding += 1
         state.last_used = now
@@ -329,6 +342,8 @@ class AttemptRunner:
             ):
                 # the backend choked on the client's bad JSON: the client's fault, not its
                 self._finish(backend, index, Outcome.CLIENT_ERROR, clock.now() - now)
+                if trace is not None:
+                    trace.attempt_end(span, index, Outcome.CLIENT_ERROR, 500, keep=False)
                 response.close()
                 raise ClientError(json_body_problem(req.headers, req.body, full=True) or "")
             if response.retry_after is not None:
@@ -343,7 +358,12 @@ class AttemptRunner:
             message = f"{spec.url}: no answer within {timeout * 1000:.0f} ms"
         except asyncio.CancelledError:
             self._finish(backend, index, Outcome.CANCELLED, clock.now() - now)
+            if trace is not None:
+                trace.attempt_end(span, index, Outcome.CANCELLED, None, keep=False)
             raise
+        if trace is not None:
+            status = response.status if response is not None else None
+            trace.attempt_end(span, index, outcome, status, keep=not outcome.is_failure)
         if response is not None and response.stream is not None and not outcome.is_failure:
             # a committed stream reports when it ends; see `finish_stream`
             ex.endpoint = spec.url
@@ -447,6 +467,14 @@ class AttemptRunner:
             budget=route.retry_budget,
         )
         self._metrics.retries.labels(route.name, decision.reason.value).inc()
+        if ex.trace is not None:
+            ex.trace.note(
+                "retry",
+                retry=decision.retry,
+                reason=decision.reason.value,
+                delay=decision.delay,
+                budget=_balance(route.retry_budget),
+            )
         if decision.reason.name == "BUDGET_EXHAUSTED":
             self._metrics.budget_exhausted.labels(route.name, "retry").inc()
         return decision.delay if decision.retry else None
@@ -465,6 +493,10 @@ def _observe_first(
     says nothing about how long an answer takes."""
     if result.acceptable or result.outcome is Outcome.TIMEOUT:
         estimator.observe(now, now - started)
+
+
+def _balance(budget: TokenBudget | None) -> float | None:
+    return round(budget.balance, 3) if budget is not None else None
 
 
 def _tried_note(ex: Exchange) -> str:

@@ -20,6 +20,7 @@ from gateway.resilience.outcome import Outcome
 if TYPE_CHECKING:
     from gateway.auth import Identity
     from gateway.proxy.transport import UpstreamResponse
+    from gateway.telemetry.tracing import RequestTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "answer_body",
         "attempts",
         "backend",
         "body_reader",
@@ -66,6 +68,7 @@ class Exchange:
         "error_code",
         "extra_headers",
         "fallback",
+        "first_byte_at",
         "hedged",
         "identity",
         "on_end",
@@ -74,11 +77,13 @@ class Exchange:
         "request",
         "response",
         "route",
+        "sent_bytes",
         "snapshot",
         "split_backend",
         "status",
         "stream_done",
         "stream_outcome",
+        "trace",
         "upstream_headers",
     )
 
@@ -122,6 +127,14 @@ class Exchange:
         self.stream_outcome: Outcome | None = None
         # the upstream answer the client was sent, if one was (quality sampling reads it)
         self.response: UpstreamResponse | None = None
+        # when the answer's head was written (0: not yet) and how many body bytes followed
+        self.first_byte_at = 0.0
+        self.sent_bytes = 0
+        # its spans when tracing is on and its decision trace when asked for (a
+        # `RequestTrace`); None otherwise, so a request nobody traces pays one test per hook
+        self.trace: RequestTrace | None = None
+        # a buffered answer's body, kept only for a traced request (GenAI span attributes)
+        self.answer_body: bytes | None = None
 
     def hold(self, permit: Permit) -> None:
         """Keep `permit` until the exchange ends."""

@@ -152,8 +152,18 @@ class FallbackStage:
                 route.name, config, req.method, req.path_qs, req.headers, req.body, scope=scope
             )
             if key is not None and config.ttl > 0:
+                trace = ex.trace
+                span = (
+                    trace.child("cache lookup", **{"tailguard.route": route.name})
+                    if trace
+                    else None
+                )
                 entry = await self._caches.lookup(route.name, config, key)
                 age = entry.age(self._clock.wall()) if entry is not None else 0.0
+                if trace is not None:
+                    hit = entry is not None and age < config.ttl
+                    trace.note("cache_lookup", result="hit" if hit else "miss", age=age)
+                    trace.close_child(span, **{"tailguard.cache.result": "hit" if hit else "miss"})
                 if entry is not None and age < config.ttl:
                     self._m.child(self._m.cache_lookups, route.name, "hit").inc()
                     ex.backend = None
@@ -187,14 +197,39 @@ class FallbackStage:
         plan = route.fallback
         assert plan is not None
         notes = [f"primary: {failure.message}"]
+        trace = ex.trace
+        if trace is not None:
+            trace.note("primary_failed", reason=failure.message, code=failure.code)
         for step in plan.steps:
             kind = step.kind.value
+            span = (
+                trace.child(f"fallback {kind}", **{"tailguard.fallback.kind": kind})
+                if trace is not None
+                else None
+            )
             try:
                 answer = await self._step(ex, route, key, step)
             except TailguardError as e:
                 answer, why = None, e.message
             else:
                 why = "no answer"
+            if trace is not None:
+                served = answer is not None
+                trace.note(
+                    "fallback_step",
+                    kind=kind,
+                    backend=step.backend,
+                    served=served,
+                    why=None if served else why,
+                )
+                trace.close_child(
+                    span,
+                    **{
+                        "tailguard.fallback.served": served,
+                        "tailguard.fallback.backend": step.backend,
+                        "tailguard.fallback.reason": None if served else why,
+                    },
+                )
             if answer is not None:
                 self._m.child(self._m.fallbacks, route.name, kind).inc()
                 return answer

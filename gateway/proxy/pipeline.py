@@ -25,8 +25,11 @@ from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
 from gateway.quality.tap import QualityTap
 from gateway.resilience.outcome import Outcome
-from gateway.telemetry.catalog import Metrics, code_class
+from gateway.telemetry.catalog import LabelGuard, Metrics, code_class
+from gateway.telemetry.config import DEFAULT_MAX_LABEL_VALUES
+from gateway.telemetry.explain import EXPLAIN_HEADER, Explanations
 from gateway.telemetry.logs import FailureSummary
+from gateway.telemetry.tracing import RequestTrace
 
 log = logging.getLogger("tailguard.proxy")
 
@@ -48,6 +51,16 @@ def compose(stages: Sequence[Stage], terminal: Handler) -> Handler:
     for stage in reversed(stages):
         handler = functools.partial(stage, nxt=handler)
     return handler
+
+
+class AccessWriter(Protocol):
+    def write(self, ex: Exchange, duration: float) -> None: ...
+
+
+class ExchangeTracer(Protocol):
+    def start(self, ex: Exchange) -> None: ...
+
+    def end(self, ex: Exchange) -> None: ...
 
 
 class OutcomeListener(Protocol):
@@ -101,6 +114,22 @@ class ExchangeReporter:
         self._quality = quality
         self._failures = FailureSummary(log, clock)
         self._slo = slo
+        self.tenants = LabelGuard(metrics, "tenant", DEFAULT_MAX_LABEL_VALUES)
+        # the access log and the tracer, when the policy turns them on (see gateway.app)
+        self.access: AccessWriter | None = None
+        self.tracer: ExchangeTracer | None = None
+        self.explanations: Explanations | None = None
+
+    def chunk_written(self, ex: Exchange, gap: float, sent_before: int) -> None:
+        """A streamed chunk went out: `gap` since the request (first) or the previous chunk."""
+        route = ex.route
+        if route is None:
+            return
+        m = self._m
+        if sent_before:
+            m.child(m.inter_token, route.name).observe(gap)
+        else:
+            m.child(m.time_to_first_token, route.name).observe(gap)
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -121,14 +150,33 @@ class ExchangeReporter:
             code = "client_closed"
         if code is not None:
             m.errors.labels(route_name, code).inc()
+            if 400 <= status < 499 and ex.error_code is not None:
+                m.child(m.invalid_requests, route_name, code).inc()
             if status >= 500 or broken:
                 self._failures.count(route_name, code)
         elif status >= 500:
             self._failures.count(route_name, f"backend answered {status}")
+        latency = self._clock.now() - ex.request.received_at
+        trace = ex.trace
+        if trace is not None:
+            if self.tracer is not None:
+                self.tracer.end(ex)
+            if trace.decisions is not None and self.explanations is not None:
+                self.explanations.store(ex)
+        if self.access is not None:
+            self.access.write(ex, latency)
         if route is None:
             return
-        latency = self._clock.now() - ex.request.received_at
         m.child(m.request_duration, route_name).observe(latency)
+        if ex.first_byte_at:
+            m.child(m.time_to_first_byte, route_name).observe(
+                ex.first_byte_at - ex.request.received_at
+            )
+        body = ex.request.body
+        if body:
+            m.child(m.request_body_size, route_name).observe(len(body))
+        if ex.identity is not None:
+            m.child(m.tenant_requests, route_name, self.tenants(ex.identity.tenant)).inc()
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)
         tap = self._quality
@@ -158,12 +206,26 @@ class RouteStage:
     snapshot is adopted; this stage is made for that snapshot and never changes.
     """
 
-    def __init__(self, rng: random.Random, chains: Mapping[str, Handler]) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        chains: Mapping[str, Handler],
+        explanations: Explanations | None = None,
+    ) -> None:
         self._rng = rng
         self._chains = chains
+        self._explanations = explanations
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         req = ex.request
+        explanations = self._explanations
+        if explanations is not None and EXPLAIN_HEADER in req.headers and explanations.wanted(ex):
+            if ex.trace is None:
+                ex.trace = RequestTrace(None, None)
+            ex.trace.decisions = []
+            ex.add_headers({EXPLAIN_HEADER: f"/admin/explain/{req.request_id}"})
+            if ex.identity is not None:
+                ex.trace.note("caller", tenant=ex.identity.tenant)
         route = ex.snapshot.route_for(req.method, req.path, req.headers)
         if route is None:
             raise RouteNotFound(f"no route matches {req.method} {req.path}")
@@ -174,6 +236,10 @@ class RouteStage:
         ex.backend = backend
         ex.split_backend = backend.name
         ex.deadline = req.received_at + route.timeout
+        if ex.trace is not None:
+            ex.trace.note(
+                "route", route=route.name, split_backend=backend.name, sticky=sticky is not None
+            )
         return await self._chains[route.name](ex)
 
 
@@ -225,9 +291,17 @@ class AdmitStage:
         gates = self._gates.for_request(ex.snapshot, route)
         if gates:
             priority = _priority(ex, route)
+            trace = ex.trace
             for gate in gates:
-                await gate.acquire(priority, route.name)
+                try:
+                    await gate.acquire(priority, route.name)
+                except Shed as e:
+                    if trace is not None:
+                        trace.note("admission", admitted=False, priority=priority, reason=e.message)
+                    raise
                 ex.hold(Slot(gate, self._clock))
+            if trace is not None:
+                trace.note("admission", admitted=True, priority=priority, gates=len(gates))
         return await nxt(ex)
 
 

@@ -129,6 +129,9 @@ class ProxyServer:
         reporter = self._reporter
         ex = Exchange(preq, serving.snapshot, protocol_for_path(path), reporter.end)
         reporter.begin(ex)
+        tracer = reporter.tracer
+        if tracer is not None:
+            tracer.start(ex)
         if request.body_exists:
             timeout = serving.snapshot.settings.body_timeout
             ex.body_reader = functools.partial(_read_body, request, timeout)
@@ -150,7 +153,9 @@ class ProxyServer:
                 if close:
                     resp.force_close()
                 await resp.prepare(request)
+                ex.first_byte_at = self._clock.now()
                 await resp.write_eof()
+                ex.sent_bytes = len(answer.body)
                 status = answer.status
                 return resp
             up = answer.response
@@ -163,7 +168,11 @@ class ProxyServer:
                 if close:
                     resp.force_close()
                 await resp.prepare(request)
+                ex.first_byte_at = self._clock.now()
                 await resp.write_eof()
+                ex.sent_bytes = len(up.body or b"")
+                if ex.trace is not None:
+                    ex.answer_body = up.body
                 status = up.status
                 return resp
             return await self._stream(request, ex, up, out, close)
@@ -187,10 +196,14 @@ class ProxyServer:
         if close:
             resp.force_close()
         outcome = Outcome.CANCELLED  # what it is if writing to the client fails
+        now = self._clock.now
+        reporter = self._reporter
         try:
             await resp.prepare(request)
-            idle = max(ex.deadline - self._clock.now(), 1.0)
+            ex.first_byte_at = last = now()
+            idle = max(ex.deadline - last, 1.0)
             stream = up.stream
+            sent = 0
             while True:
                 try:
                     chunk = await stream.read_chunk(idle)
@@ -201,6 +214,12 @@ class ProxyServer:
                     broken = Outcome.SUCCESS
                     break
                 await resp.write(chunk)
+                # time to the first token, then the gaps between tokens (one chunk each)
+                t = now()
+                reporter.chunk_written(ex, t - last if sent else t - ex.request.received_at, sent)
+                last = t
+                sent += len(chunk)
+                ex.sent_bytes = sent
             if broken is Outcome.SUCCESS:
                 await resp.write_eof()
                 outcome = Outcome.SUCCESS

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
+from gateway.telemetry.config import OTHER_LABEL
 from gateway.telemetry.hot import HotCounter, HotGauge, HotHistogram
 
 # Latency buckets sized for model serving: sub-millisecond proxies up to multi-second generations.
@@ -23,6 +24,16 @@ LATENCY_BUCKETS = (
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
 DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 TOKEN_DIFF_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+# Scheduling delay of the event loop and GC pauses: tens of microseconds up to a stalled second.
+LAG_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+# Gaps between streamed chunks (tokens): a few milliseconds to seconds.
+TOKEN_GAP_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+# Request bodies: a small JSON prompt up to the largest accepted tensor payload.
+SIZE_BUCKETS = tuple(float(1 << k) for k in range(6, 27, 2))  # 64 B .. 64 MiB
 
 
 class Metrics:
@@ -65,6 +76,56 @@ class Metrics:
             ["route"],
             ATTEMPT_BUCKETS,
             r,
+        )
+
+        self.time_to_first_byte = HotHistogram(
+            "tailguard_time_to_first_byte_seconds",
+            "Time from request received to the answer's head written to the client.",
+            ["route"],
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.time_to_first_token = HotHistogram(
+            "tailguard_stream_time_to_first_token_seconds",
+            "Streamed answers: time from request received to the first body chunk written.",
+            ["route"],
+            LATENCY_BUCKETS,
+            r,
+        )
+        self.inter_token = HotHistogram(
+            "tailguard_stream_inter_token_seconds",
+            "Streamed answers: time between consecutive body chunks (tokens or events).",
+            ["route"],
+            TOKEN_GAP_BUCKETS,
+            r,
+        )
+        self.tenant_requests = HotCounter(
+            "tailguard_tenant_requests_total",
+            "Client requests by route and authenticated tenant (folded into 'other' past the "
+            "policy's telemetry.max_label_values).",
+            ["route", "tenant"],
+            r,
+        )
+
+        # --- data: what clients send ---
+        self.request_body_size = HotHistogram(
+            "tailguard_request_body_bytes",
+            "Size of request bodies as received (content codings untouched), by route.",
+            ["route"],
+            SIZE_BUCKETS,
+            r,
+        )
+        self.invalid_requests = Counter(
+            "tailguard_request_validation_failures_total",
+            "Requests refused at the edge as the client's fault (4xx), by route and reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.label_folds = Counter(
+            "tailguard_metric_label_folds_total",
+            "Label values folded into 'other' because a label reached its limit, by label.",
+            ["label"],
+            registry=r,
         )
 
         # --- upstream attempts (the backend's view) ---
@@ -410,6 +471,23 @@ class Metrics:
             registry=r,
         )
 
+        # --- infrastructure: the process itself ---
+        # CPU seconds, resident memory, open file descriptors, start time (Linux /proc)
+        ProcessCollector(namespace="", registry=r)
+        self.loop_lag = Histogram(
+            "tailguard_event_loop_lag_seconds",
+            "How late the event loop ran a timer that was due (scheduling delay).",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        self.gc_pause = Histogram(
+            "tailguard_gc_pause_seconds",
+            "Cyclic garbage collector pauses, by generation collected.",
+            ["generation"],
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+
         # --- policy ---
         self.policy_info = Info(
             "tailguard_policy", "The policy currently serving: source and content hash.", registry=r
@@ -425,6 +503,36 @@ class Metrics:
         if c is None:
             c = self._children[key] = metric.labels(*labels)
         return c
+
+
+class LabelGuard:
+    """Bounds a label whose values come from request data (a model name, a tenant).
+
+    The first `limit` distinct values are kept; every later one is reported as `other` and
+    counted in `tailguard_metric_label_folds_total`, so a client inventing names cannot grow
+    the exposition without bound.
+    """
+
+    __slots__ = ("_counter", "_limit", "_seen")
+
+    def __init__(self, metrics: Metrics, label: str, limit: int) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+        self._counter = metrics.label_folds.labels(label)
+
+    def set_limit(self, limit: int) -> None:
+        """A new limit (a reload): values already kept stay kept."""
+        self._limit = limit
+
+    def __call__(self, value: str) -> str:
+        seen = self._seen
+        if value in seen:
+            return value
+        if len(seen) < self._limit:
+            seen.add(value)
+            return value
+        self._counter.inc()
+        return OTHER_LABEL
 
 
 def code_class(status: int) -> str:

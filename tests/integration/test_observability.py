@@ -1,0 +1,111 @@
+"""Four layers of metrics and the access log, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.app import Gateway
+from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
+
+POLICY = """
+version: 1
+telemetry:
+  access_log: {{path: {log}, sample: 100%}}
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: "{a}"}}]
+  chat:
+    protocol: openai
+    endpoints: [{{url: "{a}"}}]
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+  - name: chat
+    match: {{path_prefix: /v1/}}
+    split: [{{backend: chat, weight: 100}}]
+"""
+
+
+def samples(gw: Gateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client import generate_latest
+
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(generate_latest(gw.metrics.registry).decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_service_data_and_infrastructure_metrics_and_the_access_log(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    sim = await sims(models=["classifier"])
+    sim.faults = sim.faults.replace(stream_delay_ms=5)
+    log_path = tmp_path / "access.jsonl"
+    gw = await gateway(POLICY.format(a=sim.url, log=log_path))
+    assert gw.listening is not None
+    base = gw.listening.url
+    body = json.dumps(INFER_BODY).encode()
+    for _ in range(3):
+        async with http.post(f"{base}/v2/models/classifier/infer", data=body) as r:
+            assert r.status == 200
+    async with http.post(f"{base}/v2/models/classifier/infer", data=b"{not json") as r:
+        assert r.status == 400
+    chunks = 0
+    async with http.post(
+        f"{base}/v1/chat/completions",
+        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "a b c d"}]},
+    ) as r:
+        assert r.status == 200
+        async for line in r.content:
+            chunks += line.startswith(b"data: ")
+    gc.collect()
+    for _ in range(100):  # the loop-lag probe wakes every 250 ms
+        if samples(gw).get(("tailguard_event_loop_lag_seconds_count", ()), 0):
+            break
+        await asyncio.sleep(0.05)
+
+    s = samples(gw)
+    assert s[("tailguard_time_to_first_byte_seconds_count", (("route", "classify"),))] == 4
+    assert s[("tailguard_time_to_first_byte_seconds_count", (("route", "chat"),))] == 1
+    assert s[("tailguard_stream_time_to_first_token_seconds_count", (("route", "chat"),))] == 1
+    # one gap per chunk after the first; chunks may carry more than one event
+    gaps = s[("tailguard_stream_inter_token_seconds_count", (("route", "chat"),))]
+    assert 1 <= gaps <= chunks
+    assert s[("tailguard_request_body_bytes_count", (("route", "classify"),))] == 4
+    assert s[("tailguard_request_body_bytes_sum", (("route", "classify"),))] == 3 * len(body) + 9
+    assert (
+        s[
+            (
+                "tailguard_request_validation_failures_total",
+                (("reason", "bad_request"), ("route", "classify")),
+            )
+        ]
+        == 1
+    )
+    assert s[("process_open_fds", ())] > 0
+    assert s[("process_resident_memory_bytes", ())] > 0
+    assert s[("tailguard_event_loop_lag_seconds_count", ())] >= 1
+    assert s[("tailguard_gc_pause_seconds_count", (("generation", "2"),))] >= 1
+
+    await gw.stop()  # closes the access log (the fixture's second stop does nothing new)
+    lines = [json.loads(x) for x in log_path.read_text().splitlines()]
+    assert len(lines) == 5
+    assert [x["status"] for x in lines] == [200, 200, 200, 400, 200]
+    first = lines[0]
+    assert first["route"] == "classify" and first["backend"] == "clf"
+    assert first["endpoint"] == sim.url and first["region"] == "local"
+    assert first["attempts"] == 1 and first["hedged"] is False and first["fallback"] is None
+    assert first["bytes_in"] == len(body) and first["bytes_out"] > 0
+    assert first["duration_ms"] > 0 and first["time"].endswith("Z")
+    assert len({x["request_id"] for x in lines}) == 5
+    assert lines[3]["error"] == "bad_request" and lines[3]["attempts"] == 0
+    assert lines[4]["route"] == "chat" and lines[4]["bytes_out"] > 0
