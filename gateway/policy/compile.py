@@ -56,6 +56,12 @@ class EndpointSpec:
     region: str
     weight: int
     drain: bool
+    grpc: str | None = None  # HOST:PORT of the endpoint's gRPC service, when it has one
+
+    @property
+    def has_http(self) -> bool:
+        """False for an endpoint known only by its gRPC address (its url is `grpc://...`)."""
+        return not self.url.startswith("grpc://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,12 +424,13 @@ def _compile_backend(
 ) -> BackendRuntime:
     specs = tuple(
         EndpointSpec(
-            id=f"{name}/{e.url.rstrip('/')}",
+            id=f"{name}/{_endpoint_url(e.url, e.grpc)}",
             backend=name,
-            url=e.url.rstrip("/"),
+            url=_endpoint_url(e.url, e.grpc),
             region=e.region or local_region,
             weight=e.weight,
             drain=e.drain,
+            grpc=e.grpc,
         )
         for e in b.endpoints
     )
@@ -492,6 +499,14 @@ def _compile_backend(
         health_check=health_check,
         latency=old.latency if old is not None else LatencyWindow(),
     )
+
+
+def _endpoint_url(url: str | None, grpc: str | None) -> str:
+    """An endpoint's identity: its URL, or `grpc://HOST:PORT` when it has only a gRPC address."""
+    if url is not None:
+        return url.rstrip("/")
+    assert grpc is not None, "the policy model requires url or grpc"
+    return f"grpc://{grpc}"
 
 
 def _listener(

@@ -369,11 +369,17 @@ class StateModel(FrozenModel):
 
 
 class EndpointModel(FrozenModel):
-    url: EndpointUrl
+    url: EndpointUrl | None = None
     region: Text | None = None
     weight: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
     grpc: GrpcAddress | None = None
     drain: Bool = False
+
+    @model_validator(mode="after")
+    def _an_address(self) -> EndpointModel:
+        if self.url is None and self.grpc is None:
+            raise checks_failed((("url",), "an endpoint needs url, grpc, or both"))
+        return self
 
 
 class PoolModel(FrozenModel):
@@ -474,12 +480,20 @@ class BackendModel(FrozenModel):
         seen: set[str] = set()
         problems: list[Problem] = []
         for k, e in enumerate(self.endpoints):
-            key = e.url.rstrip("/")
+            key = e.url.rstrip("/") if e.url is not None else f"grpc://{e.grpc}"
             if key in seen:
+                field, shown = ("url", e.url) if e.url is not None else ("grpc", e.grpc)
                 problems.append(
-                    (("endpoints", k, "url"), f"endpoint '{e.url}' is listed twice in this backend")
+                    (("endpoints", k, field), f"endpoint '{shown}' is listed twice in this backend")
                 )
             seen.add(key)
+            if e.url is None and self.protocol != "kserve-v2":
+                problems.append(
+                    (
+                        ("endpoints", k, "url"),
+                        "only kserve-v2 endpoints may have a grpc address alone",
+                    )
+                )
         if problems:
             raise checks_failed(*problems)
         return self
