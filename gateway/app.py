@@ -17,6 +17,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 
 from gateway import __version__
@@ -28,13 +29,14 @@ from gateway.control.peers import PeerNotifier
 from gateway.control.reloader import FileWatcher
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound
 from gateway.fallback.rules import RuleSet, load_rules
-from gateway.policy.compile import Snapshot, StateSettings, compile_policy
+from gateway.policy.compile import GatewaySettings, Snapshot, StateSettings, compile_policy
 from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
 from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
+from gateway.proxy.grpc_edge import GrpcEdge
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
 from gateway.proxy.pipeline import (
     AdmitStage,
@@ -69,6 +71,15 @@ class Listening:
     admin_port: int
     scheme: str = "http"
     admin_scheme: str = "http"
+    grpc_port: int | None = None  # the gRPC listener's, when the policy asks for one
+
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` of the gRPC listener, as a gRPC client dials it."""
+        if self.grpc_port is None:
+            raise RuntimeError("the gateway has no gRPC listener (gateway.grpc_listen)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -303,8 +314,10 @@ class Gateway:
         audit_log: str | Path | None = None,
         watch: bool = False,
         reuse_port: bool = False,
+        grpc_listen: tuple[str, int] | None = None,
     ) -> None:
         self.policy_path = Path(policy_path)
+        self._grpc_override = grpc_listen
         self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
@@ -351,6 +364,8 @@ class Gateway:
         self._attempt = AttemptStage(self.runner, self.clock)
         self._assemble(self.snapshot)
         self.proxy = ProxyServer(lambda: self.snapshot, self.runner, self.clock)
+        self.grpc_edge = GrpcEdge(lambda: self.snapshot, self.runner, self.clock)
+        self._grpc_server: grpc.aio.Server | None = None
         self.health = HealthChecker(
             lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng
         )
@@ -547,6 +562,8 @@ class Gateway:
         await admin_site.start()
         self._runners.append(admin_runner)
 
+        grpc_port = await self._start_grpc(settings)
+
         self.peers.attach()
         await self.store.start()
         if self.watcher is not None:
@@ -560,6 +577,7 @@ class Gateway:
             _bound_port(admin_site),
             "https" if tls is not None else "http",
             "https" if settings.admin_tls is not None else "http",
+            grpc_port,
         )
         self.ready = True
         log.info(
@@ -570,6 +588,38 @@ class Gateway:
             self.listening.admin_url,
         )
         return self.listening
+
+    async def _start_grpc(self, settings: GatewaySettings) -> int | None:
+        """The gRPC listener, in this event loop beside the HTTP ones; None when not asked for.
+
+        Takes the data listener's TLS certificate when there is one. Changing `grpc_listen`
+        takes effect at the next restart, like the other listeners.
+        """
+        where = self._grpc_override or settings.grpc_listen
+        if where is None:
+            return None
+        host, port = where
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                ("grpc.max_receive_message_length", settings.max_body),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.grpc_edge.handler,))
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if settings.tls is not None:
+            base = self.policy_path.parent
+            cert = _resolve(settings.tls[0], base).read_bytes()
+            key = _resolve(settings.tls[1], base).read_bytes()
+            bound = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            bound = server.add_insecure_port(target)
+        if not bound:
+            raise OSError(f"cannot listen for gRPC on {target}")
+        await server.start()
+        self._grpc_server = server
+        return int(bound)
 
     def _tls_context(self, paths: tuple[str, str] | None) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.2+) from certificate and key paths, relative to the policy."""
@@ -588,6 +638,10 @@ class Gateway:
             await self.watcher.close()
         await self.health.close()
         await self.canary.close()
+        if self._grpc_server is not None:
+            # stop accepting; calls in flight get the drain timeout to finish
+            await self._grpc_server.stop(self.snapshot.settings.drain_timeout)
+            self._grpc_server = None
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -31,7 +31,7 @@ from gateway.resilience.hedge import HedgeConfig, HedgePolicy
 from gateway.resilience.outcome import RETRY_CONDITIONS, Outcome
 from gateway.resilience.outlier import Ejection, OutlierConfig, OutlierDetector
 from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
-from gateway.resilience.split import SplitEntry, WeightedSplit
+from gateway.resilience.split import SplitEntry, WeightedSplit, rendezvous_order
 from gateway.resilience.windows import LatencyWindow
 
 if TYPE_CHECKING:
@@ -112,8 +112,8 @@ class BackendRuntime:
     """One backend's endpoints with their balancer, breakers, outlier detector and health state."""
 
     __slots__ = (
-        "balancer", "endpoints", "health_check", "latency", "name", "outlier", "pool", "protocol",
-        "states",
+        "balancer", "endpoints", "health_check", "latency", "name", "no_grpc", "no_http", "outlier",
+        "pool", "protocol", "states",
     )  # fmt: skip
 
     def __init__(
@@ -137,6 +137,13 @@ class BackendRuntime:
         self.pool = pool
         self.health_check = health_check
         self.latency = latency
+        # endpoints that cannot take a gRPC request (no grpc address), or an HTTP one (grpc only)
+        self.no_grpc = frozenset(i for i, e in enumerate(endpoints) if e.grpc is None)
+        self.no_http = frozenset(i for i, e in enumerate(endpoints) if not e.has_http)
+
+    def sticky_order(self, key: str) -> list[int]:
+        """Endpoint indices ranked for a sticky key (a Triton sequence id), first choice first."""
+        return rendezvous_order(key, [e.id for e in self.endpoints])
 
     def availability(self, now: float) -> list[bool]:
         """Which endpoints may take new traffic right now, in endpoint order."""
@@ -295,6 +302,7 @@ class GatewaySettings:
     state: StateSettings
     tls: tuple[str, str] | None = None  # (certificate, key) paths as written
     admin_tls: tuple[str, str] | None = None
+    grpc_listen: tuple[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -364,6 +372,7 @@ def compile_policy(
         drain_timeout=gw.drain_timeout,
         tls=(gw.tls.cert, gw.tls.key) if gw.tls else None,
         admin_tls=(gw.admin_tls.cert, gw.admin_tls.key) if gw.admin_tls else None,
+        grpc_listen=tuple(gw.grpc_listen) if gw.grpc_listen else None,  # type: ignore[arg-type]
         state=StateSettings(
             store=policy.state.store,
             url=policy.state.url,

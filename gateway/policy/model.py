@@ -328,6 +328,8 @@ class GatewayModel(FrozenModel):
     region: Text = "local"
     listen: HostPort = ("127.0.0.1", 8080)
     admin_listen: HostPort = ("127.0.0.1", 9090)
+    # the gRPC listener (inference.GRPCInferenceService), off unless given
+    grpc_listen: HostPort | None = None
     max_body: PositiveSize = 4 << 20
     max_concurrency: Annotated[int, Strict(), Field(ge=1)] | None = None
     deadline_header: HeaderName | None = "x-tailguard-deadline-ms"
@@ -341,6 +343,12 @@ class GatewayModel(FrozenModel):
         same_host = host == ahost or host in _WILDCARD_HOSTS or ahost in _WILDCARD_HOSTS
         if port == aport and port != 0 and same_host:
             raise checks_failed((("admin_listen",), f"must differ from listen (port {port})"))
+        if self.grpc_listen is not None:
+            ghost, gport = self.grpc_listen
+            for name, (h, p) in (("listen", self.listen), ("admin_listen", self.admin_listen)):
+                same = h == ghost or h in _WILDCARD_HOSTS or ghost in _WILDCARD_HOSTS
+                if gport == p and gport != 0 and same:
+                    raise checks_failed((("grpc_listen",), f"must differ from {name} (port {p})"))
         return self
 
 

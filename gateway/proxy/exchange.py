@@ -8,7 +8,7 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,30 @@ from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
 
 if TYPE_CHECKING:
     from gateway.auth import Identity
+    from gateway.errors import TailguardError
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcCall:
+    """What a gRPC request adds to `ProxyRequest` (whose `path_qs` is then the gRPC method).
+
+    `metadata` is what goes upstream (the client's, minus transport and gateway-only keys,
+    plus the request id); `deadline` the client's own (`grpc-timeout`) on the gateway's
+    clock, or None; `sequence` the Triton sequence id (such requests are never retried nor
+    hedged, and stick to one endpoint); `stream` marks `ModelStreamInfer`, whose later
+    messages `rest` yields (the body is the first one).
+    """
+
+    metadata: Sequence[tuple[str, str | bytes]]
+    deadline: float | None
+    sequence: str | None = None
+    stream: bool = False
+    rest: AsyncIterator[bytes] | None = None
+
+    @property
+    def single_shot(self) -> bool:
+        """True when the request may reach one endpoint once, and no other."""
+        return self.stream or self.sequence is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +57,7 @@ class ProxyRequest:
     client_ip: str
     scheme: str
     received_at: float
+    grpc: GrpcCall | None = None
 
 
 class Exchange:
@@ -120,11 +145,19 @@ def json_body_problem(headers: Mapping[str, str], body: bytes, *, full: bool) ->
 
 
 class LocalAnswer:
-    """An answer the gateway makes itself (errors now; fallbacks later)."""
+    """An answer the gateway makes itself: an error (`error` set) or a fallback's answer."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "error", "headers", "status")
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        error: TailguardError | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.headers = headers or {}
+        # the gateway's own error this answer reports (the gRPC edge turns it into a status)
+        self.error = error

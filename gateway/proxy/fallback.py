@@ -36,7 +36,8 @@ from gateway.fallback.cache import (
 from gateway.fallback.rules import RuleRequest
 from gateway.policy.compile import FallbackKind, FallbackStep, RouteRuntime
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
-from gateway.proxy.exchange import Exchange, LocalAnswer
+from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
+from gateway.proxy.grpc_wire import WireError, without_field
 from gateway.proxy.pipeline import Answer, Handler
 from gateway.state.store import StateStore
 from gateway.telemetry.catalog import Metrics
@@ -143,13 +144,20 @@ class FallbackStage:
             return await nxt(ex)
         req = ex.request
         key = None
-        if config is not None:
+        call = req.grpc
+        if config is not None and not (call is not None and call.stream):
             scope = (
                 ex.identity.tenant if ex.identity is not None else "",
                 ex.split_backend or "",
             )
             key = cache_key(
-                route.name, config, req.method, req.path_qs, req.headers, req.body, scope=scope
+                route.name,
+                config,
+                req.method,
+                req.path_qs,
+                req.headers,
+                _cache_body(req),
+                scope=scope,
             )
             if key is not None and config.ttl > 0:
                 entry = await self._caches.lookup(route.name, config, key)
@@ -224,6 +232,8 @@ class FallbackStage:
         if step.kind is FallbackKind.RULES:
             assert step.rules is not None
             req = ex.request
+            if req.grpc is not None:
+                raise UpstreamUnavailable("rules answers are not served over gRPC")
             rule = step.rules.answer(
                 RuleRequest(req.method, req.path, req.headers, req.body, self._clock.wall())
             )
@@ -260,6 +270,16 @@ class FallbackStage:
             raise UpstreamUnavailable(result.message or "answered with a failure")
         ex.fallback = "backend"
         return result
+
+
+def _cache_body(req: ProxyRequest) -> bytes:
+    """The body a cache key is made of: a gRPC request's own id (field 3) left out."""
+    if req.grpc is None:
+        return req.body
+    try:
+        return without_field(req.body, 3)
+    except WireError:
+        return req.body
 
 
 def _drop(result: AttemptResult) -> None:

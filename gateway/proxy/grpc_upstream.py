@@ -106,6 +106,8 @@ class GrpcResponse(UpstreamResponse):
 class GrpcCallFailed(AttemptFailed):
     """A streamed call ended with a status after it started; `code` and `details` as sent."""
 
+    outcome: Outcome
+
     def __init__(self, outcome: Outcome, code: str, details: str, trailers: Metadata) -> None:
         super().__init__(outcome, f"{code}: {details}")
         self.code = code

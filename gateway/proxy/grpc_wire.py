@@ -254,6 +254,23 @@ def with_string_field(data: bytes, field: int, value: str) -> bytes:
     return without_field(data, field) + (string_field(field, value) if value else b"")
 
 
+def read_string(data: bytes, field: int) -> str:
+    """A top-level string field (its last occurrence), "" when absent."""
+    value = ""
+    pos, end = 0, len(data)
+    while pos < end:
+        key, pos = _varint(data, pos, end)
+        if key >> 3 == field and key & 7 == _LEN:
+            n, pos = _varint(data, pos, end)
+            if pos + n > end:
+                raise WireError("truncated field")
+            value = _text(data, pos, pos + n)
+            pos += n
+        else:
+            pos = _skip(data, pos, end, key & 7)
+    return value
+
+
 def read_bool(data: bytes, field: int = 1) -> bool:
     """A bool field of a small answer (`ServerReadyResponse.ready`, `ModelReadyResponse.ready`)."""
     value = False
@@ -273,6 +290,7 @@ __all__ = [
     "TritonSequence",
     "WireError",
     "read_bool",
+    "read_string",
     "scan_request",
     "string_field",
     "with_string_field",

@@ -51,7 +51,7 @@ def error_answer(ex: Exchange, err: TailguardError) -> LocalAnswer:
         {"error": {"code": err.code, "message": err.message, "request_id": ex.request.request_id}}
     ).encode()
     headers = {"Content-Type": "application/json", **err.headers}
-    return LocalAnswer(err.status, body, headers)
+    return LocalAnswer(err.status, body, headers, err)
 
 
 class OutcomeListener(Protocol):
@@ -129,14 +129,21 @@ class RouteStage:
         req = ex.request
         route = ex.snapshot.route_for(req.method, req.path, req.headers)
         if route is None:
-            raise RouteNotFound(f"no route matches {req.method} {req.path}")
+            via = f" (gRPC {req.path_qs.rpartition('/')[2]})" if req.grpc is not None else ""
+            raise RouteNotFound(f"no route matches {req.method} {req.path}{via}")
         ex.route = route
         sticky = req.headers.get(route.sticky_header) if route.sticky_header else None
+        call = req.grpc
+        if call is not None and call.sequence is not None:
+            sticky = call.sequence  # a sequence's requests must all reach one model instance
         backend = ex.snapshot.backends[route.pick_backend(sticky, self._rng.random())]
         ex.backend = backend
         ex.split_backend = backend.name
         ex.deadline = req.received_at + route.timeout
-        if backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
+        if call is not None:
+            if call.deadline is not None and call.deadline < ex.deadline:
+                ex.deadline = call.deadline  # the client's own deadline bounds the route's
+        elif backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
             # Triton answers a client's bad JSON with 500; refusing garbage here keeps one bad
             # client from being counted against a healthy backend. Only a shape check on the
             # hot path; a full parse happens if a backend fails the request (see attempts).

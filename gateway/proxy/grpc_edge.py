@@ -1,0 +1,424 @@
+"""The gRPC edge: `inference.GRPCInferenceService` in, the same pipeline as HTTP, raw bytes out.
+
+Every method of Triton's service is served by one generic handler with identity
+serializers: messages are never decoded. A call becomes a `ProxyRequest` whose `path` is
+the KServe v2 HTTP path of the same operation (`ModelInfer` of model `m` is
+`POST /v2/models/m/infer`, `ModelReady` is `GET /v2/models/m/ready`, `ServerReady` is
+`GET /v2/health/ready`...), so the policy's routes, `match.model`, splits, auth, rate
+limits, admission, retries, hedging, breakers and fallbacks apply to gRPC exactly as they
+do to HTTP; `path_qs` is the gRPC method, which is what goes upstream. Metadata are the
+headers (`x-api-key`, a sticky header, `x-request-id`). The client's `grpc-timeout`
+bounds the route's deadline, and what remains of it is the upstream call's deadline.
+
+Answers: a backend's reply passes through with its initial and trailing metadata plus the
+gateway's `x-request-id` and `x-tailguard-*` keys; a status the backend sent passes
+through as sent; a gateway-made error becomes the gRPC status a Triton user expects
+(`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `UNAUTHENTICATED`...) with a readable message, its
+code and the request id in trailing metadata. `ModelStreamInfer` is routed by its first
+message and then passed message by message both ways; a backend that breaks mid-stream
+ends the client's stream with `UNAVAILABLE` (a started stream is never retried).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.clock import Clock
+from gateway.errors import TailguardError
+from gateway.policy.compile import Snapshot
+from gateway.proxy.attempts import AttemptResult, AttemptRunner
+from gateway.proxy.exchange import Exchange, GrpcCall, LocalAnswer, ProxyRequest
+from gateway.proxy.grpc_upstream import GrpcCallFailed, GrpcResponse, GrpcStream, Metadata
+from gateway.proxy.grpc_wire import WireError, read_string, scan_request, with_string_field
+from gateway.proxy.server import MAX_REQUEST_ID, RequestIds
+from gateway.resilience.outcome import Outcome
+
+log = logging.getLogger("tailguard.proxy")
+
+SERVICE = "inference.GRPCInferenceService"
+PREFIX = f"/{SERVICE}/"
+
+# Metadata a proxy must not copy upstream: the transport's own, and pseudo-headers.
+_TRANSPORT_KEYS = frozenset(
+    {
+        "user-agent",
+        "content-type",
+        "te",
+        "host",
+        "connection",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-request-id",
+    }
+)
+
+# The gRPC status of each gateway error, by its HTTP status.
+_CODE_FOR_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+_CODES = {c.name: c for c in grpc.StatusCode}
+
+
+def status_code_for(err: TailguardError) -> grpc.StatusCode:
+    """The gRPC status a gateway error is reported with."""
+    code = _CODE_FOR_STATUS.get(err.status)
+    if code is not None:
+        return code
+    return grpc.StatusCode.INVALID_ARGUMENT if err.status < 500 else grpc.StatusCode.INTERNAL
+
+
+@dataclass(frozen=True, slots=True)
+class MethodShape:
+    """How one method of the service maps onto its KServe v2 HTTP equivalent."""
+
+    http_method: str
+    path: Callable[[str, str], str]  # (model, version) -> path
+    model_field: int = 0  # where the request names its model (0: it does not)
+    version_field: int = 0
+
+
+def _model_path(suffix: str) -> Callable[[str, str], str]:
+    def path(model: str, version: str) -> str:
+        base = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+        return base + suffix
+
+    return path
+
+
+def _fixed(path: str) -> Callable[[str, str], str]:
+    return lambda _m, _v: path
+
+
+METHODS: dict[str, MethodShape] = {
+    "ServerLive": MethodShape("GET", _fixed("/v2/health/live")),
+    "ServerReady": MethodShape("GET", _fixed("/v2/health/ready")),
+    "ServerMetadata": MethodShape("GET", _fixed("/v2")),
+    "ModelReady": MethodShape("GET", _model_path("/ready"), 1, 2),
+    "ModelMetadata": MethodShape("GET", _model_path(""), 1, 2),
+    "ModelConfig": MethodShape("GET", _model_path("/config"), 1, 2),
+    "ModelStatistics": MethodShape("GET", _model_path("/stats"), 1, 2),
+    "ModelInfer": MethodShape("POST", _model_path("/infer"), 1, 2),
+    "ModelStreamInfer": MethodShape("POST", _model_path("/infer"), 1, 2),
+    "RepositoryIndex": MethodShape("POST", _fixed("/v2/repository/index")),
+    "RepositoryModelLoad": MethodShape("POST", lambda m, _v: f"/v2/repository/models/{m}/load", 2),
+    "RepositoryModelUnload": MethodShape(
+        "POST", lambda m, _v: f"/v2/repository/models/{m}/unload", 2
+    ),
+    "SystemSharedMemoryStatus": MethodShape("GET", _fixed("/v2/systemsharedmemory/status")),
+    "SystemSharedMemoryRegister": MethodShape("POST", _fixed("/v2/systemsharedmemory/register")),
+    "SystemSharedMemoryUnregister": MethodShape(
+        "POST", _fixed("/v2/systemsharedmemory/unregister")
+    ),
+    "CudaSharedMemoryStatus": MethodShape("GET", _fixed("/v2/cudasharedmemory/status")),
+    "CudaSharedMemoryRegister": MethodShape("POST", _fixed("/v2/cudasharedmemory/register")),
+    "CudaSharedMemoryUnregister": MethodShape("POST", _fixed("/v2/cudasharedmemory/unregister")),
+    "TraceSetting": MethodShape("POST", _fixed("/v2/trace/setting")),
+    "LogSettings": MethodShape("POST", _fixed("/v2/logging")),
+}
+STREAM_METHODS = frozenset({"ModelStreamInfer"})
+
+
+def _peer_ip(peer: str) -> str:
+    """`ipv4:127.0.0.1:5000` / `ipv6:[::1]:5000` -> the address alone."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return rest[1 : rest.find("]")]
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return rest
+
+
+class _Refused(Exception):
+    """The call cannot even enter the pipeline (bytes that are not a message)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+class GrpcEdge:
+    """Serves gRPC calls with the current snapshot, taken once per call."""
+
+    def __init__(
+        self,
+        current: Callable[[], Snapshot],
+        runner: AttemptRunner,
+        clock: Clock,
+        ids: RequestIds | None = None,
+    ) -> None:
+        self._current = current
+        self._runner = runner
+        self._clock = clock
+        self._ids = ids or RequestIds()
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+        for name in METHODS:
+            if name in STREAM_METHODS:
+                handlers[name] = grpc.stream_stream_rpc_method_handler(self._stream_call(name))
+            else:
+                handlers[name] = grpc.unary_unary_rpc_method_handler(self._unary_call(name))
+        self.handler = grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    # --- the request -------------------------------------------------------------------
+
+    def _exchange(
+        self,
+        name: str,
+        body: bytes,
+        context: grpc.aio.ServicerContext,
+        rest: AsyncIterator[bytes] | None,
+    ) -> Exchange:
+        received = self._clock.now()
+        snapshot = self._current()
+        shape = METHODS[name]
+        model = version = ""
+        sequence = None
+        if shape.model_field:
+            try:
+                scan = scan_request(body, shape.model_field, shape.version_field)
+            except WireError as e:
+                raise _Refused(f"the request is not a valid {name} message: {e}") from None
+            model, version, seq = scan.model, scan.version, scan.sequence
+            sequence = seq.id if seq is not None else None
+        raw: Metadata = context.invocation_metadata() or ()
+        headers: CIMultiDict[str] = CIMultiDict()
+        upstream: list[tuple[str, str | bytes]] = []
+        strip = snapshot.strip_headers
+        rid = ""
+        forwarded_for = ""
+        for k, v in raw:
+            if isinstance(v, str):
+                headers.add(k, v)
+            if k == "x-request-id" and isinstance(v, str):
+                rid = v
+            elif k == "x-forwarded-for" and isinstance(v, str):
+                forwarded_for = f"{forwarded_for}, {v}" if forwarded_for else v
+            elif not (k[0] == ":" or k.startswith("grpc-") or k in _TRANSPORT_KEYS or k in strip):
+                upstream.append((k, v))
+        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+            rid = self._ids.next()
+        ip = _peer_ip(context.peer() or "")
+        upstream.append(("x-forwarded-for", f"{forwarded_for}, {ip}" if forwarded_for else ip))
+        upstream.append(("x-request-id", rid))
+        left = context.time_remaining()
+        call = GrpcCall(
+            metadata=tuple(upstream),
+            deadline=received + left if left is not None else None,
+            sequence=sequence,
+            stream=rest is not None,
+            rest=rest,
+        )
+        req = ProxyRequest(
+            method=shape.http_method,
+            path=shape.path(model, version),
+            path_qs=PREFIX + name,
+            headers=CIMultiDictProxy(headers),
+            body=body,
+            request_id=rid,
+            client_ip=ip,
+            scheme="grpc",
+            received_at=received,
+            grpc=call,
+        )
+        return Exchange(req, snapshot)
+
+    # --- unary ---------------------------------------------------------------------------
+
+    def _unary_call(self, name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+        rewrite_id = name == "ModelInfer"
+
+        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                ex = self._exchange(name, body, context, None)
+            except _Refused as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.details)
+            pipeline = ex.snapshot.pipeline
+            assert pipeline is not None, "the app assembles a snapshot before it serves"
+            answer = await pipeline(ex)
+            if isinstance(answer, LocalAnswer):
+                return await self._local(ex, answer, context, rewrite_id)
+            up = answer.response
+            assert isinstance(up, GrpcResponse)
+            return await self._reply(ex, up, context)
+
+        return handle
+
+    async def _reply(
+        self, ex: Exchange, up: GrpcResponse, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        ours = _gateway_metadata(ex)
+        if up.code != "OK":
+            await context.abort(
+                _CODES.get(up.code, grpc.StatusCode.UNKNOWN), up.details, (*up.trailers, *ours)
+            )
+        await context.send_initial_metadata((*up.initial, *ours))
+        if up.trailers:
+            context.set_trailing_metadata(up.trailers)
+        assert up.body is not None
+        return up.body
+
+    async def _local(
+        self,
+        ex: Exchange,
+        answer: LocalAnswer,
+        context: grpc.aio.ServicerContext,
+        rewrite_id: bool,
+    ) -> bytes:
+        ours = _gateway_metadata(ex, answer.headers)
+        err = answer.error
+        if err is not None:
+            await _abort_with(context, ex, err, ours)
+        if answer.status >= 300:  # a fallback's answer in another protocol: not for gRPC
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"tailguard: no gRPC answer available (fallback answered HTTP {answer.status})",
+                ours,
+            )
+        await context.send_initial_metadata(ours)
+        body = answer.body
+        if rewrite_id:
+            # a cached answer was made for another request: it names this one instead
+            body = with_string_field(body, 3, _request_id_field(ex))
+        return body
+
+    # --- streams -------------------------------------------------------------------------
+
+    def _stream_call(
+        self, name: str
+    ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], Any]:
+        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            first = await anext(aiter(requests), None)
+            if first is None:
+                return  # the client closed without a request: nothing to route, nothing to say
+            try:
+                ex = self._exchange(name, first, context, requests)
+            except _Refused as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.details)
+            pipeline = ex.snapshot.pipeline
+            assert pipeline is not None
+            answer = await pipeline(ex)
+            if isinstance(answer, LocalAnswer):
+                ours = _gateway_metadata(ex, answer.headers)
+                err = answer.error or TailguardError("no streamed answer available")
+                await _abort_with(context, ex, err, ours)
+                return
+            up = answer.response
+            assert isinstance(up, GrpcResponse)
+            if up.stream is None:
+                await self._reply(ex, up, context)
+                return
+            await self._copy(ex, answer, up, context)
+
+        return handle
+
+    async def _copy(
+        self,
+        ex: Exchange,
+        result: AttemptResult,
+        up: GrpcResponse,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Pass the backend's responses on as they come; report how the stream ended once."""
+        stream = up.stream
+        backend = ex.backend
+        assert isinstance(stream, GrpcStream) and backend is not None
+        ours = _gateway_metadata(ex)
+        failure: GrpcCallFailed | None = None
+        started = False
+        try:
+            while True:
+                try:
+                    message = await stream.read_message()
+                except GrpcCallFailed as e:
+                    failure = e
+                    break
+                if message is None:
+                    break
+                if not started:
+                    initial = await stream.initial_metadata()
+                    await context.send_initial_metadata((*initial, *ours))
+                    started = True
+                await context.write(message)
+        except BaseException:
+            # the client went away (or writing to it failed): the backend's call goes too
+            stream.close()
+            self._runner.finish_stream(backend, result, Outcome.CANCELLED)
+            raise
+        trailers = stream.trailers
+        if failure is None:
+            stream.release()
+            self._runner.finish_stream(backend, result, Outcome.SUCCESS)
+            context.set_trailing_metadata((*trailers, *([] if started else ours)))
+            return
+        stream.close()
+        if not failure.outcome.is_failure:
+            # the backend ended the stream with the client's own error: pass it on as sent
+            self._runner.finish_stream(backend, result, failure.outcome)
+            await context.abort(
+                _CODES.get(failure.code, grpc.StatusCode.UNKNOWN),
+                failure.details,
+                (*trailers, *ours),
+            )
+        self._runner.finish_stream(backend, result, failure.outcome)
+        log.warning(
+            "gRPC stream from %s broke after it started (%s), request %s",
+            ex.endpoint,
+            failure.message,
+            ex.request.request_id,
+        )
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"tailguard stream_aborted: the backend's stream ended early ({failure.message}); "
+            "a started stream is not retried",
+            (*trailers, *ours, ("x-tailguard-error", "stream_aborted")),
+        )
+
+
+def _request_id_field(ex: Exchange) -> str:
+    """The `id` the client's own ModelInferRequest carried (field 3), for a cached answer."""
+    return read_string(ex.request.body, 3)
+
+
+def _gateway_metadata(
+    ex: Exchange, extra: dict[str, str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """`x-request-id` and the `x-tailguard-*` facts, as metadata (lower-case keys)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    ex.response_headers(headers)
+    out = [(k.lower(), v) for k, v in headers.items()]
+    if extra:
+        out.extend(
+            (k.lower(), v)
+            for k, v in extra.items()
+            if k.lower() not in ("content-type", "content-encoding", "age")
+        )
+    return tuple(out)
+
+
+async def _abort_with(
+    context: grpc.aio.ServicerContext,
+    ex: Exchange,
+    err: TailguardError,
+    ours: tuple[tuple[str, str], ...],
+) -> None:
+    """End the call with the gateway's own error, said the way a Triton user reads it."""
+    details = f"tailguard {err.code}: {err.message} (request {ex.request.request_id})"
+    trailers = (*ours, ("x-tailguard-error", err.code))
+    await context.abort(status_code_for(err), details, trailers)
+
+
+__all__ = ["METHODS", "SERVICE", "GrpcEdge", "status_code_for"]
