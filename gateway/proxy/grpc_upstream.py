@@ -9,8 +9,10 @@ become the gateway's vocabulary:
   `NOT_FOUND` passes through untouched and trips nothing, and a backend's `UNAVAILABLE` is
   a failure that can be retried and still be passed on if nothing better comes);
 - a call that never reached a backend (connection refused, channel in backoff) raises
-  `AttemptFailed(CONNECT_FAILURE)`; a connection that broke raises `AttemptFailed(RESET)`;
-  the local deadline raises `AttemptFailed(TIMEOUT)`.
+  `AttemptFailed(CONNECT_FAILURE)`; a connection that broke raises `AttemptFailed(RESET)`
+  (so does a `CANCELLED` from the backend's side: the gateway cancels its own calls through
+  asyncio, so that one was a server cutting its calls); the local deadline raises
+  `AttemptFailed(TIMEOUT)`.
 
 The channel does no retries of its own (`grpc.enable_retries` off): retries, hedges and
 timeouts are the gateway's, decided once, in one place.
@@ -65,6 +67,7 @@ _RESET_HINTS = (
     "connection aborted",
     "end of tcp stream",
     "endpoint closing",
+    "rst_stream",
 )
 
 _EMPTY: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
@@ -120,6 +123,11 @@ def _transport_failure(e: grpc.aio.AioRpcError) -> AttemptFailed | None:
     code = e.code().name
     if code == "DEADLINE_EXCEEDED" and not e.trailing_metadata():
         return AttemptFailed(Outcome.TIMEOUT, "no answer before the deadline")
+    if code == "CANCELLED":
+        # The gateway cancels its own calls through asyncio (CancelledError, never this), so a
+        # CANCELLED that arrives was the backend's doing: a server going away cuts its calls
+        # with RST_STREAM. The connection broke under the call; the client cancelled nothing.
+        return AttemptFailed(Outcome.RESET, f"the backend cancelled the call: {e.details()}")
     if code != "UNAVAILABLE":
         return None
     text = f"{e.details() or ''} {e.debug_error_string() or ''}".lower()
