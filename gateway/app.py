@@ -27,7 +27,7 @@ from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
 from gateway.control.reloader import FileWatcher
-from gateway.errors import PolicyError, PolicyIssue, RouteNotFound
+from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import GatewaySettings, Snapshot, StateSettings, compile_policy
 from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
@@ -38,10 +38,14 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.grpc_edge import GrpcEdge
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
+from gateway.proxy.listener import GuardedAppRunner, GuardedServer, parser_problem
 from gateway.proxy.pipeline import (
     AdmitStage,
     Answer,
     AttemptStage,
+    BodyStage,
+    ExchangeReporter,
+    Handler,
     ObserveStage,
     RouteStage,
     Stage,
@@ -59,6 +63,14 @@ from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
 log = logging.getLogger("tailguard")
 
 REGION_ENV = "TAILGUARD_REGION"
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """A snapshot and the request path composed for it, swapped in together by one reference."""
+
+    snapshot: Snapshot
+    handler: Handler
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +338,8 @@ class Gateway:
         self._admin_override = admin_listen
         self.audit = AuditLog(audit_log, self.clock)
         text = self.policy_path.read_text(encoding="utf-8")
-        self.model, self.snapshot = _build(text, str(self.policy_path), gateway=self)
+        self.model, snapshot = _build(text, str(self.policy_path), gateway=self)
+        self._serving = Serving(snapshot, _never)
         self.policy_text = text  # what runs, which the file may no longer say
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
@@ -354,17 +367,18 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
-        self._observe = ObserveStage(self.metrics, self.clock, self.canary)
+        self._observe = ObserveStage()
+        self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary)
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
-        self._route = RouteStage(self.rng)
         self._authorize = AuthorizeStage(self.metrics)
+        self._body = BodyStage()
         self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
         self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
         self._admit = AdmitStage(self.gates, self.clock)
         self._attempt = AttemptStage(self.runner, self.clock)
-        self._assemble(self.snapshot)
-        self.proxy = ProxyServer(lambda: self.snapshot, self.runner, self.clock)
-        self.grpc_edge = GrpcEdge(lambda: self.snapshot, self.runner, self.clock)
+        self._adopt(snapshot)
+        self.proxy = ProxyServer(lambda: self._serving, self._reporter, self.clock)
+        self.grpc_edge = GrpcEdge(lambda: self._serving, self._reporter, self.clock)
         self._grpc_server: grpc.aio.Server | None = None
         self.health = HealthChecker(
             lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng
@@ -376,31 +390,42 @@ class Gateway:
 
     # --- policy ----------------------------------------------------------------------------
 
-    def _assemble(self, snapshot: Snapshot) -> None:
+    def _assemble(self, snapshot: Snapshot) -> Serving:
         """Compose the request path of a snapshot before it serves: only the stages it uses.
 
         One ordered list for the whole house (observe, authenticate, route, authorize, rate
-        limit, fallback, admit, attempt); a stage a route does not need is left out of that
-        route's chain rather than asked on every request.
+        limit, body, fallback, admit, attempt); a stage a route does not need is left out of
+        that route's chain rather than asked on every request. The composition lives beside
+        the snapshot, never on it: a compiled snapshot is not changed after compile.
         """
-        outer: list[Stage] = [self._observe]
-        if snapshot.auth is not None:
-            outer.append(self._authenticate)
-        outer.append(self._route)
-        snapshot.pipeline = compose(outer, _never)
         global_limit = snapshot.settings.max_concurrency is not None
+        chains: dict[str, Handler] = {}
         for route in snapshot.routes:
             stages: list[Stage] = []
-            if route.allow_tenants is not None:
-                stages.append(self._authorize)
+            if snapshot.auth is not None:
+                stages.append(self._authorize)  # every route of a policy with auth
             if route.rate_limit is not None:
                 stages.append(self._rate_limit)
+            stages.append(self._body)
             if route.cache is not None or route.fallback is not None:
                 stages.append(self._fallback)
             if global_limit or route.admission is not None:
                 stages.append(self._admit)
             stages.append(self._attempt)
-            route.chain = compose(stages, _never)
+            chains[route.name] = compose(stages, _never)
+        outer: list[Stage] = [self._observe]
+        if snapshot.auth is not None:
+            outer.append(self._authenticate)
+        outer.append(RouteStage(self.rng, chains))
+        return Serving(snapshot, compose(outer, _never))
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The running policy (requests take it once, at their start)."""
+        return self._serving.snapshot
+
+    def _adopt(self, snapshot: Snapshot) -> None:
+        self._serving = self._assemble(snapshot)
 
     def on_breaker_transition(
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState
@@ -505,8 +530,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
-        self._assemble(snapshot)
-        self.snapshot = snapshot
+        self._adopt(snapshot)
         self.model = model
         self.policy_text = text
         self.health.sync()
@@ -521,6 +545,8 @@ class Gateway:
             changes=list(changes),
         )
         log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
+        for note in snapshot.notes:
+            log.warning("policy note: %s", note)
         return result
 
     def _publish_policy(self) -> None:
@@ -532,10 +558,22 @@ class Gateway:
 
     async def start(self) -> Listening:
         """Bind both listeners and start the control loops; returns the bound addresses."""
+        problem = parser_problem()
+        if problem is not None:
+            log.critical("%s", problem)
+            raise StartupRefused(problem)
         settings = self.snapshot.settings
         host, port = self._listen_override or settings.listen
         ahost, aport = self._admin_override or settings.admin_listen
-        server = web.Server(self.proxy.handle, handler_cancellation=False, access_log=None)
+        # listener limits are read at start; changing them takes a restart
+        server = GuardedServer(
+            self.proxy.handle,
+            limits=settings.limits,
+            handler_cancellation=True,
+            access_log=None,
+            # content codings pass through byte for byte; the gateway decodes only to look
+            auto_decompress=False,
+        )
         data_runner = web.ServerRunner(
             server, access_log=None, shutdown_timeout=settings.drain_timeout
         )
@@ -554,7 +592,9 @@ class Gateway:
 
         from gateway.admin.server import build_admin_app
 
-        admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
+        admin_runner = GuardedAppRunner(
+            build_admin_app(self), limits=settings.limits, access_log=None
+        )
         await admin_runner.setup()
         admin_site = web.TCPSite(
             admin_runner, ahost, aport, ssl_context=self._tls_context(settings.admin_tls)

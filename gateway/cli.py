@@ -141,6 +141,7 @@ def _validate(files: Sequence[str]) -> int:
     from gateway.fallback.rules import load_rules, looks_like_rules
 
     bad = 0
+    notes: tuple[str, ...] = ()
     for f in files:
         try:
             text = Path(f).read_text(encoding="utf-8")
@@ -156,7 +157,7 @@ def _validate(files: Sequence[str]) -> int:
                     if name is not None:
                         check_policy_template(scenario, scenario.resolve(f, name))
             else:
-                compile_text(text, f)
+                notes = compile_text(text, f).notes
         except PolicyError as e:
             bad += 1
             for issue in e.issues:
@@ -169,6 +170,9 @@ def _validate(files: Sequence[str]) -> int:
             print(f"{f}:1:1: not UTF-8 text", file=sys.stderr)
         else:
             print(f"{f}: ok")
+            for note in notes:
+                print(f"{f}: note: {note}")
+            notes = ()
     return 1 if bad else 0
 
 
@@ -235,7 +239,7 @@ async def _serve(
     reuse_port: bool = False,
 ) -> int:
     from gateway.app import Gateway, tune_gc
-    from gateway.errors import PolicyError
+    from gateway.errors import PolicyError, StartupRefused
 
     try:
         gw = Gateway(
@@ -266,6 +270,10 @@ async def _serve(
         print(f"cannot listen: {e}", file=sys.stderr)
         await gw.stop()
         return 1
+    except StartupRefused as e:
+        print(f"tailguard: {e.message}", file=sys.stderr)
+        await gw.stop()
+        return 2
     print(f"tailguard listening on {where.url} (admin {where.admin_url})", flush=True)
     tune_gc()
     await stop.wait()

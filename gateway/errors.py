@@ -52,6 +52,12 @@ class PolicyError(TailguardError):
         super().__init__("\n".join(str(i) for i in self.issues) or "invalid policy")
 
 
+class StartupRefused(TailguardError):
+    """The gateway will not serve as configured (an unsafe setting or environment)."""
+
+    code = "startup_refused"
+
+
 # --- client's fault (4xx) -------------------------------------------------------------------
 
 
@@ -123,13 +129,6 @@ class DeadlineExceeded(TailguardError):
 
     status = 504
     code = "deadline_exceeded"
-
-
-class StreamAborted(TailguardError):
-    """An upstream failed after the response had started; it cannot be retried."""
-
-    status = 502
-    code = "stream_aborted"
 
 
 class StoreUnavailable(TailguardError):

@@ -25,9 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.policy.compile import EndpointSpec, PoolSpec  # noqa: E402
+from gateway.policy.compile import EndpointSpec  # noqa: E402
 from gateway.proxy.h1 import H1Transport  # noqa: E402
-from gateway.proxy.upstream import HttpTransport  # noqa: E402
+from gateway.proxy.transport import PoolSpec  # noqa: E402
+from tests.aiohttp_transport import HttpTransport  # noqa: E402
 
 PATH = "/v2/models/classifier/infer"
 BODY = (
@@ -88,8 +89,8 @@ async def run(url: str, requests: int, rounds: int) -> None:
     spec = EndpointSpec(id="e", backend="b", url=url, region="local", weight=1, drain=False)
     pool = PoolSpec(max_connections=CONCURRENCY, connect_timeout=1.0, idle_timeout=60.0)
     makers: dict[str, Callable[[], Transport]] = {
-        "h1": lambda: H1Transport(spec, pool, check_json=True),
-        "aiohttp": lambda: HttpTransport(spec, pool, check_json=True),
+        "h1": lambda: H1Transport(spec.url, pool, check_json=True),
+        "aiohttp": lambda: HttpTransport(spec.url, pool, check_json=True),
     }
     transports = {name: make() for name, make in makers.items()}
     results: dict[tuple[str, int], list[float]] = {}

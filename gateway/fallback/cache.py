@@ -54,6 +54,7 @@ class CachedAnswer:
 
 # Response headers worth keeping with a cached body; the rest are per-response facts.
 KEPT_HEADERS = ("content-type", "content-encoding")
+_CODING_HEADERS = ("accept-encoding", "content-encoding")
 
 
 def cache_key(
@@ -80,12 +81,17 @@ def cache_key(
         h.update(b"\0")
     h.update(method.encode())
     h.update(b"\0")
-    h.update(path_qs.encode())
+    h.update(path_qs.encode("utf-8", "surrogateescape"))
     h.update(b"\0")
     for name in config.vary:
         h.update(name.encode())
         h.update(b"=")
-        h.update((headers.get(name) or "").encode())
+        h.update((headers.get(name) or "").encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    # an answer encoded for one client (gzip) must not be served to one that cannot read it,
+    # and a body sent encoded is a different key from the same body sent plain
+    for name in _CODING_HEADERS:
+        h.update((headers.get(name) or "").strip().lower().encode("utf-8", "surrogateescape"))
         h.update(b"\0")
     h.update(_canonical_body(body, config.ignore_fields))
     return f"cache:{route}:{h.hexdigest()}"
@@ -101,7 +107,10 @@ def _canonical_body(body: bytes, ignore: frozenset[str]) -> bytes:
         return body
     if ignore and isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in ignore}
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # a lone surrogate in the client's JSON stays a key, not an error
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 # magic and version, status, stored_at, length of the JSON header list, length of the body

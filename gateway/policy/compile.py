@@ -17,10 +17,11 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.fallback.cache import CacheConfig
 from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
+from gateway.proxy.transport import PoolSpec
 from gateway.resilience.admission import AdmissionConfig
 from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -62,13 +63,6 @@ class EndpointSpec:
     def has_http(self) -> bool:
         """False for an endpoint known only by its gRPC address (its url is `grpc://...`)."""
         return not self.url.startswith("grpc://")
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
-    max_connections: int
-    connect_timeout: float
-    idle_timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,8 +243,12 @@ class RouteRuntime:
     canary: CanarySpec | None = None
     split_entries: tuple[SplitEntry, ...] = ()
     allow_tenants: frozenset[str] | None = None
-    # the request path for this route, composed by the app with only the stages it uses
-    chain: Callable[..., Any] | None = None
+    # the protocol its errors are answered in: that of its first backend
+    protocol: str = "http"
+    # non-idempotent requests may be retried after they may have arrived, and hedged
+    repeatable: bool = False
+    # tenants whose priority header counts; None: everyone's
+    priority_tenants: frozenset[str] | None = None
 
     def set_canary_weight(self, weight: float) -> None:
         """Give the canary `weight` percent and the other backends the rest, in their ratio.
@@ -280,6 +278,16 @@ class RouteRuntime:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """What each listener allows one client (see `gateway.proxy.listener`)."""
+
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
+    max_header_size: int = 16 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class StateSettings:
     store: str
     url: str | None
@@ -303,6 +311,8 @@ class GatewaySettings:
     tls: tuple[str, str] | None = None  # (certificate, key) paths as written
     admin_tls: tuple[str, str] | None = None
     grpc_listen: tuple[str, int] | None = None
+    limits: ListenerLimits = ListenerLimits()
+    body_timeout: float = 30.0
 
 
 @dataclass(slots=True)
@@ -318,8 +328,8 @@ class Snapshot:
     auth: Authenticator | None = None
     admin_tokens: Mapping[str, str] = field(default_factory=dict)  # hash -> token id
     strip_headers: frozenset[str] = frozenset()  # the gateway's own credentials
-    # the whole request path for this snapshot, composed by the app when it adopts it
-    pipeline: Callable[..., Any] | None = None
+    # what `tailguard validate` and a reload say about a valid policy that may surprise
+    notes: tuple[str, ...] = ()
 
     def route_for(self, method: str, path: str, headers: Mapping[str, str]) -> RouteRuntime | None:
         """First route whose match holds, in policy order; None means 404."""
@@ -373,6 +383,13 @@ def compile_policy(
         tls=(gw.tls.cert, gw.tls.key) if gw.tls else None,
         admin_tls=(gw.admin_tls.cert, gw.admin_tls.key) if gw.admin_tls else None,
         grpc_listen=tuple(gw.grpc_listen) if gw.grpc_listen else None,  # type: ignore[arg-type]
+        limits=ListenerLimits(
+            header_timeout=gw.header_timeout,
+            idle_timeout=gw.idle_timeout,
+            max_connections=gw.max_connections,
+            max_header_size=int(gw.max_header_size),
+        ),
+        body_timeout=gw.body_timeout,
         state=StateSettings(
             store=policy.state.store,
             url=policy.state.url,
@@ -404,7 +421,10 @@ def compile_policy(
         )
         for name, b in policy.backends.items()
     }
-    routes = tuple(_compile_route(r, rules or {}) for r in policy.routes)
+    routes = tuple(
+        _compile_route(r, rules or {}, policy.backends[r.split[0].backend].protocol)
+        for r in policy.routes
+    )
     return Snapshot(
         source=source,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
@@ -419,7 +439,33 @@ def compile_policy(
             if policy.auth is not None
             else frozenset()
         ),
+        notes=policy_notes(policy),
     )
+
+
+_NON_IDEMPOTENT = frozenset({"POST", "PATCH"})
+
+
+def policy_notes(policy: PolicyModel) -> tuple[str, ...]:
+    """What is valid but will not do what it seems to: said by `validate` and on reload."""
+    notes = []
+    for r in policy.routes:
+        if r.hedging is None or r.repeatable:
+            continue
+        methods = {m.upper() for m in r.match.methods}
+        protocols = {policy.backends[s.backend].protocol for s in r.split}
+        if methods and methods <= _NON_IDEMPOTENT:
+            notes.append(
+                f"route '{r.name}': hedging never applies: it matches only "
+                f"{'/'.join(sorted(methods))} requests, which are sent once unless the route "
+                "sets idempotent: true"
+            )
+        elif protocols - {"http"}:
+            notes.append(
+                f"route '{r.name}': hedging applies to its GET requests only; inference "
+                "requests (POST) are hedged when the route sets idempotent: true"
+            )
+    return tuple(notes)
 
 
 def _compile_backend(
@@ -567,7 +613,9 @@ def _health_check(b: BackendModel, models: set[str]) -> HealthCheckSpec | None:
     )
 
 
-def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
+def _compile_route(
+    r: RouteModel, rules: Mapping[str, RuleSet], protocol: str = "http"
+) -> RouteRuntime:
     m = r.match
     match = RouteMatch(
         path_prefix=m.path_prefix,
@@ -588,7 +636,7 @@ def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
                 per_try_timeout=rt.per_try_timeout,
                 on=on,
                 backoff=BackoffConfig(base=rt.backoff.base, max=rt.backoff.max),
-                non_idempotent=rt.non_idempotent,
+                non_idempotent=r.repeatable,
             )
         )
         budget = TokenBudget(ratio=rt.budget, reserve=float(rt.min_retries))
@@ -609,6 +657,7 @@ def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
     admission = None
     adaptive = False
     priority_header = None
+    priority_tenants: frozenset[str] | None = None
     if r.admission is not None:
         a = r.admission
         admission = AdmissionConfig(
@@ -616,6 +665,8 @@ def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
         )
         adaptive = a.adaptive
         priority_header = a.priority_header.lower() if a.priority_header else None
+        if a.priority_tenants is not None:
+            priority_tenants = frozenset(a.priority_tenants)
     return RouteRuntime(
         name=r.name,
         match=match,
@@ -636,6 +687,9 @@ def _compile_route(r: RouteModel, rules: Mapping[str, RuleSet]) -> RouteRuntime:
         canary=_canary(r),
         split_entries=tuple(entries),
         allow_tenants=frozenset(r.allow_tenants) if r.allow_tenants is not None else None,
+        protocol=protocol,
+        repeatable=r.repeatable,
+        priority_tenants=priority_tenants,
     )
 
 

@@ -336,6 +336,12 @@ class GatewayModel(FrozenModel):
     drain_timeout: Duration = 10.0
     tls: TlsModel | None = None
     admin_tls: TlsModel | None = None
+    # what each listener allows one client (slow or idle clients must not hold slots)
+    header_timeout: Duration = 10.0
+    idle_timeout: Duration = 60.0
+    body_timeout: Duration = 30.0
+    max_connections: Annotated[int, Strict(), Field(ge=1)] = 10_000
+    max_header_size: PositiveSize = 16 * 1024
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:
@@ -349,6 +355,8 @@ class GatewayModel(FrozenModel):
                 same = h == ghost or h in _WILDCARD_HOSTS or ghost in _WILDCARD_HOSTS
                 if gport == p and gport != 0 and same:
                     raise checks_failed((("grpc_listen",), f"must differ from {name} (port {p})"))
+        if not 1024 <= self.max_header_size <= 1 << 20:
+            raise checks_failed((("max_header_size",), "must be between 1KiB and 1MiB"))
         return self
 
 
@@ -612,6 +620,8 @@ class AdmissionModel(FrozenModel):
     queue: Annotated[int, Strict(), Field(ge=0)] = 0
     queue_timeout: DurationOrZero = 0.05
     priority_header: HeaderName | None = "x-tailguard-priority"
+    # tenants whose priority header is honoured; None: every caller's
+    priority_tenants: tuple[Name, ...] | None = None
     adaptive: Bool = False
 
 
@@ -707,6 +717,17 @@ class RouteModel(FrozenModel):
     rate_limit: RateLimitModel | None = None
     canary: CanaryModel | None = None
     allow_tenants: tuple[Name, ...] | None = None
+    # every request of this route may be sent more than once (retried after it may have
+    # reached a backend, or hedged), whatever its method; inference usually is
+    idempotent: Bool = False
+
+    @property
+    def repeatable(self) -> bool:
+        """The one rule retries and hedges share: may a non-idempotent request be repeated?
+
+        `retries.non_idempotent: true` is the older spelling of `idempotent: true`.
+        """
+        return self.idempotent or (self.retries is not None and self.retries.non_idempotent)
 
     @model_validator(mode="after")
     def _route_checks(self) -> RouteModel:

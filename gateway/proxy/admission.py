@@ -94,6 +94,23 @@ class AdmissionGate:
         )
 
 
+class Slot:
+    """One admitted request's place in a gate, given back when its exchange ends.
+
+    Releasing reports how long the slot was held, which feeds the adaptive limit.
+    """
+
+    __slots__ = ("_clock", "_gate", "_started")
+
+    def __init__(self, gate: AdmissionGate, clock: Clock) -> None:
+        self._gate = gate
+        self._clock = clock
+        self._started = clock.now()
+
+    def release(self) -> None:
+        self._gate.release(self._clock.now() - self._started)
+
+
 class AdmissionGates:
     """Gates by scope, rebuilt only when their settings change (so a reload keeps counts)."""
 

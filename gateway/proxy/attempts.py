@@ -9,6 +9,8 @@ every outcome back exactly once.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -32,11 +34,13 @@ from gateway.policy.compile import (
     RouteRuntime,
 )
 from gateway.proxy.exchange import Exchange, GrpcCall, ProxyRequest, json_body_problem
+from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
-from gateway.proxy.upstream import HOP_BY_HOP, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
+
+log = logging.getLogger("tailguard.proxy")
 
 # How long a computed hedge percentile is reused before it is recomputed.
 HEDGE_DELAY_TTL = 0.25
@@ -127,25 +131,36 @@ class AttemptRunner:
     ) -> AttemptResult:
         """The answer for the client: the first acceptable one, else the last failed HTTP answer.
 
-        The result always has a `response`. When it is a stream, the caller must copy it and then
-        call `finish_stream` with how it ended. Raises a `TailguardError` when no attempt produced
-        an HTTP answer at all.
+        The result always has a `response`. When it is a stream, `ex.stream_done` is set:
+        the exchange's end settles the connection and the attempt's report with how the
+        stream ended. Raises a `TailguardError` when no attempt produced an HTTP answer.
         """
-        if route.retry_budget is not None:
-            route.retry_budget.deposit()
+        if not ex.deposited:
+            # once per client request: a fallback's second run is not a second request
+            ex.deposited = True
+            if route.retry_budget is not None:
+                route.retry_budget.deposit()
+            if route.hedge_budget is not None:
+                route.hedge_budget.deposit()
         call = ex.request.grpc
         if call is None and ex.upstream_headers is None:
             ex.upstream_headers = upstream_headers(ex.request, ex.snapshot.strip_headers)
-        if route.hedge is None or (call is not None and call.single_shot):
+        if (
+            route.hedge is None
+            or not (route.repeatable or ex.request.method in IDEMPOTENT_METHODS)
+            or (call is not None and call.single_shot)
+        ):
+            # a request that may not arrive twice is never hedged (the rule retries obey);
+            # nor is a stream or a step of a Triton sequence
             result = await self._sequential(ex, route, backend)
         else:
-            if route.hedge_budget is not None:
-                route.hedge_budget.deposit()
             result = await self._hedged(ex, route, backend)
         m = self._metrics
         m.child(m.attempts_per_request, route.name).observe(ex.attempts)
         if result.response is None:
             self._raise_for(ex, result)
+        if result.unreported:
+            ex.stream_done = functools.partial(self._settle_stream, backend, result)
         return result
 
     # --- the two loops -------------------------------------------------------------------
@@ -153,7 +168,7 @@ class AttemptRunner:
     async def _sequential(
         self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
     ) -> AttemptResult:
-        tried = self._unfit(ex, backend)
+        tried: set[int] = set()
         last: AttemptResult | None = None
         call = ex.request.grpc
         while True:
@@ -183,7 +198,7 @@ class AttemptRunner:
         hedge = route.hedge
         assert hedge is not None
         max_extra = hedge.config.max_extra
-        tried = self._unfit(ex, backend)
+        tried: set[int] = set()
         pending: dict[asyncio.Task[AttemptResult], int] = {}
         last: AttemptResult | None = None
         extra = 0
@@ -256,12 +271,6 @@ class AttemptRunner:
                 # cancelled losers report CANCELLED and close their connections before we go on
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    @staticmethod
-    def _unfit(ex: Exchange, backend: BackendRuntime) -> set[int]:
-        """Endpoints that cannot take this request at all (no address for its protocol)."""
-        unfit = backend.no_grpc if ex.request.grpc is not None else backend.no_http
-        return set(unfit) if unfit else set()
-
     def _keep_most_informative(
         self, backend: BackendRuntime, last: AttemptResult | None, new: AttemptResult
     ) -> AttemptResult:
@@ -313,7 +322,6 @@ class AttemptRunner:
                 headers[header] = str(max(1, int(timeout * 1000)))
             transport = self._transports.get(spec, backend.pool, backend.protocol)
         ex.attempts += 1
-        ex.tried.append(spec.url)
         state.outstanding += 1
         state.last_used = now
         response: UpstreamResponse | None = None
@@ -393,15 +401,29 @@ class AttemptRunner:
         if outcome is not Outcome.CANCELLED:
             m.child(m.attempt_duration, backend.name).observe(latency)
         if ejection is not None:
+            log.warning(
+                "endpoint %s of %s ejected for %.0fs (%s)",
+                state.spec.url,
+                backend.name,
+                ejection.until - self._clock.now(),
+                ejection.reason.value.replace("_", " "),
+            )
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
             if self.on_ejection is not None:
                 self.on_ejection(backend.name, state.spec.id)
 
-    def finish_stream(
+    def _settle_stream(
         self, backend: BackendRuntime, result: AttemptResult, outcome: Outcome
     ) -> None:
-        """Report a streamed attempt once its body has ended, cleanly or not."""
+        """A streamed answer has ended (read to its end, broken, or abandoned): give its
+        connection back or close it, and report the attempt once."""
+        up = result.response
+        if up is not None:
+            if outcome is Outcome.SUCCESS:
+                up.release()
+            else:
+                up.close()
         if result.unreported:
             result.unreported = False
             self._finish(backend, result.index, outcome, self._clock.now() - result.started)
@@ -421,7 +443,10 @@ class AttemptRunner:
         call = ex.request.grpc if ex is not None else None
         if call is not None and call.sequence is not None:
             return self._pick_sticky(backend, tried, call.sequence, now)
-        if len(states) == 1 and not tried:
+        # endpoints without an address for this request's protocol are never picked, not even
+        # in panic, nor as the last resort a retry may go back to
+        unfit = backend.no_grpc if call is not None else backend.no_http
+        if len(states) == 1 and not tried and not unfit:
             # the common single-endpoint case: no balancing to do when it is plainly usable
             only = states[0]
             outlier = backend.outlier
@@ -430,9 +455,6 @@ class AttemptRunner:
                 return 0
         available = backend.availability(now)
         outstanding = [s.outstanding for s in backend.states]
-        # endpoints without an address for this request's protocol are never picked, not even
-        # in panic, nor as the last resort a retry may go back to
-        unfit = backend.no_grpc if call is not None else backend.no_http
         refused: set[int] = set(unfit) if unfit else set()
         if len(refused) == len(states):
             return None
@@ -467,11 +489,10 @@ class AttemptRunner:
         Ranked over every endpoint (not only the usable ones), so a sequence moves only when
         its own endpoint cannot take it; panic (none usable) still goes to its first choice.
         """
-        order = backend.sticky_order(key)
         available = backend.availability(now)
         fallback = None
-        for i in order:
-            if i in tried:
+        for i in backend.sticky_order(key):
+            if i in tried or i in backend.no_grpc:
                 continue
             if fallback is None:
                 fallback = i

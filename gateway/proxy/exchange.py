@@ -7,18 +7,18 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
+from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json
+from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
     from gateway.auth import Identity
-    from gateway.errors import TailguardError
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,30 +59,62 @@ class ProxyRequest:
     received_at: float
     grpc: GrpcCall | None = None
 
+    def with_body(self, body: bytes) -> ProxyRequest:
+        """The same request with its body read (the edge reads it after authentication)."""
+        return replace(self, body=body)
+
+
+class Permit(Protocol):
+    """Something an exchange holds until it ends (an admission slot)."""
+
+    def release(self) -> None: ...
+
 
 class Exchange:
-    """Mutable bookkeeping of one request as it moves through the stages."""
+    """One request's life: what the stages decided, what it holds, and its single end.
+
+    The edge makes it, the stages fill it in, and the edge calls `end` exactly once: when
+    the last byte of the answer is written, or when the client went away. `end` gives back
+    everything the exchange holds (admission permits, a streamed upstream connection) and
+    reports the outcome once, to whoever the edge registered (`on_end`).
+    """
 
     __slots__ = (
         "attempts",
         "backend",
+        "body_reader",
         "deadline",
+        "deposited",
         "endpoint",
+        "error_code",
         "extra_headers",
         "fallback",
         "hedged",
         "identity",
+        "on_end",
+        "permits",
+        "protocol",
         "request",
         "route",
         "snapshot",
         "split_backend",
-        "tried",
+        "status",
+        "stream_done",
+        "stream_outcome",
         "upstream_headers",
     )
 
-    def __init__(self, request: ProxyRequest, snapshot: Snapshot) -> None:
+    def __init__(
+        self,
+        request: ProxyRequest,
+        snapshot: Snapshot,
+        protocol: str = "http",
+        on_end: Callable[[Exchange], None] | None = None,
+    ) -> None:
         self.request = request
         self.snapshot = snapshot
+        # the protocol errors are answered in: guessed from the path, then the route's
+        self.protocol = protocol
         self.route: RouteRuntime | None = None
         self.backend: BackendRuntime | None = None
         # the backend the route's split chose, whoever answered in the end (canary accounting)
@@ -91,13 +123,54 @@ class Exchange:
         self.deadline = 0.0
         self.attempts = 0
         self.hedged = False
+        # retry and hedge budgets take one deposit per client request, fallbacks included
+        self.deposited = False
         self.fallback: str | None = None
         self.identity: Identity | None = None
         # headers a stage wants on the answer (rate-limit state, cache age); rarely set
         self.extra_headers: dict[str, str] | None = None
-        self.tried: list[str] = []
         # built once per request, copied per attempt (each attempt adds its own deadline)
         self.upstream_headers: CIMultiDict[str] | None = None
+        # reads the request body when a stage needs it (after authentication)
+        self.body_reader: Callable[[int], Awaitable[bytes]] | None = None
+        self.permits: list[Permit] | None = None
+        # settles a streamed attempt (its connection and its report) with how it ended
+        self.stream_done: Callable[[Outcome], None] | None = None
+        self.on_end = on_end
+        # what the end reports: the status sent, the gateway's error code if it made the
+        # answer, and how a stream ended (None: no stream)
+        self.status = 0
+        self.error_code: str | None = None
+        self.stream_outcome: Outcome | None = None
+
+    def hold(self, permit: Permit) -> None:
+        """Keep `permit` until the exchange ends."""
+        if self.permits is None:
+            self.permits = [permit]
+        else:
+            self.permits.append(permit)
+
+    def end(self, status: int, stream_outcome: Outcome | None = None) -> None:
+        """The exchange's one end: release what it holds, report once. Later calls do nothing.
+
+        `status` is what the client was sent (499 when it left first); `stream_outcome` how
+        a streamed answer ended (CANCELLED when the client left during it).
+        """
+        if self.status:
+            return
+        self.status = status
+        self.stream_outcome = stream_outcome
+        done = self.stream_done
+        if done is not None:
+            self.stream_done = None
+            done(stream_outcome if stream_outcome is not None else Outcome.CANCELLED)
+        permits = self.permits
+        if permits is not None:
+            self.permits = None
+            for p in permits:
+                p.release()
+        if self.on_end is not None:
+            self.on_end(self)
 
     def add_headers(self, headers: dict[str, str]) -> None:
         """Headers a stage wants on the answer, next to those other stages asked for."""
@@ -124,40 +197,45 @@ class Exchange:
             headers.update(self.extra_headers)
 
 
-def json_body_problem(headers: Mapping[str, str], body: bytes, *, full: bool) -> str | None:
+def json_body_problem(
+    headers: Mapping[str, str], body: bytes, *, full: bool, limit: int = 64 << 20
+) -> str | None:
     """Why a JSON request body is not JSON, or None; `full` parses, else checks the shape.
 
     A KServe binary-tensor request carries JSON only in its first
-    `Inference-Header-Content-Length` bytes; the rest is raw tensor data.
+    `Inference-Header-Content-Length` bytes; the rest is raw tensor data. An encoded body
+    (`Content-Encoding: gzip`) is judged on its decoded form, at most `limit` bytes of it;
+    one in a coding the gateway cannot undo is not judged.
     """
-    n = headers.get("inference-header-content-length")
-    part = body[: int(n)] if n is not None and n.isdigit() else body
+    coding = headers.get("content-encoding")
+    if coding:
+        try:
+            plain = decoded(coding, body, limit)
+        except CodingError as e:
+            return f"request body: {e}"
+        if plain is None:
+            return None
+        body = plain
+    n = ascii_int(headers.get("inference-header-content-length"))
+    part = body[:n] if n is not None else body
     if not full:
         b = part.strip()
         if b and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D)):
             return None
         return "request body is not valid JSON"
     try:
-        json.loads(part)
-    except ValueError as e:
+        loads_client_json(part)
+    except (ValueError, RecursionError) as e:
         return f"request body is not valid JSON: {e}"
     return None
 
 
 class LocalAnswer:
-    """An answer the gateway makes itself: an error (`error` set) or a fallback's answer."""
+    """An answer the gateway makes itself (errors now; fallbacks later)."""
 
-    __slots__ = ("body", "error", "headers", "status")
+    __slots__ = ("body", "headers", "status")
 
-    def __init__(
-        self,
-        status: int,
-        body: bytes,
-        headers: dict[str, str] | None = None,
-        error: TailguardError | None = None,
-    ) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.status = status
         self.body = body
         self.headers = headers or {}
-        # the gateway's own error this answer reports (the gRPC edge turns it into a status)
-        self.error = error

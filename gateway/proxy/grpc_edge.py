@@ -24,20 +24,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.clock import Clock
-from gateway.errors import TailguardError
-from gateway.policy.compile import Snapshot
-from gateway.proxy.attempts import AttemptResult, AttemptRunner
+from gateway.proxy.answers import ERROR_HEADER
 from gateway.proxy.exchange import Exchange, GrpcCall, LocalAnswer, ProxyRequest
 from gateway.proxy.grpc_upstream import GrpcCallFailed, GrpcResponse, GrpcStream, Metadata
 from gateway.proxy.grpc_wire import WireError, read_string, scan_request, with_string_field
-from gateway.proxy.server import MAX_REQUEST_ID, RequestIds
+from gateway.proxy.pipeline import CLIENT_CLOSED, ExchangeReporter
+from gateway.proxy.server import MAX_REQUEST_ID, RequestIds, Serving
 from gateway.resilience.outcome import Outcome
+from gateway.telemetry.logs import RateLimitedLog
 
 log = logging.getLogger("tailguard.proxy")
 
@@ -74,12 +74,12 @@ _CODE_FOR_STATUS = {
 _CODES = {c.name: c for c in grpc.StatusCode}
 
 
-def status_code_for(err: TailguardError) -> grpc.StatusCode:
-    """The gRPC status a gateway error is reported with."""
-    code = _CODE_FOR_STATUS.get(err.status)
+def status_code_for(status: int) -> grpc.StatusCode:
+    """The gRPC status a gateway error with this HTTP status is reported with."""
+    code = _CODE_FOR_STATUS.get(status)
     if code is not None:
         return code
-    return grpc.StatusCode.INVALID_ARGUMENT if err.status < 500 else grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.INTERNAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,15 +156,16 @@ class GrpcEdge:
 
     def __init__(
         self,
-        current: Callable[[], Snapshot],
-        runner: AttemptRunner,
+        current: Callable[[], Serving],
+        reporter: ExchangeReporter,
         clock: Clock,
         ids: RequestIds | None = None,
     ) -> None:
         self._current = current
-        self._runner = runner
+        self._reporter = reporter
         self._clock = clock
         self._ids = ids or RequestIds()
+        self._broken = RateLimitedLog(log, clock, "broken gRPC streams")
         handlers: dict[str, grpc.RpcMethodHandler] = {}
         for name in METHODS:
             if name in STREAM_METHODS:
@@ -181,9 +182,11 @@ class GrpcEdge:
         body: bytes,
         context: grpc.aio.ServicerContext,
         rest: AsyncIterator[bytes] | None,
-    ) -> Exchange:
+    ) -> tuple[Exchange, Serving]:
+        """The call as an exchange (begun: its end is the caller's to make, exactly once)."""
         received = self._clock.now()
-        snapshot = self._current()
+        serving = self._current()
+        snapshot = serving.snapshot
         shape = METHODS[name]
         model = version = ""
         sequence = None
@@ -209,7 +212,7 @@ class GrpcEdge:
                 forwarded_for = f"{forwarded_for}, {v}" if forwarded_for else v
             elif not (k[0] == ":" or k.startswith("grpc-") or k in _TRANSPORT_KEYS or k in strip):
                 upstream.append((k, v))
-        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             rid = self._ids.next()
         ip = _peer_ip(context.peer() or "")
         upstream.append(("x-forwarded-for", f"{forwarded_for}, {ip}" if forwarded_for else ip))
@@ -234,7 +237,10 @@ class GrpcEdge:
             received_at=received,
             grpc=call,
         )
-        return Exchange(req, snapshot)
+        reporter = self._reporter
+        ex = Exchange(req, snapshot, "grpc", reporter.end)
+        reporter.begin(ex)
+        return ex, serving
 
     # --- unary ---------------------------------------------------------------------------
 
@@ -243,17 +249,23 @@ class GrpcEdge:
 
         async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                ex = self._exchange(name, body, context, None)
+                ex, serving = self._exchange(name, body, context, None)
             except _Refused as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.details)
-            pipeline = ex.snapshot.pipeline
-            assert pipeline is not None, "the app assembles a snapshot before it serves"
-            answer = await pipeline(ex)
-            if isinstance(answer, LocalAnswer):
-                return await self._local(ex, answer, context, rewrite_id)
-            up = answer.response
-            assert isinstance(up, GrpcResponse)
-            return await self._reply(ex, up, context)
+            status = CLIENT_CLOSED
+            try:
+                answer = await serving.handler(ex)
+                if isinstance(answer, LocalAnswer):
+                    status = answer.status
+                    return await self._local(ex, answer, context, rewrite_id)
+                up = answer.response
+                assert isinstance(up, GrpcResponse)
+                status = up.status
+                return await self._reply(ex, up, context)
+            finally:
+                # every way out ends the exchange once: answered, aborted with a status, or
+                # cancelled because the client left or its deadline passed (499)
+                ex.end(status)
 
         return handle
 
@@ -262,9 +274,8 @@ class GrpcEdge:
     ) -> bytes:
         ours = _gateway_metadata(ex)
         if up.code != "OK":
-            await context.abort(
-                _CODES.get(up.code, grpc.StatusCode.UNKNOWN), up.details, (*up.trailers, *ours)
-            )
+            code = _CODES.get(up.code, grpc.StatusCode.UNKNOWN)
+            await context.abort(code, up.details, (*up.trailers, *ours))
         await context.send_initial_metadata((*up.initial, *ours))
         if up.trailers:
             context.set_trailing_metadata(up.trailers)
@@ -279,9 +290,9 @@ class GrpcEdge:
         rewrite_id: bool,
     ) -> bytes:
         ours = _gateway_metadata(ex, answer.headers)
-        err = answer.error
-        if err is not None:
-            await _abort_with(context, ex, err, ours)
+        code = answer.headers.get(ERROR_HEADER)
+        if code is not None:
+            await _abort_with(context, ex, answer, code, ours)
         if answer.status >= 300:  # a fallback's answer in another protocol: not for gRPC
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
@@ -292,7 +303,7 @@ class GrpcEdge:
         body = answer.body
         if rewrite_id:
             # a cached answer was made for another request: it names this one instead
-            body = with_string_field(body, 3, _request_id_field(ex))
+            body = with_string_field(body, 3, read_string(ex.request.body, 3))
         return body
 
     # --- streams -------------------------------------------------------------------------
@@ -305,92 +316,75 @@ class GrpcEdge:
             if first is None:
                 return  # the client closed without a request: nothing to route, nothing to say
             try:
-                ex = self._exchange(name, first, context, requests)
+                ex, serving = self._exchange(name, first, context, requests)
             except _Refused as e:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.details)
-            pipeline = ex.snapshot.pipeline
-            assert pipeline is not None
-            answer = await pipeline(ex)
-            if isinstance(answer, LocalAnswer):
-                ours = _gateway_metadata(ex, answer.headers)
-                err = answer.error or TailguardError("no streamed answer available")
-                await _abort_with(context, ex, err, ours)
-                return
-            up = answer.response
-            assert isinstance(up, GrpcResponse)
-            if up.stream is None:
-                await self._reply(ex, up, context)
-                return
-            await self._copy(ex, answer, up, context)
+            status = CLIENT_CLOSED
+            try:
+                answer = await serving.handler(ex)
+                if isinstance(answer, LocalAnswer):
+                    status = answer.status
+                    ours = _gateway_metadata(ex, answer.headers)
+                    code = answer.headers.get(ERROR_HEADER, "no_answer")
+                    await _abort_with(context, ex, answer, code, ours)
+                up = answer.response
+                assert isinstance(up, GrpcResponse)
+                status = up.status
+                if up.stream is None:
+                    await self._reply(ex, up, context)
+                    return
+                await self._copy(ex, up, context)
+            finally:
+                ex.end(status, ex.stream_outcome)
 
         return handle
 
     async def _copy(
-        self,
-        ex: Exchange,
-        result: AttemptResult,
-        up: GrpcResponse,
-        context: grpc.aio.ServicerContext,
+        self, ex: Exchange, up: GrpcResponse, context: grpc.aio.ServicerContext
     ) -> None:
-        """Pass the backend's responses on as they come; report how the stream ended once."""
+        """Pass the backend's responses on as they come; record how the stream ended.
+
+        The exchange's end (the caller's) settles the backend's call and reports it once.
+        """
         stream = up.stream
-        backend = ex.backend
-        assert isinstance(stream, GrpcStream) and backend is not None
+        assert isinstance(stream, GrpcStream)
         ours = _gateway_metadata(ex)
         failure: GrpcCallFailed | None = None
         started = False
-        try:
-            while True:
-                try:
-                    message = await stream.read_message()
-                except GrpcCallFailed as e:
-                    failure = e
-                    break
-                if message is None:
-                    break
-                if not started:
-                    initial = await stream.initial_metadata()
-                    await context.send_initial_metadata((*initial, *ours))
-                    started = True
-                await context.write(message)
-        except BaseException:
-            # the client went away (or writing to it failed): the backend's call goes too
-            stream.close()
-            self._runner.finish_stream(backend, result, Outcome.CANCELLED)
-            raise
+        ex.stream_outcome = Outcome.CANCELLED  # what it is if writing to the client fails
+        while True:
+            try:
+                message = await stream.read_message()
+            except GrpcCallFailed as e:
+                failure = e
+                break
+            if message is None:
+                break
+            if not started:
+                initial = await stream.initial_metadata()
+                await context.send_initial_metadata((*initial, *ours))
+                started = True
+            await context.write(message)
         trailers = stream.trailers
         if failure is None:
-            stream.release()
-            self._runner.finish_stream(backend, result, Outcome.SUCCESS)
+            ex.stream_outcome = Outcome.SUCCESS
             context.set_trailing_metadata((*trailers, *([] if started else ours)))
             return
-        stream.close()
+        ex.stream_outcome = failure.outcome
         if not failure.outcome.is_failure:
             # the backend ended the stream with the client's own error: pass it on as sent
-            self._runner.finish_stream(backend, result, failure.outcome)
-            await context.abort(
-                _CODES.get(failure.code, grpc.StatusCode.UNKNOWN),
-                failure.details,
-                (*trailers, *ours),
-            )
-        self._runner.finish_stream(backend, result, failure.outcome)
-        log.warning(
-            "gRPC stream from %s broke after it started (%s), request %s",
-            ex.endpoint,
-            failure.message,
-            ex.request.request_id,
+            code = _CODES.get(failure.code, grpc.StatusCode.UNKNOWN)
+            await context.abort(code, failure.details, (*trailers, *ours))
+        self._broken.note(
+            f"gRPC stream from {ex.endpoint} broke after it started ({failure.message}), "
+            f"request {ex.request.request_id}"
         )
         await context.abort(
             grpc.StatusCode.UNAVAILABLE,
             f"tailguard stream_aborted: the backend's stream ended early ({failure.message}); "
             "a started stream is not retried",
-            (*trailers, *ours, ("x-tailguard-error", "stream_aborted")),
+            (*trailers, *ours, (ERROR_HEADER, "stream_aborted")),
         )
-
-
-def _request_id_field(ex: Exchange) -> str:
-    """The `id` the client's own ModelInferRequest carried (field 3), for a cached answer."""
-    return read_string(ex.request.body, 3)
 
 
 def _gateway_metadata(
@@ -404,7 +398,7 @@ def _gateway_metadata(
         out.extend(
             (k.lower(), v)
             for k, v in extra.items()
-            if k.lower() not in ("content-type", "content-encoding", "age")
+            if k.lower() not in ("content-type", "content-encoding")
         )
     return tuple(out)
 
@@ -412,13 +406,15 @@ def _gateway_metadata(
 async def _abort_with(
     context: grpc.aio.ServicerContext,
     ex: Exchange,
-    err: TailguardError,
+    answer: LocalAnswer,
+    code: str,
     ours: tuple[tuple[str, str], ...],
-) -> None:
+) -> NoReturn:
     """End the call with the gateway's own error, said the way a Triton user reads it."""
-    details = f"tailguard {err.code}: {err.message} (request {ex.request.request_id})"
-    trailers = (*ours, ("x-tailguard-error", err.code))
-    await context.abort(status_code_for(err), details, trailers)
+    message = answer.body.decode(errors="replace")
+    details = f"tailguard {code}: {message} (request {ex.request.request_id})"
+    await context.abort(status_code_for(answer.status), details, ours)
+    raise AssertionError("context.abort raises")  # pragma: no cover
 
 
 __all__ = ["METHODS", "SERVICE", "GrpcEdge", "status_code_for"]

@@ -28,8 +28,8 @@ import grpc
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed
-from gateway.policy.compile import EndpointSpec, PoolSpec
-from gateway.proxy.upstream import UpstreamResponse
+from gateway.policy.compile import EndpointSpec
+from gateway.proxy.transport import PoolSpec, UpstreamResponse
 from gateway.resilience.outcome import Outcome, classify_grpc
 
 Metadata = Sequence[tuple[str, str | bytes]]

@@ -36,7 +36,8 @@ class AuthenticateStage:
 
 
 class AuthorizeStage:
-    """Refuse tenants the route's `allow_tenants` does not list (403)."""
+    """Refuse callers the route does not admit (403): composed on every route of a policy
+    with `auth:`, so a route without `allow_tenants` still refuses anonymous callers."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
@@ -44,12 +45,13 @@ class AuthorizeStage:
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         route = ex.route
         assert route is not None
-        if route.allow_tenants is not None and ex.identity is not None:
-            try:
-                Authenticator.authorize(ex.identity, route.allow_tenants, route.name)
-            except Forbidden:
-                self._m.child(self._m.auth_failures, route.name, "forbidden").inc()
-                raise
+        try:
+            if ex.identity is None:
+                raise Forbidden(f"route '{route.name}' requires credentials")
+            Authenticator.authorize(ex.identity, route.allow_tenants, route.name)
+        except Forbidden:
+            self._m.child(self._m.auth_failures, route.name, "forbidden").inc()
+            raise
         return await nxt(ex)
 
 

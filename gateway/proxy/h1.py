@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 upstream transport: one bounded keep-alive pool per endpoint.
 
-It plays the same role as `upstream.HttpTransport` with a fraction of its CPU cost per
+It implements `gateway.proxy.transport.Transport` at a fraction of aiohttp's CPU cost per
 request: the request is encoded in one string and written in one call, the response head
 is parsed with a few byte scans over one buffer, and a small answer costs one wake-up.
 
@@ -36,8 +36,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed, ClientError
-from gateway.policy.compile import EndpointSpec, PoolSpec
-from gateway.proxy.upstream import BUFFER_LIMIT, UpstreamResponse, _looks_like_json
+from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
 from gateway.resilience.outcome import Outcome, classify_status
 
 # An answer's status line and headers must fit in this; more is a broken or hostile server.
@@ -654,34 +653,34 @@ class H1Stream:
 class H1Transport:
     """Sends attempts to one endpoint over a bounded keep-alive pool of HTTP/1.1 connections.
 
-    Same role and surface as `upstream.HttpTransport`. `ssl_context` overrides the default
-    certificate verification of https endpoints (a private CA, for instance).
+    `url` is the endpoint's base URL. `ssl_context` overrides the default certificate
+    verification of https endpoints (a private CA, for instance).
     """
 
-    __slots__ = ("_base", "_connector", "_host_line", "_pool", "check_json", "pool", "spec")
+    __slots__ = ("_base", "_connector", "_host_line", "_pool", "check_json", "pool", "url")
 
     def __init__(
         self,
-        spec: EndpointSpec,
+        url: str,
         pool: PoolSpec,
         *,
         check_json: bool,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.spec = spec
+        self.url = url
         self.pool = pool
         self.check_json = check_json
-        url = urlsplit(spec.url)
-        scheme = url.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or not url.hostname:
-            raise ValueError(f"not an http(s) URL: {spec.url!r}")
-        host = url.hostname
-        port = url.port or _DEFAULT_PORTS[scheme]
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        host = parts.hostname
+        port = parts.port or _DEFAULT_PORTS[scheme]
         shown = f"[{host}]" if ":" in host else host
-        if url.port is not None and url.port != _DEFAULT_PORTS[scheme]:
+        if parts.port is not None and parts.port != _DEFAULT_PORTS[scheme]:
             shown = f"{shown}:{port}"
         self._host_line = f" HTTP/1.1\r\nHost: {shown}\r\n"
-        self._base = url.path.rstrip("/")
+        self._base = parts.path.rstrip("/")
         tls = None
         if scheme == "https":
             tls = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -804,7 +803,7 @@ class H1Transport:
             check_json
             and outcome is Outcome.SUCCESS
             and "json" in ctype
-            and not _looks_like_json(data)
+            and not looks_like_json(data, head.headers.get("Content-Encoding"))
         ):
             raise AttemptFailed(Outcome.MALFORMED, "backend answered with malformed JSON")
         return UpstreamResponse(status, head.headers, data, None, outcome)

@@ -1,27 +1,31 @@
 """The request path as an ordered list of stages; the first is the outermost.
 
-A stage is `async (exchange, next) -> answer`. The list is composed once into
-nested closures when the app starts, so a request pays one call per stage and
-nothing else for the composition. Stages keep mechanism apart from policy: they
+A stage is `async (exchange, next) -> answer`. The house has one ordered list of
+stages (observe, authenticate, route, authorize, rate limit, body, fallback,
+admit, attempt); when a snapshot is adopted the list is composed per route with
+only the stages that route uses, so a request pays one call per stage it needs
+and nothing else for the composition. Stages keep mechanism apart from policy: they
 read the snapshot the request started with and ask the pure decision objects.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.clock import Clock
 from gateway.errors import ClientError, DeadlineExceeded, RouteNotFound, Shed, TailguardError
 from gateway.policy.compile import PRIORITY_NAMES, RouteRuntime
-from gateway.proxy.admission import AdmissionGates
+from gateway.proxy.admission import AdmissionGates, Slot
+from gateway.proxy.answers import error_answer
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
+from gateway.resilience.outcome import Outcome
 from gateway.telemetry.catalog import Metrics, code_class
+from gateway.telemetry.logs import FailureSummary
 
 log = logging.getLogger("tailguard.proxy")
 
@@ -45,24 +49,37 @@ def compose(stages: Sequence[Stage], terminal: Handler) -> Handler:
     return handler
 
 
-def error_answer(ex: Exchange, err: TailguardError) -> LocalAnswer:
-    """The JSON error body every gateway-made error uses."""
-    body = json.dumps(
-        {"error": {"code": err.code, "message": err.message, "request_id": ex.request.request_id}}
-    ).encode()
-    headers = {"Content-Type": "application/json", **err.headers}
-    return LocalAnswer(err.status, body, headers, err)
-
-
 class OutcomeListener(Protocol):
     def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None: ...
 
 
 class ObserveStage:
-    """Outermost: counts, times, and turns every error into a JSON answer (never a traceback).
+    """Outermost: every error becomes an answer in the route's protocol (never a traceback).
 
-    Requests of routes with a canary are also reported to `canary` (client errors excluded:
-    a bad request says nothing about either side).
+    It only shapes answers; what a request did is reported once, when it ends, by
+    `ExchangeReporter`.
+    """
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        try:
+            return await nxt(ex)
+        except TailguardError as e:
+            ex.error_code = e.code
+            return error_answer(ex.protocol, e, ex.request.request_id)
+        except Exception:
+            log.exception("unexpected error serving request %s", ex.request.request_id)
+            ex.error_code = "internal_error"
+            return error_answer(
+                ex.protocol, TailguardError("internal error"), ex.request.request_id
+            )
+
+
+class ExchangeReporter:
+    """Reports every exchange once, at its end: metrics, and the canary's outcome.
+
+    The edge calls `begin` when a request arrives and registers `end` as the exchange's
+    `on_end`, so a streamed answer is counted when its last byte is written and a client
+    that leaves is counted as such (status 499, reported to no backend's account).
     """
 
     def __init__(
@@ -71,91 +88,122 @@ class ObserveStage:
         self._m = metrics
         self._clock = clock
         self._canary = canary
+        self._failures = FailureSummary(log, clock)
 
-    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+    def begin(self, ex: Exchange) -> None:
+        self._m.in_flight.inc()
+
+    def end(self, ex: Exchange) -> None:
         m = self._m
-        m.in_flight.inc()
-        try:
-            answer = await nxt(ex)
-        except TailguardError as e:
-            answer = error_answer(ex, e)
-            route = ex.route.name if ex.route is not None else ""
-            m.errors.labels(route, e.code).inc()
-        except Exception:
-            log.exception("unexpected error serving request %s", ex.request.request_id)
-            answer = error_answer(ex, TailguardError("internal error"))
-            m.errors.labels(ex.route.name if ex.route else "", "internal_error").inc()
-        finally:
-            m.in_flight.dec()
-        status = answer.status if isinstance(answer, LocalAnswer) else _status(answer)
-        route_name = ex.route.name if ex.route is not None else ""
+        m.in_flight.dec()
+        status = ex.status
+        route = ex.route
+        route_name = route.name if route is not None else ""
         backend_name = ex.backend.name if ex.backend is not None else ""
         m.child(m.requests, route_name, backend_name, code_class(status)).inc()
-        if ex.route is not None:
-            latency = self._clock.now() - ex.request.received_at
-            m.child(m.request_duration, route_name).observe(latency)
-            canary = self._canary
-            side = ex.split_backend
-            if (
-                ex.route.canary is not None
-                and canary is not None
-                and side is not None
-                and ex.attempts
-            ):
-                # judged by what the split chose and tried (not cache hits or shed requests);
-                # a fallback rescuing a failing canary is still the canary's failure
-                failed = status >= 500 or ex.fallback is not None
-                if failed or status < 400:
-                    canary.record(ex.route, side, failed, latency)
-        return answer
+        broken = ex.stream_outcome is not None and ex.stream_outcome is not Outcome.SUCCESS
+        code = ex.error_code
+        if code is None and broken:
+            code = "client_closed" if ex.stream_outcome is Outcome.CANCELLED else "stream_aborted"
+        elif code is None and status == CLIENT_CLOSED:
+            code = "client_closed"
+        if code is not None:
+            m.errors.labels(route_name, code).inc()
+            if status >= 500 or broken:
+                self._failures.count(route_name, code)
+        elif status >= 500:
+            self._failures.count(route_name, f"backend answered {status}")
+        if route is None:
+            return
+        latency = self._clock.now() - ex.request.received_at
+        m.child(m.request_duration, route_name).observe(latency)
+        canary = self._canary
+        side = ex.split_backend
+        if route.canary is None or canary is None or side is None or not ex.attempts:
+            return
+        if status == CLIENT_CLOSED or ex.stream_outcome is Outcome.CANCELLED:
+            return  # the client left: that says nothing about either side
+        # judged by what the split chose and tried (not cache hits or shed requests); a
+        # fallback rescuing a failing canary, or a stream that broke, is the canary's failure
+        failed = status >= 500 or ex.fallback is not None or broken
+        if failed or status < 400:
+            canary.record(route, side, failed, latency)
 
 
-def _status(result: AttemptResult) -> int:
-    assert result.response is not None
-    return result.response.status
+# What the access metrics call an exchange whose client went away before its answer.
+CLIENT_CLOSED = 499
 
 
 class RouteStage:
-    """Match a route, pick the backend (weighted, sticky) and set the request's deadline.
+    """Match a route, pick the backend (weighted, sticky), set the deadline, run its chain.
 
-    It then calls the route's own chain (`route.chain`, composed when the snapshot was
-    assembled with only the stages that route uses) when there is one, else `nxt`.
+    The chains (one per route, with only the stages that route uses) are composed when a
+    snapshot is adopted; this stage is made for that snapshot and never changes.
     """
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: random.Random, chains: Mapping[str, Handler]) -> None:
         self._rng = rng
+        self._chains = chains
 
     async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
         req = ex.request
         route = ex.snapshot.route_for(req.method, req.path, req.headers)
+        call = req.grpc
         if route is None:
-            via = f" (gRPC {req.path_qs.rpartition('/')[2]})" if req.grpc is not None else ""
+            via = f" (gRPC {req.path_qs.rpartition('/')[2]})" if call is not None else ""
             raise RouteNotFound(f"no route matches {req.method} {req.path}{via}")
         ex.route = route
         sticky = req.headers.get(route.sticky_header) if route.sticky_header else None
-        call = req.grpc
-        if call is not None and call.sequence is not None:
+        if call is None:
+            ex.protocol = route.protocol
+        elif call.sequence is not None:
             sticky = call.sequence  # a sequence's requests must all reach one model instance
         backend = ex.snapshot.backends[route.pick_backend(sticky, self._rng.random())]
         ex.backend = backend
         ex.split_backend = backend.name
         ex.deadline = req.received_at + route.timeout
-        if call is not None:
-            if call.deadline is not None and call.deadline < ex.deadline:
-                ex.deadline = call.deadline  # the client's own deadline bounds the route's
-        elif backend.protocol != "http" and req.body and req.method in ("POST", "PUT"):
-            # Triton answers a client's bad JSON with 500; refusing garbage here keeps one bad
-            # client from being counted against a healthy backend. Only a shape check on the
-            # hot path; a full parse happens if a backend fails the request (see attempts).
-            problem = json_body_problem(req.headers, req.body, full=False)
-            if problem is not None:
-                raise ClientError(problem)
-        chain = route.chain
-        return await (chain(ex) if chain is not None else nxt(ex))
+        if call is not None and call.deadline is not None and call.deadline < ex.deadline:
+            ex.deadline = call.deadline  # the client's own deadline bounds the route's
+        return await self._chains[route.name](ex)
+
+
+class BodyStage:
+    """Read the request body, once the caller is known to be allowed and within limits.
+
+    Reading after authentication and rate limiting means an anonymous or throttled caller
+    never makes the gateway buffer `max_body` bytes. On JSON routes the body's shape is
+    checked: Triton answers a client's bad JSON with 500, and refusing garbage here keeps
+    one bad client from being counted against a healthy backend. Only a shape check on the
+    hot path; a full parse happens if a backend fails the request (see attempts).
+    """
+
+    async def __call__(self, ex: Exchange, nxt: Handler) -> Answer:
+        reader = ex.body_reader
+        if reader is not None:
+            ex.body_reader = None
+            body = await reader(ex.snapshot.settings.max_body)
+            if body:
+                ex.request = req = ex.request.with_body(body)
+                backend = ex.backend
+                if (
+                    backend is not None
+                    and backend.protocol != "http"
+                    and req.method in ("POST", "PUT")
+                ):
+                    problem = json_body_problem(
+                        req.headers, body, full=False, limit=ex.snapshot.settings.max_body
+                    )
+                    if problem is not None:
+                        raise ClientError(problem)
+        return await nxt(ex)
 
 
 class AdmitStage:
-    """Global and per-route concurrency limits with bounded, prioritised queues."""
+    """Global and per-route concurrency limits with bounded, prioritised queues.
+
+    An admitted request holds its slots until the exchange ends (its last byte written),
+    so a long stream counts against the limit for as long as it runs.
+    """
 
     def __init__(self, gates: AdmissionGates, clock: Clock) -> None:
         self._gates = gates
@@ -165,30 +213,29 @@ class AdmitStage:
         route = ex.route
         assert route is not None
         gates = self._gates.for_request(ex.snapshot, route)
-        if not gates:
-            return await nxt(ex)
-        priority = _priority(ex, route)
-        acquired = []
-        started = self._clock.now()
-        try:
+        if gates:
+            priority = _priority(ex, route)
             for gate in gates:
                 await gate.acquire(priority, route.name)
-                acquired.append(gate)
-            started = self._clock.now()
-            return await nxt(ex)
-        finally:
-            rtt = self._clock.now() - started
-            for gate in acquired:
-                gate.release(rtt)
+                ex.hold(Slot(gate, self._clock))
+        return await nxt(ex)
 
 
 def _priority(ex: Exchange, route: RouteRuntime) -> int:
-    if route.priority_header is None:
-        return PRIORITY_NAMES["normal"]
-    value = ex.request.headers.get(route.priority_header)
+    """The priority the request asked for, if its caller may ask; else normal."""
+    header = route.priority_header
+    if header is None:
+        return PRIORITY_NORMAL
+    value = ex.request.headers.get(header)
     if value is None:
-        return PRIORITY_NAMES["normal"]
-    return PRIORITY_NAMES.get(value.strip().lower(), PRIORITY_NAMES["normal"])
+        return PRIORITY_NORMAL
+    trusted = route.priority_tenants
+    if trusted is not None and (ex.identity is None or ex.identity.tenant not in trusted):
+        return PRIORITY_NORMAL
+    return PRIORITY_NAMES.get(value.strip().lower(), PRIORITY_NORMAL)
+
+
+PRIORITY_NORMAL = PRIORITY_NAMES["normal"]
 
 
 class AttemptStage:
@@ -210,24 +257,16 @@ class AttemptStage:
         return await self._runner.run(ex, route, backend)
 
 
-async def _terminal(ex: Exchange) -> Answer:  # pragma: no cover - never reached
-    raise RuntimeError("the innermost stage must answer")
-
-
-def build_pipeline(stages: Sequence[Stage]) -> Handler:
-    return compose(stages, _terminal)
-
-
 __all__ = [
     "AdmitStage",
     "Answer",
     "AttemptStage",
+    "BodyStage",
+    "ExchangeReporter",
     "Handler",
     "ObserveStage",
     "RouteStage",
     "Shed",
     "Stage",
-    "build_pipeline",
     "compose",
-    "error_answer",
 ]

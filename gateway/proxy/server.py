@@ -9,29 +9,30 @@ an explicit error, never as a clean-looking truncated 200.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-import json
 import logging
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.clock import Clock
-from gateway.errors import AttemptFailed, BodyTooLarge, ClientError, RequestTimeout, TailguardError
+from gateway.errors import AttemptFailed, BodyTooLarge, ClientError, RequestTimeout
 from gateway.policy.compile import Snapshot
-from gateway.proxy.attempts import AttemptResult, AttemptRunner
+from gateway.proxy.answers import error_answer, protocol_for_path, stream_error_event
+from gateway.proxy.edge import check_header_bytes, normalize_target
 from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
-from gateway.proxy.pipeline import error_answer
-from gateway.proxy.upstream import forward_headers
+from gateway.proxy.pipeline import CLIENT_CLOSED, Answer, ExchangeReporter, Handler
+from gateway.proxy.transport import UpstreamResponse, forward_headers
 from gateway.resilience.outcome import Outcome
+from gateway.telemetry.logs import RateLimitedLog
 
 log = logging.getLogger("tailguard.proxy")
 
-# A client that cannot deliver its body in this long is told so (408) instead of holding a slot.
-BODY_READ_TIMEOUT = 30.0
 MAX_REQUEST_ID = 128
 
 
@@ -46,73 +47,110 @@ class RequestIds:
         return f"{self._prefix}-{next(self._counter):x}"
 
 
+class Serving(Protocol):
+    """What the edge serves with: the snapshot and the request path composed for it."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def handler(self) -> Handler: ...
+
+
 class ProxyServer:
-    """Serves client requests with the current snapshot, taken once per request."""
+    """Serves client requests with the current snapshot, taken once per request.
+
+    Each request becomes one `Exchange` that ends exactly once, here: after the last byte
+    of its answer is written, or when the client went away (aiohttp cancels the handler,
+    which cancels the attempts and hedges it started).
+    """
 
     def __init__(
         self,
-        current: Callable[[], Snapshot],
-        runner: AttemptRunner,
+        current: Callable[[], Serving],
+        reporter: ExchangeReporter,
         clock: Clock,
     ) -> None:
         self._current = current
-        self._runner = runner
+        self._reporter = reporter
         self._clock = clock
         self._ids = RequestIds()
+        self._broken = RateLimitedLog(log, clock, "broken streams")
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         received = self._clock.now()
-        snapshot = self._current()
-        rid = request.headers.get("x-request-id")
-        if not rid or len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+        serving = self._current()
+        headers = request.headers
+        rid = headers.get("x-request-id")
+        if not rid or len(rid) > MAX_REQUEST_ID or not (rid.isascii() and rid.isprintable()):
             rid = self._ids.next()
+        target = request.raw_path
+        problem: ClientError | None = None
         try:
-            body = await _read_body(request, snapshot.settings.max_body)
-            error: TailguardError | None = None
-        except TailguardError as e:
-            body, error = b"", e
+            check_header_bytes(request.raw_headers)
+            path, path_qs = normalize_target(target)
+        except ClientError as e:
+            problem, path, path_qs = e, "", ""
         preq = ProxyRequest(
             method=request.method,
-            path=request.path,
-            path_qs=request.raw_path,
-            headers=request.headers,
-            body=body,
+            path=path,
+            path_qs=path_qs,
+            headers=headers,
+            body=b"",
             request_id=rid,
             client_ip=request.remote or "",
             scheme=request.scheme,
             received_at=received,
         )
-        ex = Exchange(preq, snapshot)
-        if error is not None:
-            answer: AttemptResult | LocalAnswer = error_answer(ex, error)
-        else:
-            assert snapshot.pipeline is not None, "the app assembles a snapshot before it serves"
-            answer = await snapshot.pipeline(ex)
-        if isinstance(answer, LocalAnswer):
-            headers = CIMultiDict(answer.headers)
-            ex.response_headers(headers)
-            return web.Response(status=answer.status, body=answer.body, headers=headers)
-        up = answer.response
-        assert up is not None
-        headers = forward_headers(up.headers)
-        ex.response_headers(headers)
-        if up.stream is None:
-            return web.Response(status=up.status, body=up.body, headers=headers)
-        return await self._stream(request, ex, answer, headers)
+        reporter = self._reporter
+        ex = Exchange(preq, serving.snapshot, protocol_for_path(path), reporter.end)
+        reporter.begin(ex)
+        if request.body_exists:
+            timeout = serving.snapshot.settings.body_timeout
+            ex.body_reader = functools.partial(_read_body, request, timeout)
+        status = CLIENT_CLOSED
+        try:
+            if problem is not None:
+                ex.error_code = problem.code
+                answer: Answer = error_answer(ex.protocol, problem, rid)
+            else:
+                answer = await serving.handler(ex)
+            if isinstance(answer, LocalAnswer):
+                out = CIMultiDict(answer.headers)
+                ex.response_headers(out)
+                resp = web.Response(status=answer.status, body=answer.body, headers=out)
+                await resp.prepare(request)
+                await resp.write_eof()
+                status = answer.status
+                return resp
+            up = answer.response
+            assert up is not None
+            out = forward_headers(up.headers)
+            ex.response_headers(out)
+            if up.stream is None:
+                resp = web.Response(status=up.status, body=up.body, headers=out)
+                await resp.prepare(request)
+                await resp.write_eof()
+                status = up.status
+                return resp
+            return await self._stream(request, ex, up, out)
+        finally:
+            # every way out ends the exchange once: written, failed to write, or cancelled
+            # because the client left (then nothing was sent: 499)
+            ex.end(status, ex.stream_outcome)
 
     async def _stream(
         self,
         request: web.BaseRequest,
         ex: Exchange,
-        result: AttemptResult,
+        up: UpstreamResponse,
         headers: CIMultiDict[str],
     ) -> web.StreamResponse:
-        """Copy a streamed answer as it arrives; report how it ended to the breaker."""
-        up = result.response
-        assert up is not None and up.stream is not None and ex.backend is not None
+        """Copy a streamed answer as it arrives; end the exchange with how it ended."""
+        assert up.stream is not None
         is_sse = up.headers.get("Content-Type", "").startswith("text/event-stream")
         resp = web.StreamResponse(status=up.status, headers=headers)
-        outcome = Outcome.SUCCESS
+        outcome = Outcome.CANCELLED  # what it is if writing to the client fails
         try:
             await resp.prepare(request)
             idle = max(ex.deadline - self._clock.now(), 1.0)
@@ -121,55 +159,45 @@ class ProxyServer:
                 try:
                     chunk = await stream.read_chunk(idle)
                 except AttemptFailed as e:
-                    outcome = e.outcome  # type: ignore[assignment]
+                    broken: Outcome = e.outcome  # type: ignore[assignment]
                     break
                 if not chunk:
+                    broken = Outcome.SUCCESS
                     break
                 await resp.write(chunk)
-        except BaseException:
-            # the client went away (or writing to it failed): nobody's fault but the client's;
-            # whatever it was, the upstream connection must not be left open
-            up.close()
-            self._runner.finish_stream(ex.backend, result, Outcome.CANCELLED)
-            raise
-        if outcome is Outcome.SUCCESS:
-            up.release()
-            self._runner.finish_stream(ex.backend, result, outcome)
-            await resp.write_eof()
+            if broken is Outcome.SUCCESS:
+                await resp.write_eof()
+                outcome = Outcome.SUCCESS
+                return resp
+            outcome = broken
+            self._broken.note(
+                f"stream from {ex.endpoint} broke after it started ({broken.value}), "
+                f"request {ex.request.request_id}"
+            )
+            if is_sse:
+                await resp.write(
+                    stream_error_event(
+                        ex.protocol,
+                        f"upstream stream ended early: {broken.value}",
+                        ex.request.request_id,
+                    )
+                )
+                await resp.write_eof()
+            elif request.transport is not None:
+                # no terminating chunk: the client sees an incomplete body, not a clean end
+                request.transport.abort()
             return resp
-        up.close()
-        self._runner.finish_stream(ex.backend, result, outcome)
-        log.warning(
-            "stream from %s broke after it started (%s), request %s",
-            ex.endpoint,
-            outcome.value,
-            ex.request.request_id,
-        )
-        if is_sse:
-            event = {
-                "error": {
-                    "code": "stream_aborted",
-                    "message": f"upstream stream ended early: {outcome.value}",
-                    "request_id": ex.request.request_id,
-                }
-            }
-            await resp.write(b"event: error\ndata: " + json.dumps(event).encode() + b"\n\n")
-            await resp.write_eof()
-        elif request.transport is not None:
-            # no terminating chunk: the client sees an incomplete body, not a clean end
-            request.transport.abort()
-        return resp
+        finally:
+            ex.end(up.status, outcome)
 
 
-async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The whole request body, bounded in size and in time."""
+async def _read_body(request: web.BaseRequest, timeout: float, limit: int) -> bytes:
+    """The whole request body as sent (content codings untouched), bounded in size and time."""
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-    if length == 0 or (length is None and not request.body_exists):
-        return b""
     try:
-        async with asyncio.timeout(BODY_READ_TIMEOUT):
+        async with asyncio.timeout(timeout):
             if length is not None:
                 return await request.content.readexactly(length)
             chunks = []
@@ -181,7 +209,7 @@ async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
                 chunks.append(chunk)
             return b"".join(chunks)
     except TimeoutError:
-        raise RequestTimeout(f"request body not received within {BODY_READ_TIMEOUT:g}s") from None
+        raise RequestTimeout(f"request body not received within {timeout:g}s") from None
     except asyncio.IncompleteReadError:
         raise ClientError("request body ended before its Content-Length") from None
     except aiohttp.web.HTTPException as e:

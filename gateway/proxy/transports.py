@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterable
 
-from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.policy.compile import EndpointSpec
 from gateway.proxy.grpc_upstream import GrpcTransport
 from gateway.proxy.h1 import H1Transport
+from gateway.proxy.transport import PoolSpec
 
 
 class Transports:
@@ -28,7 +29,7 @@ class Transports:
             if t is not None:
                 # settings changed: the old pool finishes its in-flight work and is dropped
                 self._close_later(t.close())
-            t = H1Transport(spec, pool, check_json=protocol != "http")
+            t = H1Transport(spec.url, pool, check_json=protocol != "http")
             self._pools[spec.id] = t
         return t
 

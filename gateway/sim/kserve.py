@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from typing import Any
 
 OUTPUT_NAME = "OUTPUT0"
@@ -42,6 +43,21 @@ class InferError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def decode_body(content_encoding: str | None, body: bytes) -> bytes:
+    """A request body with its content coding undone, as Triton accepts gzip and deflate."""
+    coding = (content_encoding or "identity").strip().lower()
+    try:
+        if coding == "gzip":
+            return zlib.decompress(body, 31)
+        if coding == "deflate":
+            return zlib.decompress(body)
+    except zlib.error as e:
+        raise InferError(400, f"failed to decompress the request body: {e}") from None
+    if coding != "identity":
+        raise InferError(400, f"unsupported Content-Encoding '{coding}'")
+    return body
 
 
 def model_metadata(model: str) -> dict[str, Any]:

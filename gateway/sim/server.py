@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gzip
 import json
 import logging
 import random
@@ -51,6 +52,18 @@ MAX_BODY = 64 << 20
 _REBIND_TRIES = 50  # x 20 ms: how long revive() waits for the old listener's port to free
 
 
+class SeenRequest:
+    """A request exactly as the simulator received it: what a gateway forwarded."""
+
+    __slots__ = ("body", "headers", "method", "target")
+
+    def __init__(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> None:
+        self.method = method
+        self.target = target
+        self.headers = dict(headers)
+        self.body = body
+
+
 class SimStats:
     """Counters of what the server was asked; `in_flight` is a gauge, never reset.
 
@@ -59,11 +72,13 @@ class SimStats:
     Control requests (`/_sim/`) are not counted.
     """
 
-    __slots__ = ("by_kind", "by_model", "by_sequence", "faults", "in_flight", "total")
+    __slots__ = ("by_kind", "by_model", "by_sequence", "faults", "in_flight", "last", "total")
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.total = 0
+        # the last request as it arrived on the wire (method, raw target, headers, body bytes)
+        self.last: SeenRequest | None = None
         self.by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.by_model: Counter[str] = Counter()
         # Triton sequence ids seen over gRPC, with how many requests each carried
@@ -243,6 +258,9 @@ class SimServer:
             request_factory=self._make_request,
             handler_cancellation=True,
             access_log=None,
+            # bodies are decoded by the model server itself, as Triton does, so the raw
+            # bytes a gateway forwarded can be checked
+            auto_decompress=False,
         )
         self._listener, self._port = await self._listen(self._web, self._port)
         if self._control_port is not None:
@@ -571,8 +589,10 @@ class SimServer:
             self.stats.faults[kind.value] += 1
             if kind is not FaultKind.TRUNCATE:
                 return await self._fail(request, kind, faults, {"error": "injected fault"})
-        body = await request.read()
+        raw = await request.read()
+        self.stats.last = SeenRequest(request.method, request.raw_path, request.headers, raw)
         try:
+            body = kserve.decode_body(request.headers.get("Content-Encoding"), raw)
             parsed = kserve.parse_request(
                 body, request.headers.get("Inference-Header-Content-Length")
             )
@@ -582,7 +602,12 @@ class SimServer:
         data = _DUMP(answer).encode()
         if kind is FaultKind.TRUNCATE:
             return await self._truncated(request, status, data)
-        return web.Response(status=status, body=data, content_type=_JSON, headers=self._ident)
+        headers = self._ident
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            # Triton compresses its answer for a client that accepts gzip
+            data = gzip.compress(data, compresslevel=1)
+            headers = {**headers, "Content-Encoding": "gzip"}
+        return web.Response(status=status, body=data, content_type=_JSON, headers=headers)
 
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
         try:

@@ -7,6 +7,7 @@ cannot grow the process without limit.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from typing import TypeVar
 
@@ -65,15 +66,32 @@ class MemoryStore:
         """`take` without the coroutine, for callers that use this store as the local fallback."""
         # a reload that changes the rate starts a fresh bucket rather than mixing two rates
         bkey = (key, rate, burst)
-        bucket = self._buckets.get(bkey)
-        if bucket is None:
-            bucket = self._buckets[bkey] = TokenBucket(rate, burst)
-            _trim(self._buckets, self._capacity)
-        else:
-            self._buckets.move_to_end(bkey)
         now = self._clock.now()
+        buckets = self._buckets
+        bucket = buckets.get(bkey)
+        if bucket is None:
+            if len(buckets) >= self._capacity and not self._evict_full(now):
+                # Every bucket in the table still remembers recent use: evicting one would
+                # hand that caller a full bucket again. New keys then share one bucket, so a
+                # flood of made-up keys throttles itself, not the callers already known.
+                bkey = (OVERFLOW_KEY, rate, burst)
+                bucket = buckets.get(bkey)
+            if bucket is None:
+                bucket = buckets[bkey] = TokenBucket(rate, burst)
+        else:
+            buckets.move_to_end(bkey)
         wait = bucket.try_take(now, cost)
         return TakeResult(wait == 0.0, bucket.tokens(now), wait)
+
+    def _evict_full(self, now: float) -> bool:
+        """Drop the least recently used bucket if it has refilled (it then holds nothing a
+        new bucket would not); looks at a few of the oldest, never the whole table."""
+        buckets = self._buckets
+        for bkey in list(itertools.islice(buckets, EVICTION_SCAN)):
+            if bkey[0] != OVERFLOW_KEY and buckets[bkey].tokens(now) >= buckets[bkey].burst:
+                del buckets[bkey]
+                return True
+        return False
 
     async def publish(self, channel: str, message: bytes) -> None:
         # one process has no peers; local subscribers already know what they published
@@ -94,4 +112,9 @@ def _trim(lru: OrderedDict[K, V], capacity: int) -> None:
         lru.popitem(last=False)
 
 
-__all__ = ["DEFAULT_CAPACITY", "MemoryStore"]
+# How many of the least recently used buckets a new key may look at for one to evict.
+EVICTION_SCAN = 8
+# The bucket new keys share while every known bucket is still in use.
+OVERFLOW_KEY = "\0overflow"
+
+__all__ = ["DEFAULT_CAPACITY", "EVICTION_SCAN", "OVERFLOW_KEY", "MemoryStore"]

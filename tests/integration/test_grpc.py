@@ -292,6 +292,7 @@ routes:
     match: {{model: classifier}}
     split: [{{backend: clf, weight: 100}}]
     timeout: 5s
+    idempotent: true
     hedging: {{delay: 30ms, max_extra: 1, budget: 50%}}
 """
 
@@ -365,6 +366,7 @@ routes:
     timeout: 2s
     retries: {{attempts: 3, per_try_timeout: 200ms, non_idempotent: true,
                on: [connect-failure, reset, timeout, 5xx]}}
+    idempotent: true
     hedging: {{delay: 1ms, max_extra: 2, budget: 100%}}
 """
 

@@ -17,12 +17,13 @@ from typing import Protocol
 import pytest
 
 from gateway.errors import AttemptFailed
-from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.policy.compile import EndpointSpec
 from gateway.proxy.h1 import H1Stream, H1Transport, PoolStats
-from gateway.proxy.upstream import HttpTransport, UpstreamResponse
+from gateway.proxy.transport import PoolSpec, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.sim import SimServer
 from gateway.sim.faults import Faults
+from tests.aiohttp_transport import HttpTransport
 from tests.integration.conftest import INFER_BODY, SimFactory
 from tests.integration.test_tls import self_signed
 
@@ -47,13 +48,13 @@ Make = Callable[[SimServer], Transport]
 def h1(sim: SimServer, max_connections: int = 8) -> H1Transport:
     spec = EndpointSpec(id="e", backend="b", url=sim.url, region="local", weight=1, drain=False)
     pool = PoolSpec(max_connections=max_connections, connect_timeout=1.0, idle_timeout=30.0)
-    return H1Transport(spec, pool, check_json=True)
+    return H1Transport(spec.url, pool, check_json=True)
 
 
 def aio(sim: SimServer) -> HttpTransport:
     spec = EndpointSpec(id="e", backend="b", url=sim.url, region="local", weight=1, drain=False)
     pool = PoolSpec(max_connections=8, connect_timeout=1.0, idle_timeout=30.0)
-    return HttpTransport(spec, pool, check_json=True)
+    return HttpTransport(spec.url, pool, check_json=True)
 
 
 @pytest.fixture
@@ -268,9 +269,9 @@ async def test_https_endpoint_with_a_private_ca(tmp_path: Path) -> None:
     )
     pool = PoolSpec(max_connections=2, connect_timeout=1.0, idle_timeout=30.0)
     trusted = H1Transport(
-        spec, pool, check_json=True, ssl_context=ssl.create_default_context(cafile=str(cert))
+        spec.url, pool, check_json=True, ssl_context=ssl.create_default_context(cafile=str(cert))
     )
-    untrusted = H1Transport(spec, pool, check_json=True)
+    untrusted = H1Transport(spec.url, pool, check_json=True)
     try:
         for _ in range(2):
             assert (await trusted.send("GET", "/", {}, b"")).body == b"{}"

@@ -237,6 +237,7 @@ routes:
     match: {{model: classifier}}
     split: [{{backend: clf, weight: 100}}]
     timeout: 2s
+    idempotent: true
     {hedging}
 """
 

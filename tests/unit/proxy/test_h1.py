@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.errors import AttemptFailed, ClientError
-from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.policy.compile import EndpointSpec
 from gateway.proxy import h1
 from gateway.proxy.h1 import H1Stream, H1Transport, PoolStats, parse_head
-from gateway.proxy.upstream import BUFFER_LIMIT, UpstreamResponse
+from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse
 from gateway.resilience.outcome import Outcome
 
 Handler = Callable[["RawServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -126,7 +126,7 @@ def transport(
 ) -> H1Transport:
     spec = EndpointSpec(id="e1", backend="b", url=url, region="local", weight=1, drain=False)
     pool = PoolSpec(max_connections=max_connections, connect_timeout=1.0, idle_timeout=idle_timeout)
-    return H1Transport(spec, pool, check_json=check_json)
+    return H1Transport(spec.url, pool, check_json=check_json)
 
 
 def stream_of(resp: UpstreamResponse) -> H1Stream:

@@ -1,117 +1,16 @@
-"""Upstream transports: one bounded keep-alive pool per endpoint, and what an answer looks like.
-
-The transport the gateway uses is `gateway.proxy.h1.H1Transport`, a lean HTTP/1.1 client
-(about 0.4x the CPU of aiohttp's client per request, measured by `loadtests/h1_micro.py`).
-`HttpTransport` here is the same contract on aiohttp's client: the reference the lean one
-is tested against, outcome for outcome. Either way this is the edge where client library
-exceptions become the gateway's vocabulary: every failure leaves as `AttemptFailed`
-carrying an `Outcome`, so the attempt logic above never sees a library exception.
-"""
+"""The upstream transport contract on aiohttp's client: the reference `H1Transport` is
+checked against, outcome for outcome (the gateway itself uses the lean client)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Protocol
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed
-from gateway.policy.compile import EndpointSpec, PoolSpec
+from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
 from gateway.resilience.outcome import Outcome, classify_status
-
-# Responses up to this size with a Content-Length are read whole inside the attempt, so a
-# truncated or garbled body is still a retryable failure. Larger, chunked or event-stream
-# responses are streamed to the client as they arrive and cannot be retried once started.
-BUFFER_LIMIT = 1 << 20
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Recomputed by the side that writes the body.
-RESPONSE_SKIP = HOP_BY_HOP | {"content-length"}
-
-
-class UpstreamStream(Protocol):
-    """A response body still arriving; the holder reads it to the end or drops it."""
-
-    async def read_chunk(self, timeout: float | None = None) -> bytes:
-        """The next piece (b"" at the end); raises `AttemptFailed` (RESET, MALFORMED, TIMEOUT)
-        after closing the connection."""
-        ...
-
-    def close(self) -> None:
-        """Drop the connection (failure or abandonment)."""
-        ...
-
-    def release(self) -> None:
-        """Done with a body read to its end: the connection may serve another request."""
-        ...
-
-
-class UpstreamResponse:
-    """An answer from one endpoint: buffered (`body` set) or a committed stream (`stream` set).
-
-    A holder of a streamed response must call `close()` (failure or abandonment) or
-    `release()` (read to the end) exactly once, or the connection leaks.
-    """
-
-    __slots__ = ("body", "headers", "outcome", "retry_after", "status", "stream")
-
-    def __init__(
-        self,
-        status: int,
-        headers: CIMultiDictProxy[str],
-        body: bytes | None,
-        stream: UpstreamStream | None,
-        outcome: Outcome,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.stream = stream
-        self.outcome = outcome
-        self.retry_after = headers.get("Retry-After") if outcome.is_failure else None
-
-    def close(self) -> None:
-        """Drop the connection: never hand a half-read connection back to the pool."""
-        if self.stream is not None:
-            self.stream.close()
-
-    def release(self) -> None:
-        if self.stream is not None:
-            self.stream.release()
-
-
-def forward_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """Response headers the client may see: hop-by-hop and framing headers removed."""
-    out: CIMultiDict[str] = CIMultiDict()
-    skip = RESPONSE_SKIP
-    named = headers.get("Connection")
-    extra = {h.strip().lower() for h in named.split(",")} if named else ()
-    for k, v in headers.items():
-        lk = k.lower()
-        if lk in skip or lk in extra:
-            continue
-        out.add(k, v)
-    return out
-
-
-def _looks_like_json(body: bytes) -> bool:
-    """A cheap guard against garbage or cut-off JSON without parsing the whole answer."""
-    b = body.strip()
-    return bool(b) and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D))
 
 
 class AiohttpStream:
@@ -146,10 +45,10 @@ class AiohttpStream:
 class HttpTransport:
     """Sends attempts to one endpoint over a bounded keep-alive pool."""
 
-    __slots__ = ("_session", "check_json", "pool", "spec")
+    __slots__ = ("_session", "check_json", "pool", "url")
 
-    def __init__(self, spec: EndpointSpec, pool: PoolSpec, *, check_json: bool) -> None:
-        self.spec = spec
+    def __init__(self, url: str, pool: PoolSpec, *, check_json: bool) -> None:
+        self.url = url
         self.pool = pool
         self.check_json = check_json
         connector = aiohttp.TCPConnector(
@@ -179,7 +78,7 @@ class HttpTransport:
         try:
             resp = await self._session.request(
                 method,
-                self.spec.url + path_qs,
+                self.url + path_qs,
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,
@@ -222,7 +121,7 @@ class HttpTransport:
             self.check_json
             and outcome is Outcome.SUCCESS
             and "json" in ctype
-            and not _looks_like_json(data)
+            and not looks_like_json(data, resp.headers.get("Content-Encoding"))
         ):
             raise AttemptFailed(Outcome.MALFORMED, "backend answered with malformed JSON")
         return UpstreamResponse(resp.status, resp.headers, data, None, outcome)
@@ -231,7 +130,7 @@ class HttpTransport:
         """A health probe: the status of a GET, or raises `AttemptFailed`."""
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.get(self.spec.url + path, allow_redirects=False) as r:
+                async with self._session.get(self.url + path, allow_redirects=False) as r:
                     await r.read()
                     return r.status
         except TimeoutError:

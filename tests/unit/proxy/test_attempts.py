@@ -1,0 +1,189 @@
+"""Retries, hedges, per-try timeouts, deadlines and fallbacks on virtual time: exact times,
+exact counts, scripted endpoints."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.errors import DeadlineExceeded
+from gateway.policy.compile import Snapshot, compile_policy
+from gateway.policy.load import load_policy_text
+from gateway.proxy.attempts import AttemptRunner
+from gateway.proxy.exchange import Exchange, ProxyRequest
+from gateway.proxy.fallback import FallbackStage, ResponseCaches
+from gateway.proxy.pipeline import AttemptStage, compose
+from gateway.resilience.outcome import Outcome
+from gateway.state.memory import MemoryStore
+from gateway.telemetry.catalog import Metrics
+from tests.virtual_time import ScriptedTransports, Step, VirtualClock, run_virtual
+
+A, B, C = "http://10.0.0.1:8000", "http://10.0.0.2:8000", "http://10.0.0.3:8000"
+
+
+def policy(route_extra: str, *, endpoints: str = f"{{url: {A}}}, {{url: {B}}}") -> str:
+    return f"""
+version: 1
+backends:
+  clf: {{protocol: kserve-v2, endpoints: [{endpoints}], locality: {{panic_threshold: 0%}}}}
+  small: {{protocol: kserve-v2, endpoints: [{{url: {C}}}]}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+{route_extra}
+"""
+
+
+def snapshot_of(text: str) -> Snapshot:
+    return compile_policy(load_policy_text(text, "p.yaml"), source="p.yaml", text=text)
+
+
+def exchange(snap: Snapshot, clock: VirtualClock, method: str = "POST") -> Exchange:
+    req = ProxyRequest(
+        method=method,
+        path="/v2/models/classifier/infer",
+        path_qs="/v2/models/classifier/infer",
+        headers=CIMultiDictProxy(CIMultiDict()),
+        body=b"{}",
+        request_id="r1",
+        client_ip="127.0.0.1",
+        scheme="http",
+        received_at=clock.now(),
+    )
+    ex = Exchange(req, snap)
+    route = snap.routes[0]
+    ex.route = route
+    ex.backend = snap.backends[route.backends[0]]
+    ex.split_backend = ex.backend.name
+    ex.deadline = clock.now() + route.timeout
+    return ex
+
+
+def runner(
+    clock: VirtualClock, scripts: dict[str, list[Step]]
+) -> tuple[AttemptRunner, ScriptedTransports]:
+    transports = ScriptedTransports(scripts)
+    r = AttemptRunner(transports, Metrics(), clock, random.Random(7), lambda: None)  # type: ignore[arg-type]
+    return r, transports
+
+
+def test_a_per_try_timeout_moves_on_to_the_other_endpoint() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    retries: {attempts: 2, per_try_timeout: 100ms, backoff: {base: 0s, max: 0s}}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        run, net = runner(clock, {A: [Step(hang=True)], B: [Step(after=0.010)]})
+        start = clock.now()
+        ex = exchange(snap, clock)
+        result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+        assert result.outcome is Outcome.SUCCESS
+        # whichever endpoint went first, the hanging one cost exactly its per-try timeout
+        hung_first = net.by_url.get(A) is not None and net.by_url[A].calls[0][2] == start
+        assert clock.now() - start == pytest.approx(0.110 if hung_first else 0.010)
+        assert ex.attempts == (2 if hung_first else 1)
+
+    run_virtual(main)
+
+
+def test_a_hedge_leaves_after_its_delay_and_the_loser_is_cancelled() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        slow, fast = Step(after=0.5), Step(after=0.020)
+        for first, second in ((A, B), (B, A)):
+            run, net = runner(clock, {first: [slow], second: [fast]})
+            start = clock.now()
+            ex = exchange(snap, clock)
+            result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            t_first = net.by_url[first].calls[0][2] if first in net.by_url else None
+            if t_first == start:
+                # the slow one went first: the hedge left at 50 ms and won at 70 ms
+                assert clock.now() - start == pytest.approx(0.070)
+                assert ex.hedged and ex.attempts == 2
+                assert net.by_url[first].cancelled == 1
+            else:
+                assert clock.now() - start == pytest.approx(0.020)
+                assert not ex.hedged and ex.attempts == 1
+            assert result.outcome is Outcome.SUCCESS
+
+    run_virtual(main)
+
+
+def test_a_post_is_never_hedged_unless_the_route_says_it_may_be() -> None:
+    snap = snapshot_of(policy("    timeout: 1s\n    hedging: {delay: 50ms, budget: 100%}"))
+
+    async def main(clock: VirtualClock) -> None:
+        run, _net = runner(clock, {A: [Step(after=0.3)], B: [Step(after=0.3)]})
+        start = clock.now()
+        ex = exchange(snap, clock)
+        await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+        assert clock.now() - start == pytest.approx(0.3)
+        assert ex.attempts == 1 and not ex.hedged
+        # a GET is idempotent: hedged at 50 ms
+        ex = exchange(snap, clock, method="GET")
+        await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+        assert ex.attempts == 2
+
+    run_virtual(main)
+
+
+def test_the_deadline_ends_every_wait() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 300ms\n"
+        "    idempotent: true\n"
+        "    retries: {attempts: 3}\n"
+        "    hedging: {delay: 100ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        run, _net = runner(clock, {A: [Step(hang=True)], B: [Step(hang=True)]})
+        start = clock.now()
+        ex = exchange(snap, clock)
+        with pytest.raises(DeadlineExceeded):
+            await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+        assert clock.now() - start == pytest.approx(0.3)
+        assert ex.attempts == 2  # the first, and one hedge at 100 ms
+
+    run_virtual(main)
+
+
+def test_fallback_holds_back_its_time_and_answers_from_the_backup() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    fallback: [{backend: small, timeout: 300ms}]",
+        endpoints=f"{{url: {A}}}",
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        run, net = runner(clock, {A: [Step(hang=True)], C: [Step(after=0.010)]})
+        metrics = Metrics()
+        stage = FallbackStage(
+            run, ResponseCaches(MemoryStore(clock), metrics, clock), metrics, clock
+        )
+        handler = compose([stage, AttemptStage(run, clock)], _never)
+        start = clock.now()
+        ex = exchange(snap, clock)
+        answer = await handler(ex)
+        # the primary had 1 s minus the backup's 300 ms; the backup then answered in 10 ms
+        assert clock.now() - start == pytest.approx(0.710)
+        assert ex.fallback == "backend"
+        assert answer.response is not None and answer.response.status == 200  # type: ignore[union-attr]
+        assert ex.deposited
+        budget_deposits = [t.calls for t in net.by_url.values()]
+        assert [len(c) for c in budget_deposits] == [1, 1]
+
+    run_virtual(main)
+
+
+async def _never(ex: Exchange) -> object:  # pragma: no cover - the attempt stage answers
+    raise AssertionError("unreachable")
