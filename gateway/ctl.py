@@ -249,6 +249,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         (
             b.get("name"),
             e.get("url"),
+            e.get("grpc") or "-",
             e.get("region"),
             _endpoint_state(e),
             e.get("health"),
@@ -272,6 +273,7 @@ def render_status(status: Mapping[str, Any]) -> str:
             (
                 "BACKEND",
                 "ENDPOINT",
+                "GRPC",
                 "REGION",
                 "STATE",
                 "HEALTH",

@@ -111,6 +111,7 @@ def status_of(gateway: Gateway) -> dict[str, Any]:
             endpoints.append(
                 {
                     "url": s.spec.url,
+                    "grpc": s.spec.grpc,
                     "region": s.spec.region,
                     "usable": usable,
                     "health": (

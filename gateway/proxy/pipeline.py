@@ -100,7 +100,8 @@ class ExchangeReporter:
         route = ex.route
         route_name = route.name if route is not None else ""
         backend_name = ex.backend.name if ex.backend is not None else ""
-        m.child(m.requests, route_name, backend_name, code_class(status)).inc()
+        protocol = "http" if ex.request.grpc is None else "grpc"
+        m.child(m.requests, route_name, backend_name, code_class(status), protocol).inc()
         broken = ex.stream_outcome is not None and ex.stream_outcome is not Outcome.SUCCESS
         code = ex.error_code
         if code is None and broken:
@@ -116,7 +117,7 @@ class ExchangeReporter:
         if route is None:
             return
         latency = self._clock.now() - ex.request.received_at
-        m.child(m.request_duration, route_name).observe(latency)
+        m.child(m.request_duration, route_name, protocol).observe(latency)
         canary = self._canary
         side = ex.split_backend
         if route.canary is None or canary is None or side is None or not ex.attempts:

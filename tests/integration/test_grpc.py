@@ -21,6 +21,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from gateway.admin.server import status_of
 from gateway.app import Gateway
 from gateway.resilience.breaker import BreakerState
 from gateway.sim import Faults, SimServer
@@ -151,6 +152,13 @@ async def test_infer_with_binary_tensors_through_the_gateway(
     finally:
         client_sync.close()
     assert served(a) == 7
+    # counted with the HTTP ones, told apart by protocol; the status shows the gRPC address
+    m = gw.metrics.registry.get_sample_value
+    labels = {"route": "classify", "backend": "clf", "code_class": "2xx"}
+    assert m("tailguard_requests_total", {**labels, "protocol": "grpc"}) == 9
+    assert m("tailguard_requests_total", {**labels, "protocol": "http"}) is None
+    endpoint = status_of(gw)["backends"][0]["endpoints"][0]
+    assert endpoint["url"] == f"grpc://{a.grpc_address}" and endpoint["grpc"] == a.grpc_address
 
 
 async def test_unknown_model_is_the_clients_error_and_trips_nothing(
