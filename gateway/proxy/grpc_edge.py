@@ -10,9 +10,9 @@ do to HTTP; `path_qs` is the gRPC method, which is what goes upstream. Metadata 
 headers (`x-api-key`, a sticky header, `x-request-id`). The client's `grpc-timeout`
 bounds the route's deadline, and what remains of it is the upstream call's deadline.
 
-Answers: a backend's reply passes through with its initial and trailing metadata plus the
-gateway's `x-request-id` and `x-tailguard-*` keys; a status the backend sent passes
-through as sent; a gateway-made error becomes the gRPC status a Triton user expects
+Answers: a backend's reply passes through with its initial and trailing metadata; the
+gateway's `x-request-id` and `x-tailguard-*` keys are added to the trailing metadata (so
+they never cost a write of their own); a status the backend sent passes through as sent; a gateway-made error becomes the gRPC status a Triton user expects
 (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `UNAUTHENTICATED`...) with a readable message, its
 code and the request id in trailing metadata. `ModelStreamInfer` is routed by its first
 message and then passed message by message both ways; a backend that breaks mid-stream
@@ -276,9 +276,11 @@ class GrpcEdge:
         if up.code != "OK":
             code = _CODES.get(up.code, grpc.StatusCode.UNKNOWN)
             await context.abort(code, up.details, (*up.trailers, *ours))
-        await context.send_initial_metadata((*up.initial, *ours))
-        if up.trailers:
-            context.set_trailing_metadata(up.trailers)
+        if up.initial:
+            # the backend's own initial metadata stay initial; sending them is a write of its
+            # own, so the gateway's facts never cause one (they travel as trailers)
+            await context.send_initial_metadata(up.initial)
+        context.set_trailing_metadata((*up.trailers, *ours))
         assert up.body is not None
         return up.body
 
@@ -299,7 +301,7 @@ class GrpcEdge:
                 f"tailguard: no gRPC answer available (fallback answered HTTP {answer.status})",
                 ours,
             )
-        await context.send_initial_metadata(ours)
+        context.set_trailing_metadata(ours)
         body = answer.body
         if rewrite_id:
             # a cached answer was made for another request: it names this one instead
@@ -362,13 +364,14 @@ class GrpcEdge:
                 break
             if not started:
                 initial = await stream.initial_metadata()
-                await context.send_initial_metadata((*initial, *ours))
+                if initial:
+                    await context.send_initial_metadata(initial)
                 started = True
             await context.write(message)
         trailers = stream.trailers
         if failure is None:
             ex.stream_outcome = Outcome.SUCCESS
-            context.set_trailing_metadata((*trailers, *([] if started else ours)))
+            context.set_trailing_metadata((*trailers, *ours))
             return
         ex.stream_outcome = failure.outcome
         if not failure.outcome.is_failure:

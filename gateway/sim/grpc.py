@@ -16,8 +16,8 @@ The same models, the same `Faults` and the same counters as the HTTP side of a
   when the request asks with `triton_enable_empty_final_response`, an empty final response
   flagged `triton_final_response`.
 
-Every answer carries `x-sim-name` and `x-sim-region` (initial metadata on success, trailing
-metadata on an error). The messages are the generated stubs of `tritonclient[grpc]`; the
+Every answer carries `x-sim-name` and `x-sim-region` in its trailing metadata (a real Triton
+sends no initial metadata of its own, so neither does the simulator). The messages are the generated stubs of `tritonclient[grpc]`; the
 handlers are registered generically, so no generated servicer class is subclassed.
 """
 
@@ -230,7 +230,7 @@ class GrpcFrontend:
                 await context.abort(e.code, e.details, tuple(sim._ident.items()))
             finally:
                 stats.in_flight -= 1
-            await context.send_initial_metadata(tuple(sim._ident.items()))
+            context.set_trailing_metadata(tuple(sim._ident.items()))
             return answer
 
         return grpc.unary_unary_rpc_method_handler(
@@ -329,7 +329,7 @@ class GrpcFrontend:
         stats = sim.stats
         stats.total += 1
         stats.in_flight += 1
-        sent_metadata = False
+        context.set_trailing_metadata(tuple(sim._ident.items()))
         try:
             async for request in requests:
                 stats.by_kind["infer"] += 1
@@ -347,9 +347,6 @@ class GrpcFrontend:
                     # Triton reports one request's failure in the stream and goes on
                     yield pb.ModelStreamInferResponse(error_message=e.details)
                     continue
-                if not sent_metadata:
-                    await context.send_initial_metadata(tuple(sim._ident.items()))
-                    sent_metadata = True
                 if model not in sim.decoupled:
                     out = _response(request, model, shape, [v * 2.0 for v in values])
                     yield pb.ModelStreamInferResponse(infer_response=out)

@@ -141,7 +141,7 @@ async def test_infer_with_binary_tensors_through_the_gateway(
             infer_request("classifier", [1.0], "m"), metadata=(("x-request-id", "trace-1"),)
         )
         await call
-        md = dict(await call.initial_metadata())
+        md = dict(await call.trailing_metadata())
     assert md["x-request-id"] == "trace-1"
     assert md["x-tailguard-backend"] == "clf" and md["x-tailguard-route"] == "classify"
     assert md["x-sim-name"] == "a"  # the backend's own metadata pass through
@@ -649,14 +649,14 @@ async def test_fallbacks_stale_cache_then_backup_backend(
         await a.die()
         call = stub.ModelInfer(infer_request("classifier", [3.0], "second"))
         reply = await call
-        md = dict(await call.initial_metadata())
+        md = dict(await call.trailing_metadata())
         assert md["x-tailguard-fallback"] == "cache"
         assert reply.id == "second"  # the cached answer names the request it now answers
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [6.0]
         # not in the cache: the backup backend answers
         call = stub.ModelInfer(infer_request("classifier", [7.0], "third"))
         reply = await call
-        md = dict(await call.initial_metadata())
+        md = dict(await call.trailing_metadata())
         assert md["x-tailguard-fallback"] == "backend"
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [14.0]
     assert served(b) == 1

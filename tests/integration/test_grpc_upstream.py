@@ -47,7 +47,7 @@ async def test_unary_bytes_pass_through_with_metadata(sim: SimServer) -> None:
         assert r.outcome is Outcome.SUCCESS and r.code == "OK" and r.status == 200
         reply = pb.ModelInferResponse.FromString(r.body)
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [2, 4]
-        assert r.headers["x-sim-name"] == sim.name
+        assert dict(r.trailers)["x-sim-name"] == sim.name
     finally:
         await t.close()
 

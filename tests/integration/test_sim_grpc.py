@@ -58,7 +58,7 @@ async def test_infer_with_binary_tensors_and_identity(make_sim: MakeSim) -> None
         call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
             service_pb2.ServerLiveRequest()
         )
-        md = dict(await call.initial_metadata())
+        md = dict(await call.trailing_metadata())
         assert md["x-sim-name"] == "sim-a" and md["x-sim-region"] == "eu-west"
     assert sim.stats.by_model["classifier"] == 1
     assert sim.stats.by_kind["infer"] == 1
