@@ -26,7 +26,8 @@ from gateway.clock import Clock, MonotonicClock
 from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
-from gateway.control.reloader import FileWatcher
+from gateway.control.reloader import FileWatcher, ReloadResult
+from gateway.control.slo import SloController
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import GatewaySettings, Snapshot, StateSettings, compile_policy
@@ -34,6 +35,7 @@ from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
 from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
+from gateway.proxy.budgetshed import BudgetShedStage
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.grpc_edge import GrpcEdge
@@ -148,28 +150,6 @@ def _build(
         auth=auth,
     )
     return model, snapshot
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadResult:
-    """What a reload did: applied or not, why not, and what changed."""
-
-    applied: bool
-    dry_run: bool
-    sha256: str
-    previous_sha256: str
-    changes: tuple[str, ...]
-    issues: tuple[str, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "applied": self.applied,
-            "dry_run": self.dry_run,
-            "sha256": self.sha256,
-            "previous_sha256": self.previous_sha256,
-            "changes": list(self.changes),
-            "issues": list(self.issues),
-        }
 
 
 def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:
@@ -367,12 +347,17 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
+        self.slo = SloController(
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store, self.canary
+        )
+        self.slo.sync(snapshot)
         self._observe = ObserveStage()
-        self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary)
+        self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary, self.slo)
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
         self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
+        self._budget_shed = BudgetShedStage(self.slo.shed_level, self.metrics)
         self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
         self._admit = AdmitStage(self.gates, self.clock)
         self._attempt = AttemptStage(self.runner, self.clock)
@@ -400,12 +385,15 @@ class Gateway:
         """
         global_limit = snapshot.settings.max_concurrency is not None
         chains: dict[str, Handler] = {}
+        shedding = self.slo.shedding_routes(snapshot)
         for route in snapshot.routes:
             stages: list[Stage] = []
             if snapshot.auth is not None:
                 stages.append(self._authorize)  # every route of a policy with auth
             if route.rate_limit is not None:
                 stages.append(self._rate_limit)
+            if route.name in shedding:
+                stages.append(self._budget_shed)
             stages.append(self._body)
             if route.cache is not None or route.fallback is not None:
                 stages.append(self._fallback)
@@ -530,6 +518,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
+        self.slo.sync(snapshot)
         self._adopt(snapshot)
         self.model = model
         self.policy_text = text
@@ -609,6 +598,7 @@ class Gateway:
         if self.watcher is not None:
             self.watcher.start()
         self.canary.start()
+        self.slo.start()
         self.health.sync()
         self.listening = Listening(
             host,
@@ -682,6 +672,7 @@ class Gateway:
             # stop accepting; calls in flight get the drain timeout to finish
             await self._grpc_server.stop(self.snapshot.settings.drain_timeout)
             self._grpc_server = None
+        await self.slo.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

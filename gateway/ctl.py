@@ -126,6 +126,15 @@ class AdminClient:
         path = f"/admin/canary/{urllib.parse.quote(route, safe='')}/{action}"
         return self.call("POST", path)
 
+    def slo(self) -> dict[str, Any]:
+        return self.call("GET", "/admin/slo")
+
+    def slo_override(self, route: str, seconds: float | None) -> dict[str, Any]:
+        path = f"/admin/slo/{urllib.parse.quote(route, safe='')}/override"
+        if seconds is None:
+            return self.call("DELETE", path)
+        return self.call("POST", path, json_body={"seconds": seconds})
+
     def apply_policy(self, text: str, *, dry_run: bool, persist: bool) -> dict[str, Any]:
         query = {"dry_run": _flag(dry_run), "persist": _flag(persist)}
         return self.call("POST", "/admin/policy", query=query, text=text)
@@ -288,11 +297,96 @@ def render_status(status: Mapping[str, Any]) -> str:
         if endpoints
         else "no endpoints",
     ]
+    slo = status.get("slo")
+    if isinstance(slo, Mapping) and slo.get("slos"):
+        parts += ["", render_slos(slo)]
     decisions = status.get("canary_decisions") or []
     if decisions:
         parts += ["", "recent canary decisions:"]
         parts += [f"  {d.get('route')}: {d.get('action')}: {d.get('reason')}" for d in decisions]
     return "\n".join(parts)
+
+
+# the burn rate of each window as one character: below 1x the budget lasts the window
+_SPARK = ((0.5, "▁"), (1.0, "▂"), (3.0, "▃"), (6.0, "▄"), (14.4, "▅"), (30.0, "▆"), (100.0, "▇"))
+
+
+def burn_sparkline(windows: Sequence[Mapping[str, Any]]) -> str:
+    """One character per window, shortest first: ▁ < 0.5x .. ▅ < 14.4x .. █ >= 100x, · no data."""
+    out = []
+    for w in windows:
+        rate = w.get("burn_rate")
+        if rate is None:
+            out.append("·")
+            continue
+        out.append(next((c for limit, c in _SPARK if float(rate) < limit), "█"))
+    return "".join(out)
+
+
+def _burn(rate: object) -> str:
+    return "-" if rate is None else f"{float(rate):.1f}x"  # type: ignore[arg-type]
+
+
+def _slo_state(slo: Mapping[str, Any]) -> str:
+    if slo.get("fast_burn"):
+        return "FAST BURN (page)"
+    severity = slo.get("severity")
+    if severity == "page":
+        return "burning (page)"
+    if severity == "ticket":
+        return "burning (ticket)"
+    return "ok"
+
+
+def _route_budget_text(r: Mapping[str, Any]) -> str | None:
+    acting = []
+    if r.get("freeze_canary"):
+        acting.append("canary frozen")
+    if r.get("rollback_canary"):
+        acting.append("canary rolled back")
+    if r.get("shed_priority") is not None:
+        acting.append(f"shedding priority <= {r['shed_priority']}")
+    if r.get("overridden"):
+        acting.append("overridden by an operator")
+    if not acting and not r.get("burning"):
+        return None
+    return f"  {r.get('route')}: {', '.join(acting) or 'burning'}: {r.get('reason')}"
+
+
+def render_slos(state: Mapping[str, Any]) -> str:
+    """The SLO part of `tailguard status`: budgets, burn rates, and what the policy does."""
+    slos = state.get("slos") or []
+    if not slos:
+        return "no SLOs"
+    rows = []
+    for s in slos:
+        windows = s.get("windows") or []
+        by_name = {str(w.get("window")): w for w in windows}
+        remaining = s.get("budget_remaining")
+        rows.append(
+            (
+                s.get("name"),
+                ",".join(s.get("routes") or []),
+                f"{s.get('kind')} {float(s.get('objective') or 0) * 100:g}%",
+                "-" if remaining is None else f"{float(remaining) * 100:.1f}%",
+                _burn((by_name.get("5m") or {}).get("burn_rate")),
+                _burn((by_name.get("1h") or {}).get("burn_rate")),
+                _burn((by_name.get("6h") or {}).get("burn_rate")),
+                _burn((by_name.get("3d") or {}).get("burn_rate")),
+                burn_sparkline(windows),
+                _slo_state(s),
+            )
+        )
+    table = render_table(
+        ("SLO", "ROUTES", "OBJECTIVE", "BUDGET LEFT", "BURN 5m", "1h", "6h", "3d",
+         "5m..3d", "STATE"),
+        rows,
+    )  # fmt: skip
+    lines = [table]
+    acting = [t for r in state.get("routes") or [] if (t := _route_budget_text(r)) is not None]
+    if acting:
+        lines += ["", "error-budget policy:", *acting]
+    return "\n".join(lines)
 
 
 def render_reload(result: Mapping[str, Any]) -> str:
@@ -361,6 +455,17 @@ def add_ctl_parser(sub: Any) -> None:
     val = _action(pol, "validate", "have the gateway check FILE; nothing changes")
     val.add_argument("file")
     _action(acts, "reload", "re-read the gateway's own policy file")
+    slo = acts.add_parser("slo", help="SLOs and the error-budget policy").add_subparsers(
+        dest="slo_action", required=True
+    )
+    _action(slo, "show", "print every SLO's budget and burn rates")
+    ov = _action(slo, "override", "suspend the error-budget policy on ROUTE for a while")
+    ov.add_argument("route")
+    ov.add_argument(
+        "--until", required=True, metavar="DURATION", help="how long, like 30m, 1h or 1d"
+    )
+    clear = _action(slo, "clear", "end an override now: the policy applies again")
+    clear.add_argument("route")
     br = acts.add_parser("breaker", help="circuit breaker actions").add_subparsers(
         dest="breaker_action", required=True
     )
@@ -448,6 +553,15 @@ def _ctl(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
             out.write(render_reload(r) + "\n")
     elif action == "reload":
         out.write(render_reload(client.reload()) + "\n")
+    elif action == "slo":
+        if args.slo_action == "show":
+            out.write(render_slos(client.slo()) + "\n")
+        else:
+            seconds = _window(args.until) if args.slo_action == "override" else None
+            r = client.slo_override(args.route, seconds)
+            until = r.get("override_until")
+            state = "overridden until " + _when(until) if until else "enforced"
+            out.write(f"error-budget policy of route {r.get('route')}: {state}\n")
     elif action == "breaker":
         backend = args.backend or _backend_of(client, args.endpoint)
         r = client.reset_breaker(backend, args.endpoint)
@@ -455,6 +569,24 @@ def _ctl(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
     else:  # pragma: no cover - argparse allows only the actions above
         raise UsageError(f"unknown action {action!r}")
     return EXIT_OK
+
+
+def _window(text: str) -> float:
+    from pydantic_core import PydanticCustomError
+
+    from gateway.policy.units import parse_window
+
+    try:
+        return parse_window(text)
+    except PydanticCustomError as e:
+        raise UsageError(f"--until {text!r}: {e.message()}") from None
+
+
+def _when(wall: object) -> str:
+    import time
+
+    seconds = float(wall)  # type: ignore[arg-type]
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(seconds))
 
 
 def _read_policy(name: str) -> str:
@@ -496,10 +628,12 @@ __all__ = [
     "UsageError",
     "add_ctl_parser",
     "add_status_parser",
+    "burn_sparkline",
     "ctl_main",
     "error_message",
     "hash_key_command",
     "render_reload",
+    "render_slos",
     "render_status",
     "render_table",
     "status_main",

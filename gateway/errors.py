@@ -124,6 +124,15 @@ class Shed(TailguardError):
     code = "overloaded"
 
 
+class BudgetShed(Shed):
+    """Refused while the route's SLO burns its error budget fast: low priorities go first.
+
+    Not counted against the SLO itself: it is the policy protecting the budget.
+    """
+
+    code = "budget_shed"
+
+
 class DeadlineExceeded(TailguardError):
     """The route's overall timeout ran out before an answer arrived."""
 

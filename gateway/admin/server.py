@@ -2,11 +2,25 @@
 
 Open to anyone who can reach the port: `/metrics`, `/healthz`, `/readyz` (what scrapers and
 orchestrators need). Behind the admin credentials: everything under `/admin/` — the state
-of routes, backends and endpoints, drain/undrain, canary actions, and the policy itself
-(get, validate, dry-run, apply). Admin credentials are separate from the data plane's: a
+of routes, backends and endpoints, drain/undrain, canary actions, SLOs and their error
+budgets (and an override of the budget policy), and the policy itself (get, validate,
+dry-run, apply). Admin credentials are separate from the data plane's: a
 client API key never opens the admin API. Admin tokens are configured as hashes in the
 policy (`admin.tokens`) or as the `TAILGUARD_ADMIN_TOKEN` environment variable; with
-neither, the admin API answers only callers on the loopback interface.
+neither, the admin API answers only callers on the loopback interface, and `tailguard run`
+refuses to start with the admin port anywhere else (`exposure_problem`).
+
+Credentials are judged on the request headers alone, before any body is read: a refused
+request gets its 401 (and the connection is closed) whatever body it announced, and a client
+that sends `Expect: 100-continue` is refused before it sends the body at all.
+
+Under `tailguard run --workers N` the supervisor holds the public admin port and applies the
+same check (`authenticate`) to each caller before forwarding to every worker. It forwards
+with a per-run secret (`TAILGUARD_SUPERVISOR_SECRET`, given to the workers in their
+environment) and the original caller's address; a worker then judges the caller's own
+credentials against its current policy, applying the loopback rule to that original address.
+A worker never trusts its direct peer's address, since every forwarded request comes from
+the supervisor on loopback.
 
 Every mutating action is written to the audit log before it is acknowledged.
 """
@@ -18,19 +32,64 @@ import hmac
 import ipaddress
 import json
 import os
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import ClientError, RouteNotFound, TailguardError
 from gateway.resilience.breaker import BreakerState
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from pathlib import Path
+
+    from gateway.clock import Clock
+    from gateway.control.canary import CanaryController
+    from gateway.control.reloader import ReloadResult
+    from gateway.control.slo import SloController
+    from gateway.policy.compile import Snapshot
+    from gateway.state.store import StateStore
+    from gateway.telemetry.audit import AuditLog
+    from gateway.telemetry.catalog import Metrics
+
+
+class AdminTarget(Protocol):
+    """What the admin API may see and do of a running gateway, and nothing more."""
+
+    clock: Clock
+    metrics: Metrics
+    canary: CanaryController
+    audit: AuditLog
+    store: StateStore
+    slo: SloController
+    policy_path: Path
+    policy_text: str
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    async def reload(
+        self,
+        text: str | None = None,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        persist: bool = False,
+    ) -> ReloadResult: ...
+
+    def drain(self, backend: str, url: str, *, drained: bool, actor: str) -> None: ...
+
+    def is_ready(self) -> bool: ...
+
 
 ADMIN_TOKEN_ENV = "TAILGUARD_ADMIN_TOKEN"
+SUPERVISOR_SECRET_ENV = "TAILGUARD_SUPERVISOR_SECRET"
+SUPERVISOR_HEADER = "x-tailguard-supervisor"  # the per-run secret, on forwarded requests only
+PEER_HEADER = "x-tailguard-admin-peer"  # the address the supervisor's caller connected from
+CREDENTIAL_HEADERS = ("authorization", "x-admin-token")
 MAX_POLICY_BYTES = 4 << 20
 
 AdminHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -40,6 +99,18 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
+def unauthorized() -> web.Response:
+    """The answer to a caller without valid admin credentials.
+
+    The connection is closed after it: the caller may have announced a body that is never
+    read, and a keep-alive connection would have to swallow it first.
+    """
+    resp = _error(401, "unauthorized", "admin credentials required")
+    resp.headers["WWW-Authenticate"] = 'Bearer realm="tailguard-admin"'
+    resp.force_close()
+    return resp
+
+
 def _is_loopback(remote: str | None) -> bool:
     try:
         return remote is not None and ipaddress.ip_address(remote).is_loopback
@@ -47,31 +118,145 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def admin_actor(gateway: Gateway, request: web.Request) -> str | None:
-    """The admin token's id when the request carries a valid one; None otherwise.
+def _ascii(value: str) -> bytes | None:
+    """A header value's bytes when it is printable ASCII; None otherwise.
 
-    `"loopback"` when no admin credentials are configured and the caller is local.
+    aiohttp hands over bytes that are not UTF-8 as lone surrogates, which `str.encode`
+    refuses; no credential is anything but ASCII, so such a value is simply wrong.
     """
-    presented = request.headers.get("x-admin-token")
-    auth = request.headers.get("authorization", "")
-    if presented is None and auth[:7].lower() == "bearer ":
-        presented = auth[7:].strip()
-    tokens = gateway.snapshot.admin_tokens
-    env_token = os.environ.get(ADMIN_TOKEN_ENV)
+    if not value.isascii() or not value.isprintable():
+        return None
+    return value.encode("ascii")
+
+
+@dataclass(frozen=True)
+class AdminCredentials:
+    """What opens the admin API besides the policy's token hashes; read once at start.
+
+    env_token: the `TAILGUARD_ADMIN_TOKEN` value (None when unset or empty).
+    supervisor_secret: set in a worker of `run --workers N` only. Such a worker grants
+        nothing for a caller's address unless the supervisor vouches for it with this secret.
+    """
+
+    env_token: bytes | None = None
+    supervisor_secret: bytes | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> AdminCredentials:
+        def value(name: str) -> bytes | None:
+            raw = environ.get(name)
+            return raw.encode("utf-8", "surrogateescape") if raw else None
+
+        return cls(value(ADMIN_TOKEN_ENV), value(SUPERVISOR_SECRET_ENV))
+
+    def token_configured(self, tokens: Mapping[str, str]) -> bool:
+        return bool(tokens) or self.env_token is not None
+
+
+def authenticate(
+    tokens: Mapping[str, str],
+    credentials: AdminCredentials,
+    headers: Mapping[str, str],
+    peer: str | None,
+) -> str | None:
+    """The caller's actor name (for the audit log) when its headers open the admin API.
+
+    `tokens` maps token hashes (`sha256:<hex>`) to token ids, as compiled from the policy;
+    `peer` is the address the caller connected from. Returns `admin:<id>`, `admin:env`, or
+    `loopback` (no token configured anywhere and a local caller); None means answer
+    `unauthorized()` without reading the body. Headers only, so it is safe before the body.
+    """
+    remote = None if credentials.supervisor_secret is not None else peer
+    vouched = headers.get(SUPERVISOR_HEADER)
+    if vouched is not None:
+        secret = _ascii(vouched)
+        if (
+            credentials.supervisor_secret is None
+            or secret is None
+            or not hmac.compare_digest(secret, credentials.supervisor_secret)
+        ):
+            return None
+        remote = headers.get(PEER_HEADER)
+    presented = headers.get("x-admin-token")
+    if presented is None:
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            presented = auth[7:].strip()
     if presented:
-        digest = "sha256:" + hashlib.sha256(presented.encode()).hexdigest()
-        token_id = tokens.get(digest)
+        raw = _ascii(presented)
+        if raw is None:
+            return None
+        digest = ("sha256:" + hashlib.sha256(raw).hexdigest()).encode("ascii")
+        token_id = None
+        for stored, ident in tokens.items():  # every hash compared: no early exit to time
+            if hmac.compare_digest(digest, stored.encode("ascii", "replace")):
+                token_id = ident
         if token_id is not None:
             return f"admin:{token_id}"
-        if env_token and hmac.compare_digest(presented.encode(), env_token.encode()):
+        if credentials.env_token is not None and hmac.compare_digest(raw, credentials.env_token):
             return "admin:env"
         return None
-    if not tokens and not env_token and _is_loopback(request.remote):
+    if not credentials.token_configured(tokens) and _is_loopback(remote):
         return "loopback"
     return None
 
 
-def status_of(gateway: Gateway) -> dict[str, Any]:
+async def continue_if(request: web.Request, actor: str | None) -> web.StreamResponse | None:
+    """A route's `Expect: 100-continue` answer: `100 Continue` for an authenticated caller
+    only, so that a refused one is told 401 before it sends its body."""
+    if actor is None:
+        return unauthorized()
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == (1, 1):
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
+    return None
+
+
+def exposure_problem(
+    admin_listen: tuple[str, int],
+    tokens: Mapping[str, str],
+    credentials: AdminCredentials,
+    *,
+    source: str,
+) -> str | None:
+    """Why the admin API must not start where it would listen, or None when it may.
+
+    Without any admin token the API answers loopback callers only; on any other interface
+    that would leave it open to whatever relays traffic from loopback (a local proxy, a
+    tunnel), so `run` refuses instead (exit 2). `source` names where the address came from.
+    """
+    if credentials.token_configured(tokens):
+        return None
+    host, port = admin_listen
+    if _host_is_loopback(host):
+        return None
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (
+        f"the admin API would listen on {shown} ({source}), off the loopback interface, and no "
+        f"admin token is configured: add admin.tokens to the policy (store the hash printed by "
+        f"`tailguard hash-key`) or set {ADMIN_TOKEN_ENV}, or listen on 127.0.0.1"
+    )
+
+
+def _host_is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback one (a name is resolved)."""
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return True  # the bind will fail and say why
+    return all(_is_loopback(str(info[4][0])) for info in infos)
+
+
+def status_of(gateway: AdminTarget) -> dict[str, Any]:
     """What an operator asks at 3 a.m.: what serves, what is sick, and why."""
     snap = gateway.snapshot
     now = gateway.clock.now()
@@ -137,11 +322,22 @@ def status_of(gateway: Gateway) -> dict[str, Any]:
         "routes": routes,
         "backends": backends,
         "canary_decisions": gateway.canary.decisions[-10:],
+        "slo": gateway.slo.state(),
     }
 
 
-def build_admin_app(gateway: Gateway) -> web.Application:
+def build_admin_app(gateway: AdminTarget) -> web.Application:
+    """The admin API of one gateway process; credentials from its policy and environment."""
     app = web.Application(client_max_size=MAX_POLICY_BYTES)
+    credentials = AdminCredentials.from_environ(os.environ)
+
+    def actor_of(request: web.Request) -> str | None:
+        return authenticate(
+            gateway.snapshot.admin_tokens, credentials, request.headers, request.remote
+        )
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        return await continue_if(request, actor_of(request))
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(gateway.metrics.registry)
@@ -160,9 +356,9 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         handler: Callable[[web.Request, str], Awaitable[web.StreamResponse]],
     ) -> AdminHandler:
         async def call(request: web.Request) -> web.StreamResponse:
-            actor = admin_actor(gateway, request)
+            actor = actor_of(request)  # before the handler reads any body
             if actor is None:
-                return _error(401, "unauthorized", "admin credentials required")
+                return unauthorized()
             try:
                 return await handler(request, actor)
             except TailguardError as e:
@@ -230,6 +426,19 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         route, action = request.match_info["route"], request.match_info["action"]
         return web.json_response(gateway.canary.act(route, action, actor))
 
+    async def slo(_: web.Request, actor: str) -> web.Response:
+        return web.json_response(gateway.slo.state())
+
+    async def slo_override(request: web.Request, actor: str) -> web.Response:
+        route = request.match_info["route"]
+        if request.method == "DELETE":
+            return web.json_response(gateway.slo.override(route, None, actor))
+        body = await _json(request)
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise ClientError('give {"seconds": N}: how long enforcement stays suspended')
+        return web.json_response(gateway.slo.override(route, float(seconds), actor))
+
     async def reset_breaker(request: web.Request, actor: str) -> web.Response:
         body = await _json(request)
         backend, url = body.get("backend"), body.get("endpoint")
@@ -250,15 +459,19 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/admin/status", guarded(status))
     app.router.add_get("/admin/policy", guarded(get_policy))
-    app.router.add_post("/admin/policy", guarded(put_policy))
-    app.router.add_put("/admin/policy", guarded(put_policy))
-    app.router.add_post("/admin/policy/validate", guarded(validate_policy))
-    app.router.add_post("/admin/reload", guarded(reload))
-    app.router.add_post("/admin/endpoints/{action:drain|undrain}", guarded(drain))
-    app.router.add_post("/admin/breakers/reset", guarded(reset_breaker))
-    app.router.add_post(
-        "/admin/canary/{route}/{action:promote|pause|resume|rollback}", guarded(canary)
-    )
+    for method, path, handler in (
+        ("POST", "/admin/policy", put_policy),
+        ("PUT", "/admin/policy", put_policy),
+        ("POST", "/admin/policy/validate", validate_policy),
+        ("POST", "/admin/reload", reload),
+        ("POST", "/admin/endpoints/{action:drain|undrain}", drain),
+        ("POST", "/admin/breakers/reset", reset_breaker),
+        ("POST", "/admin/canary/{route}/{action:promote|pause|resume|rollback}", canary),
+        ("GET", "/admin/slo", slo),
+        ("POST", "/admin/slo/{route}/override", slo_override),
+        ("DELETE", "/admin/slo/{route}/override", slo_override),
+    ):
+        app.router.add_route(method, path, guarded(handler), expect_handler=expect)
     return app
 
 

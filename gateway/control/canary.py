@@ -26,7 +26,7 @@ from collections.abc import Callable
 from gateway.clock import Clock
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import RouteRuntime, Snapshot
-from gateway.resilience.canary import CanaryAnalysis, CanaryDecision, CanarySide
+from gateway.resilience.canary import CanaryAnalysis, CanaryDecision, CanaryPhase, CanarySide
 from gateway.state.store import StateStore
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import Metrics
@@ -60,6 +60,7 @@ class CanaryController:
         self._pending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self.decisions: list[dict[str, object]] = []  # recent, for the admin API
+        self._held: set[str] = set()  # routes whose rollout the error-budget policy paused
 
     # --- snapshot ------------------------------------------------------------------------
 
@@ -158,6 +159,57 @@ class CanaryController:
             analysis = self._analyses.get(route.name)
             if analysis is not None and analysis.due(now):
                 self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
+
+    # --- the error-budget policy ----------------------------------------------------------
+
+    BUDGET_ACTOR = "error-budget"
+
+    def _budget_target(self, route_name: str) -> tuple[RouteRuntime, CanaryAnalysis] | None:
+        route = next((r for r in self._current().routes if r.name == route_name), None)
+        analysis = self._analyses.get(route_name)
+        if route is None or analysis is None or route.canary is None:
+            return None
+        return route, analysis
+
+    def budget_hold(self, route_name: str, why: str) -> dict[str, object] | None:
+        """Freeze a progressing rollout where it is (an operator's resume is undone at the
+        next tick while the budget still burns); the decision, or None when nothing changed."""
+        target = self._budget_target(route_name)
+        if target is None or target[1].phase is not CanaryPhase.PROGRESSING:
+            return None
+        route, analysis = target
+        self._held.add(route_name)
+        decision = analysis.pause(self._clock.now(), by=self.BUDGET_ACTOR, why=why)
+        return self._decided(route, analysis, decision, self.BUDGET_ACTOR)
+
+    def budget_release(self, route_name: str, why: str) -> dict[str, object] | None:
+        """Resume a rollout this policy froze (never one an operator paused)."""
+        if route_name not in self._held:
+            return None
+        self._held.discard(route_name)
+        target = self._budget_target(route_name)
+        if target is None or target[1].phase is not CanaryPhase.PAUSED:
+            return None
+        route, analysis = target
+        decision = analysis.resume(self._clock.now(), by=self.BUDGET_ACTOR, why=why)
+        return self._decided(route, analysis, decision, self.BUDGET_ACTOR)
+
+    def budget_rollback(self, route_name: str, why: str) -> dict[str, object] | None:
+        """Take the traffic off a canary that causes the burn."""
+        target = self._budget_target(route_name)
+        if target is None or target[1].phase.is_terminal:
+            return None
+        route, analysis = target
+        self._held.discard(route_name)
+        decision = analysis.rollback(self._clock.now(), why, by=self.BUDGET_ACTOR)
+        return self._decided(route, analysis, decision, self.BUDGET_ACTOR)
+
+    def live_weight(self, route_name: str) -> float | None:
+        """The canary's weight while its rollout is not finished; None otherwise."""
+        analysis = self._analyses.get(route_name)
+        if analysis is None or analysis.phase.is_terminal:
+            return None
+        return analysis.weight
 
     # --- replicas ------------------------------------------------------------------------
 

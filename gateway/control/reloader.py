@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("tailguard.reloader")
@@ -75,4 +76,26 @@ class FileWatcher:
             self._task = None
 
 
-__all__ = ["FileWatcher", "signature"]
+__all__ = ["FileWatcher", "ReloadResult", "signature"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What a reload did: applied or not, why not, and what changed."""
+
+    applied: bool
+    dry_run: bool
+    sha256: str
+    previous_sha256: str
+    changes: tuple[str, ...]
+    issues: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            "sha256": self.sha256,
+            "previous_sha256": self.previous_sha256,
+            "changes": list(self.changes),
+            "issues": list(self.issues),
+        }

@@ -1,7 +1,8 @@
 """The PNG report of a run, drawn from results.json alone (so it can be redrawn later).
 
 Stacked panels share the time axis: latency percentiles per second (log scale), success
-ratio per second, and where the traffic went (share per region, then per backend — or
+ratio per second, the burn rate of each policy SLO (when the policy has SLOs), and where
+the traffic went (share per region, then per backend — or
 per sim when there is one backend). Every timeline action is a dashed vertical line
 with its label; every phase is a shaded span named with its verdict. matplotlib is an
 optional dependency (`pip install tailguard[loadtest]`): it is imported here only, with
@@ -62,9 +63,14 @@ def write_report(results: Mapping[str, Any], path: Path) -> tuple[Path | None, s
         ("backend", "traffic share per backend") if len(backends) > 1
         else ("sim", "traffic share per sim")
     )  # fmt: skip
-    panels = [("latency", 3.0), ("success", 2.0), ("region", 1.6), (split_kind, 1.6)]
+    slo_series = series.get("slo") or {}
+    has_slo = any(any(v is not None for v in s["burn"]) for s in slo_series.values())
+    panels = [("latency", 3.0), ("success", 2.0)]
+    if has_slo:
+        panels.append(("slo", 2.0))
+    panels += [("region", 1.6), (split_kind, 1.6)]
     fig, axes = plt.subplots(
-        len(panels), 1, sharex=True, figsize=(13, 10.5),
+        len(panels), 1, sharex=True, figsize=(13, 12.5 if has_slo else 10.5),
         gridspec_kw={"height_ratios": [h for _, h in panels]},
     )  # fmt: skip
     passed = bool(results["passed"])
@@ -114,7 +120,25 @@ def write_report(results: Mapping[str, Any], path: Path) -> tuple[Path | None, s
     ok.set_ylabel("success (%)")
     ok.grid(True, alpha=0.25)
 
-    for ax, (kind, _) in zip(axes[2:], panels[2:], strict=True):
+    if has_slo:
+        burn_ax = axes[2]
+        for i, (name, slo) in enumerate(slo_series.items()):
+            burn_ax.plot(t, _steps(_nan(slo["burn"])), color=_PALETTE[i % len(_PALETTE)],
+                         linewidth=1.6, label=name)  # fmt: skip
+        for level, label, color in ((14.4, "page: 14.4x", _FAIL), (1.0, "1x", "#616161")):
+            burn_ax.axhline(level, color=color, linestyle=":", linewidth=1.0)
+            burn_ax.text(0.995, level, f"{label} ", transform=burn_ax.get_yaxis_transform(),
+                         ha="right", va="bottom", fontsize=8, color=color)  # fmt: skip
+        # symlog: a clean second (0x) and a burning one (1000x) on one axis
+        burn_ax.set_yscale("symlog", linthresh=1.0)
+        burn_ax.set_ylim(bottom=0)
+        burn_ax.set_ylabel("burn rate (x budget)")
+        burn_ax.set_title("SLO burn rate per second (error ratio / error budget)",
+                          fontsize=9, loc="left", color="#444")  # fmt: skip
+        burn_ax.grid(True, alpha=0.25)
+        burn_ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
+
+    for ax, (kind, _) in zip(axes[-2:], panels[-2:], strict=True):
         shares = _shares(series.get(kind, {}), sent)
         if shares:
             names = list(shares)

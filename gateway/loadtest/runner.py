@@ -591,6 +591,98 @@ async def _count_backend(sims: Mapping[str, SimHandle]) -> int | None:
     return None if any(c < 0 for c in counts) else sum(counts)
 
 
+# --- SLOs: the gateway's own counters --------------------------------------------------------
+
+SloCounts = dict[str, tuple[float, float]]  # SLO name -> (good, bad) so far
+
+
+@dataclass(frozen=True, slots=True)
+class SloBudgetSpec:
+    """What a phase's `error_budget` verdict needs of a policy SLO."""
+
+    error_budget: float  # 1 - objective
+    window: float  # the compliance window, seconds
+
+
+def slo_specs(policy_text: str, source: str) -> dict[str, SloBudgetSpec]:
+    """The SLOs of a rendered policy, by name."""
+    model = load_policy_text(policy_text, source)
+    out = {}
+    for name, slo in model.slos.items():
+        target = slo.availability or slo.latency
+        assert target is not None  # the model requires one of them
+        out[name] = SloBudgetSpec(1.0 - target.objective, slo.window)
+    return out
+
+
+_SLO_SAMPLE = re.compile(
+    r'^tailguard_slo_events_total\{(?=[^}]*slo="([^"]*)")(?=[^}]*result="([^"]*)")[^}]*\}\s+(\S+)',
+    re.MULTILINE,
+)
+
+
+async def slo_counts(session: aiohttp.ClientSession, admin_url: str) -> SloCounts | None:
+    """`tailguard_slo_events_total` summed by SLO and result, from the gateway's /metrics.
+
+    Only those lines are read (a regular expression, not a full parse): this runs in the
+    load generator's event loop every second, where a slow parse would delay requests.
+    """
+    try:
+        async with session.get(admin_url + "/metrics") as r:
+            if r.status != 200:
+                return None
+            text = await r.text()
+    except (aiohttp.ClientError, OSError):
+        return None
+    out: dict[str, list[float]] = {}
+    for slo, result, value in _SLO_SAMPLE.findall(text):
+        pair = out.setdefault(slo, [0.0, 0.0])
+        try:
+            pair[0 if result == "good" else 1] += float(value)
+        except ValueError:
+            continue
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def budget_spent(
+    spec: SloBudgetSpec,
+    before: SloCounts | None,
+    after: SloCounts | None,
+    name: str,
+    seconds: float,
+) -> float | None:
+    """Share of the SLO's compliance-window budget the phase spent; None when unknown.
+
+    The window's budget is `error_budget` x the requests the window would see at the phase's
+    rate, so the share is the phase's mean burn rate x its length / the window.
+    """  # fmt: skip
+    if before is None or after is None or name not in after:
+        return None
+    g0, b0 = before.get(name, (0.0, 0.0))
+    g1, b1 = after[name]
+    bad, total = b1 - b0, (g1 - g0) + (b1 - b0)
+    if total <= 0:
+        return None
+    return (bad / total) / spec.error_budget * seconds / spec.window
+
+
+def burn_series(
+    spec: SloBudgetSpec, samples: Mapping[float, SloCounts | None], name: str, seconds: int
+) -> list[float | None]:
+    """The burn rate of each second of traffic (error ratio / budget), None without events."""
+    out: list[float | None] = []
+    for k in range(seconds):
+        a, b = samples.get(float(k)), samples.get(float(k + 1))
+        if a is None or b is None or name not in b:
+            out.append(None)
+            continue
+        g0, b0 = a.get(name, (0.0, 0.0))
+        g1, b1 = b[name]
+        total = (g1 - g0) + (b1 - b0)
+        out.append(None if total <= 0 else (b1 - b0) / total / spec.error_budget)
+    return out
+
+
 async def run_scenario(
     scenario: ScenarioModel,
     scenario_file: str | Path,
@@ -610,6 +702,7 @@ async def run_scenario(
     out = _make_dir(Path(out_dir))
     target = (target or scenario.target or "").rstrip("/") or None
     template = None
+    slos: dict[str, SloBudgetSpec] = {}
     if target is None:
         assert scenario.policy is not None  # the model requires policy without a target
         template_path = scenario.resolve(scenario_file, scenario.policy)
@@ -634,7 +727,9 @@ async def run_scenario(
                 values["redis.url"] = redis.url
             if template is not None:
                 policy_file = out / "policy.yaml"
-                policy_file.write_text(render_template(template, values, str(policy_file)))
+                rendered = render_template(template, values, str(policy_file))
+                policy_file.write_text(rendered)
+                slos = slo_specs(rendered, str(policy_file))
                 gateway = GatewayProcess(policy_file, out / "gateway.log")
                 await gateway.start()
                 await gateway.wait_ready(session, READY_TIMEOUT)
@@ -673,8 +768,14 @@ async def run_scenario(
             bounds = sorted({p.from_ for p in scenario.phases} | {p.to for p in scenario.phases}
                             | {0.0, scenario.traffic.duration})  # fmt: skip
             counts: dict[float, int | None] = {}
+            slo_samples: dict[float, SloCounts | None] = {}
             cpu_start = gateway.cpu_seconds() if gateway is not None else None
             start = loop.time() + 0.05
+            admin = gateway.admin_url if gateway is not None and slos else None
+            # the SLO counters every second (for the burn plot) and at every phase bound
+            slo_times = sorted(
+                set(bounds) | {float(k) for k in range(math.ceil(scenario.traffic.duration) + 1)}
+            ) if admin is not None else []  # fmt: skip
 
             async def sample() -> None:
                 for b in bounds:
@@ -682,6 +783,14 @@ async def run_scenario(
                     if delay > 0:
                         await asyncio.sleep(delay)
                     counts[b] = await _count_backend(sims) if sims else None
+
+            async def sample_slos() -> None:
+                assert admin is not None or not slo_times
+                for b in slo_times:
+                    delay = start + b - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    slo_samples[b] = await slo_counts(session, str(admin))
 
             def on_action(record: ActionRecord) -> None:
                 status = "" if record.ok else " FAILED"
@@ -694,10 +803,11 @@ async def run_scenario(
 
             ticker = asyncio.ensure_future(tick())
             try:
-                _, actions, _ = await asyncio.gather(
+                _, actions, _, _ = await asyncio.gather(
                     traffic.run(session, start),
                     run_timeline(scenario.timeline, ctx, start, on_action),
                     sample(),
+                    sample_slos(),
                 )
             finally:
                 ticker.cancel()
@@ -721,11 +831,28 @@ async def run_scenario(
         backend = None if a is None or b is None else b - a
         m = measure(records, phase.from_, phase.to, backend)
         v = judge(phase, m)
+        spent: dict[str, float | None] = {}
+        for name, bound in phase.slo.error_budget.items():
+            spec = slos.get(name)
+            value = (
+                None if spec is None else budget_spent(
+                    spec, slo_samples.get(phase.from_), slo_samples.get(phase.to), name,
+                    phase.to - phase.from_,
+                )
+            )  # fmt: skip
+            spent[name] = value
+            measured = (
+                ("no such SLO in the policy" if spec is None else "unknown")
+                if value is None else f"{value * 100:.4g}%"
+            )  # fmt: skip
+            v.append(Verdict(phase.name, f"{name} budget spent", str(bound), measured,
+                             value is not None and bound.holds(value)))  # fmt: skip
         verdicts.extend(v)
         phases.append({
             "name": phase.name, "from": phase.from_, "to": phase.to,
             "passed": all(x.passed for x in v),
             "measured": m.to_json(), "verdicts": [x.to_json() for x in v],
+            "error_budget_spent": spent,
         })  # fmt: skip
     first, last = counts.get(0.0), counts.get(scenario.traffic.duration)
     total = measure(records, 0.0, math.inf, None if first is None or last is None else last - first)
@@ -754,6 +881,13 @@ async def run_scenario(
         ],
         "series": per_second(records, scenario.traffic.duration),
     }
+    if slo_samples:
+        seconds = max(1, math.ceil(scenario.traffic.duration - 1e-9))
+        results["series"]["slo"] = {
+            name: {"burn": burn_series(spec, slo_samples, name, seconds),
+                   "error_budget": spec.error_budget, "window_s": spec.window}
+            for name, spec in slos.items()
+        }  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     result = RunResult(results, verdicts, out)
     if report:

@@ -304,6 +304,9 @@ class SloModel(FrozenModel):
     max_dropped: Percent | None = None
     min_requests: PositiveInt | None = None
     traffic: FrozenMap[Literal["region", "backend", "sim"], FrozenMap[Text, Share]] = FrozenMap()
+    # the share of a policy SLO's error budget (over its whole compliance window) that the
+    # phase spent, from the gateway's own SLO counters: `{classify-availability: "<= 0.1%"}`
+    error_budget: FrozenMap[Name, Share] = FrozenMap()
 
 
 class PhaseModel(FrozenModel):

@@ -34,11 +34,12 @@ from gateway.resilience.outlier import Ejection, OutlierConfig, OutlierDetector
 from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
 from gateway.resilience.split import SplitEntry, WeightedSplit, rendezvous_order
 from gateway.resilience.windows import LatencyWindow
+from gateway.slo.budget import FastBurnConfig, SliKind, SloConfig
 
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.fallback.rules import RuleSet
-    from gateway.policy.model import BackendModel, PolicyModel, RouteModel
+    from gateway.policy.model import BackendModel, PolicyModel, RouteModel, SloModel
 
 BreakerListener = Callable[[str, str, BreakerState, BreakerState], None]
 
@@ -330,6 +331,7 @@ class Snapshot:
     strip_headers: frozenset[str] = frozenset()  # the gateway's own credentials
     # what `tailguard validate` and a reload say about a valid policy that may surprise
     notes: tuple[str, ...] = ()
+    slos: tuple[SloConfig, ...] = ()
 
     def route_for(self, method: str, path: str, headers: Mapping[str, str]) -> RouteRuntime | None:
         """First route whose match holds, in policy order; None means 404."""
@@ -440,6 +442,38 @@ def compile_policy(
             else frozenset()
         ),
         notes=policy_notes(policy),
+        slos=tuple(_slo(name, m) for name, m in policy.slos.items()),
+    )
+
+
+def _slo(name: str, m: SloModel) -> SloConfig:
+    burn = m.on_fast_burn
+    fast_burn = FastBurnConfig(
+        freeze_canary=burn.freeze_canary,
+        rollback_canary=burn.rollback_canary,
+        blame_share=burn.blame_share,
+        min_bad_events=burn.min_bad_events,
+        shed_priority=PRIORITY_NAMES[burn.shed] if burn.shed is not None else None,
+    )
+    if m.availability is not None:
+        return SloConfig(
+            name=name,
+            routes=tuple(m.routes),
+            kind=SliKind.AVAILABILITY,
+            objective=m.availability.objective,
+            window=m.window,
+            fallback_good=m.availability.fallback == "good",
+            fast_burn=fast_burn,
+        )
+    assert m.latency is not None
+    return SloConfig(
+        name=name,
+        routes=tuple(m.routes),
+        kind=SliKind.LATENCY,
+        objective=m.latency.objective,
+        window=m.window,
+        latency_threshold=m.latency.threshold,
+        fast_burn=fast_burn,
     )
 
 

@@ -53,7 +53,9 @@ from gateway.policy.units import (
     PositivePercent,
     PositiveSize,
     Rate,
+    Window,
     parse_hostport,
+    parse_percent,
 )
 from gateway.resilience.outcome import RETRY_CONDITIONS
 
@@ -91,6 +93,10 @@ __all__ = [
     "RateLimitModel",
     "RetryModel",
     "RouteModel",
+    "SloAvailabilityModel",
+    "SloFastBurnModel",
+    "SloLatencyModel",
+    "SloModel",
     "SlowCallModel",
     "SplitModel",
     "StateModel",
@@ -775,6 +781,70 @@ class RouteModel(FrozenModel):
         return self
 
 
+# --- service level objectives -------------------------------------------------------------
+
+
+def _objective(value: Any) -> float:
+    fraction = parse_percent(value)
+    if not 0.0 < fraction < 1.0:
+        raise _error("objective", "must be more than 0% and less than 100% (like 99.9%)")
+    return round(fraction, 12)  # 99.9 / 100 is 0.9990000000000001 in binary
+
+
+# A target share of good events: more than 0 % and less than 100 % (a 100 % objective leaves
+# no error budget to spend, so every burn rate would divide by zero).
+Objective = Annotated[
+    float,
+    BeforeValidator(_objective),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(\.\d+)?%$", "examples": ["99.9%"]}),
+]
+
+
+class SloAvailabilityModel(FrozenModel):
+    """Good = answered without a gateway or backend error; 4xx answers are not counted."""
+
+    objective: Objective
+    fallback: Literal["good", "bad"] = "bad"
+
+
+class SloLatencyModel(FrozenModel):
+    """Good = a successful answer within `threshold`; failed requests are availability's."""
+
+    threshold: Duration
+    objective: Objective
+
+
+class SloFastBurnModel(FrozenModel):
+    """What the gateway does while the budget burns fast (1h and 5m windows above 14.4x)."""
+
+    freeze_canary: Bool = True
+    rollback_canary: Bool = True
+    blame_share: PositivePercent = 0.5
+    min_bad_events: Annotated[int, Strict(), Field(ge=1)] = 10
+    shed: Literal["sheddable", "low", "normal"] | None = None
+
+
+class SloModel(FrozenModel):
+    routes: Annotated[tuple[Name, ...], Field(min_length=1)]
+    window: Window = 30 * 86400.0
+    availability: SloAvailabilityModel | None = None
+    latency: SloLatencyModel | None = None
+    on_fast_burn: SloFastBurnModel = SloFastBurnModel()
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> SloModel:
+        if (self.availability is None) == (self.latency is None):
+            raise checks_failed(((), "give exactly one of availability or latency"))
+        seen: set[str] = set()
+        for k, route in enumerate(self.routes):
+            if route in seen:
+                raise checks_failed((("routes", k), f"route '{route}' is listed twice"))
+            seen.add(route)
+        if self.window < 60.0:
+            raise checks_failed((("window",), "must be at least 1m"))
+        return self
+
+
 # --- auth ----------------------------------------------------------------------------------
 
 KeyHash = Annotated[
@@ -835,6 +905,7 @@ class PolicyModel(FrozenModel):
     admin: AdminModel = AdminModel()
     backends: Annotated[FrozenMap[Name, BackendModel], Field(min_length=1)]
     routes: Annotated[tuple[RouteModel, ...], Field(min_length=1)]
+    slos: FrozenMap[Name, SloModel] = FrozenMap()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> PolicyModel:
@@ -889,6 +960,16 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                     (("routes", i, "fallback", k, "backend"),
                      f"backend '{backend}' is not defined in backends{hint}")
                 )  # fmt: skip
+
+    slos = data.get("slos")
+    for slo_name, slo in slos.items() if isinstance(slos, Mapping) else ():
+        slo_routes = slo.get("routes") if isinstance(slo, Mapping) else None
+        for k, route_name in enumerate(slo_routes if isinstance(slo_routes, list | tuple) else ()):
+            if isinstance(route_name, str) and route_name not in names:
+                hint = did_you_mean(route_name, names)
+                problems.append(
+                    (("slos", slo_name, "routes", k), f"no route named '{route_name}'{hint}")
+                )
 
     has_auth = isinstance(data.get("auth"), Mapping)
     for i, route in enumerate(routes if isinstance(routes, list | tuple) else ()):

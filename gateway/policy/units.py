@@ -32,6 +32,7 @@ __all__ = [
     "PERCENT_PATTERN",
     "RATE_PATTERN",
     "SIZE_PATTERN",
+    "WINDOW_PATTERN",
     "Duration",
     "DurationOrZero",
     "HedgeDelay",
@@ -43,18 +44,21 @@ __all__ = [
     "PositiveSize",
     "Rate",
     "Size",
+    "Window",
     "format_duration",
     "format_hedge_delay",
     "format_hostport",
     "format_percent",
     "format_rate",
     "format_size",
+    "format_window",
     "parse_duration",
     "parse_hedge_delay",
     "parse_hostport",
     "parse_percent",
     "parse_rate",
     "parse_size",
+    "parse_window",
 ]
 
 # --- patterns (also published in the JSON Schema) -----------------------------------------
@@ -65,10 +69,13 @@ SIZE_PATTERN = r"^\d+(\.\d+)?(B|KB|MB|GB|KiB|MiB|GiB)$"
 HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
 HEDGE_DELAY_PATTERN = r"^(\d+(\.\d+)?(us|ms|s|m|h)|p\d{2}(\.\d+)?)$"
 RATE_PATTERN = r"^\d+(\.\d+)?/(s|m|h)$"
+WINDOW_PATTERN = r"^\d+(\.\d+)?(s|m|h|d)$"
 
 _NUMBER = r"([+-]?\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"{_NUMBER}\s*(us|ms|s|m|h)")
 _DURATION_SCALE = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_WINDOW = re.compile(rf"{_NUMBER}\s*(s|m|h|d)")
+_WINDOW_SCALE = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PERCENT = re.compile(rf"{_NUMBER}\s*%")
 _SIZE = re.compile(rf"{_NUMBER}\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
 _SIZE_SCALE = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9,
@@ -81,6 +88,7 @@ DURATION_HINT = "expected a duration like 250ms or 2s"
 PERCENT_HINT = "expected a percentage like 20%"
 SIZE_HINT = "expected a size like 4MiB or 512KiB, or a number of bytes"
 HOSTPORT_HINT = "expected HOST:PORT like 127.0.0.1:8080, :8080 or [::1]:8080"
+WINDOW_HINT = "expected a window like 30d, 7d or 12h"
 RATE_HINT = "expected a rate like 100/s, 600/m or 1000/h"
 HEDGE_DELAY_HINT = "expected a duration like 50ms or a latency percentile like p95"
 
@@ -125,6 +133,25 @@ def format_duration(seconds: float) -> str:
         if v >= 1:
             return f"{round(v, 6):.12g}{unit}"
     return f"{round(seconds / 1e-6, 6):.12g}us"
+
+
+def parse_window(value: Any) -> float:
+    """An SLO window, `30d`, `7d`, `12h`, `30m` → seconds (> 0); refuses bare numbers."""
+    m = _WINDOW.fullmatch(value.strip()) if isinstance(value, str) else None
+    if m is None:
+        raise _error("window", WINDOW_HINT)
+    seconds = float(m.group(1)) * _WINDOW_SCALE[m.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise _error("window", "must be more than 0")
+    return seconds
+
+
+def format_window(seconds: float) -> str:
+    """`2592000` → `30d`; below a whole day, as a duration."""
+    days = seconds / 86400.0
+    if days >= 1 and abs(days - round(days)) < 1e-9:
+        return f"{round(days)}d"
+    return format_duration(seconds)
 
 
 # --- percentages ----------------------------------------------------------------------------
@@ -369,6 +396,14 @@ HostPort = Annotated[
     _string(HOSTPORT_PATTERN, "127.0.0.1:8080", "hostport"),
 ]
 """`(host, port)`, written `host:port`, `:port` (all interfaces) or `[::1]:port`."""
+
+Window = Annotated[
+    float,
+    BeforeValidator(parse_window),
+    PlainSerializer(format_window, return_type=str, when_used="json"),
+    _string(WINDOW_PATTERN, "30d", "window"),
+]
+"""Seconds, > 0, written `30d`, `7d`, `12h` (an SLO's compliance window)."""
 
 HedgeDelay = Annotated[
     HedgeDelayValue,

@@ -53,6 +53,10 @@ class OutcomeListener(Protocol):
     def record(self, route: RouteRuntime, backend: str, failed: bool, latency: float) -> None: ...
 
 
+class SloListener(Protocol):
+    def record(self, ex: Exchange, status: int, latency: float) -> None: ...
+
+
 class ObserveStage:
     """Outermost: every error becomes an answer in the route's protocol (never a traceback).
 
@@ -83,12 +87,17 @@ class ExchangeReporter:
     """
 
     def __init__(
-        self, metrics: Metrics, clock: Clock, canary: OutcomeListener | None = None
+        self,
+        metrics: Metrics,
+        clock: Clock,
+        canary: OutcomeListener | None = None,
+        slo: SloListener | None = None,
     ) -> None:
         self._m = metrics
         self._clock = clock
         self._canary = canary
         self._failures = FailureSummary(log, clock)
+        self._slo = slo
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -118,6 +127,8 @@ class ExchangeReporter:
             return
         latency = self._clock.now() - ex.request.received_at
         m.child(m.request_duration, route_name, protocol).observe(latency)
+        if self._slo is not None and status != CLIENT_CLOSED:
+            self._slo.record(ex, status, latency)
         canary = self._canary
         side = ex.split_backend
         if route.canary is None or canary is None or side is None or not ex.attempts:

@@ -486,23 +486,28 @@ class CanaryAnalysis:
 
     # --- operators ---------------------------------------------------------------------------
 
-    def pause(self, now: float) -> CanaryDecision:
-        """Stop judging and hold the weight until `resume`; refused unless PROGRESSING."""
+    def pause(self, now: float, *, by: str = "operator", why: str = "") -> CanaryDecision:
+        """Stop judging and hold the weight until `resume`; refused unless PROGRESSING.
+
+        `by` says who holds it (an operator, or the error-budget policy), `why` adds its reason.
+        """
         self._require_active("pause", paused_ok=False)
         before = self.weight
         self._phase = CanaryPhase.PAUSED
         self._start_interval(now)
-        reason = f"paused by operator at {_weight(before)}"
+        reason = f"paused by {by} at {_weight(before)}" + (f": {why}" if why else "")
         return self._decide(now, None, CanaryAction.PAUSE, before, reason)
 
-    def resume(self, now: float) -> CanaryDecision:
+    def resume(self, now: float, *, by: str = "operator", why: str = "") -> CanaryDecision:
         """Start judging again with a fresh interval; refused unless PAUSED."""
         if self._phase is not CanaryPhase.PAUSED:
             raise ClientError(f"cannot resume a canary analysis that is {self._phase.value}")
         before = self.weight
         self._phase = CanaryPhase.PROGRESSING
         self._start_interval(now)
-        reason = f"resumed by operator at {_weight(before)}; a fresh interval starts"
+        reason = f"resumed by {by} at {_weight(before)}; a fresh interval starts" + (
+            f": {why}" if why else ""
+        )
         return self._decide(now, None, CanaryAction.RESUME, before, reason)
 
     def promote(self, now: float) -> CanaryDecision:
@@ -516,14 +521,14 @@ class CanaryAnalysis:
         reason = f"promoted by operator: {_weight(before)} -> {_weight(FULL_WEIGHT)}"
         return self._decide(now, None, CanaryAction.OPERATOR_PROMOTE, before, reason)
 
-    def rollback(self, now: float, reason: str) -> CanaryDecision:
-        """Take all traffic off the canary now; `reason` is the operator's, kept for the audit."""
+    def rollback(self, now: float, reason: str, *, by: str = "operator") -> CanaryDecision:
+        """Take all traffic off the canary now; `reason` is kept for the audit."""
         self._require_active("roll back", paused_ok=True)
         before = self.weight
         self._phase = CanaryPhase.ROLLED_BACK
         self._failed_checks = 0
         self._start_interval(now)
-        text = f"rolled back by operator: {_weight(before)} -> {_weight(0.0)}"
+        text = f"rolled back by {by}: {_weight(before)} -> {_weight(0.0)}"
         if reason:
             text = f"{text}: {reason}"
         return self._decide(now, None, CanaryAction.OPERATOR_ROLLBACK, before, text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TypeVar
 
 from gateway.clock import Clock
@@ -93,6 +94,17 @@ class MemoryStore:
                 return True
         return False
 
+    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+        out = []
+        for key, amount in items:
+            total = _int(await self.get(key)) + amount
+            await self.set(key, str(total).encode(), ttl)
+            out.append(total)
+        return out
+
+    async def get_counts(self, keys: Sequence[str]) -> list[int]:
+        return [_int(await self.get(key)) for key in keys]
+
     async def publish(self, channel: str, message: bytes) -> None:
         # one process has no peers; local subscribers already know what they published
         return None
@@ -105,6 +117,13 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._handlers.clear()
+
+
+def _int(value: bytes | None) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _trim(lru: OrderedDict[K, V], capacity: int) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -204,6 +205,43 @@ class RedisStore:
         self._ok()
         w = float(wait)
         return TakeResult(bool(int(allowed)), float(tokens), float("inf") if w < 0 else w)
+
+    # --- counters -------------------------------------------------------------------------
+
+    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+        if not items:
+            return []
+        self._check("add_counts")
+        ttl_ms = max(1, int(ttl * 1000))
+        try:
+            async with asyncio.timeout(self._timeout):
+                pipe = self._redis.pipeline(transaction=False)
+                for key, amount in items:
+                    pipe.incrby(self._prefix + key, amount)
+                    pipe.pexpire(self._prefix + key, ttl_ms)
+                replies = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._failed("add_counts", e) from None
+        self._ok()
+        return [int(v) for v in replies[::2]]
+
+    async def get_counts(self, keys: Sequence[str]) -> list[int]:
+        if not keys:
+            return []
+        self._check("get_counts")
+        try:
+            async with asyncio.timeout(self._timeout):
+                values = await self._redis.mget([self._prefix + k for k in keys])
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._failed("get_counts", e) from None
+        self._ok()
+        out = []
+        for v in values:
+            try:
+                out.append(int(v) if v is not None else 0)
+            except (TypeError, ValueError):
+                out.append(0)  # not a counter this gateway wrote: count it as empty
+        return out
 
     # --- broadcast ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ caller skip a store known to be down without paying its timeout on every request
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +59,18 @@ class StateStore(Protocol):
 
     async def take(self, key: str, rate: float, burst: float, cost: float = 1.0) -> TakeResult:
         """Take `cost` tokens from the bucket `key` atomically (refilled at `rate` per second)."""
+        ...
+
+    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+        """Add each amount to its integer key (INCRBY); returns the new totals, in order.
+
+        Each key expires `ttl` seconds after its last addition. Not atomic across keys, but
+        each addition is: replicas adding to the same key never lose a count.
+        """
+        ...
+
+    async def get_counts(self, keys: Sequence[str]) -> list[int]:
+        """The integer value of each key, 0 for a missing one, in order (one round trip)."""
         ...
 
     async def publish(self, channel: str, message: bytes) -> None: ...

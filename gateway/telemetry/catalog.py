@@ -261,6 +261,48 @@ class Metrics:
             registry=r,
         )
 
+        # --- service level objectives (names from the policy's `slos:`) ---
+        # The one source of the generated Prometheus rules: each request counted once, as the
+        # gateway classified it (4xx excluded, fallbacks by the SLO's choice, latency against
+        # the SLO's own threshold), so the alerts and the in-process budget agree.
+        self.slo_events = HotCounter(
+            "tailguard_slo_events_total",
+            "Requests counted by an SLO, by SLO, route and result (good, bad).",
+            ["slo", "route", "result"],
+            r,
+        )
+        self.slo_objective = Gauge(
+            "tailguard_slo_objective_ratio",
+            "The SLO's objective as a ratio (0.999 for 99.9%).",
+            ["slo"],
+            registry=r,
+        )
+        self.slo_burn_rate = Gauge(
+            "tailguard_slo_burn_rate",
+            "Error ratio over the window divided by the error budget, as this replica sees it; "
+            "window names are those of a 30-day SLO (scaled to the SLO's window).",
+            ["slo", "window"],
+            registry=r,
+        )
+        self.slo_budget_remaining = Gauge(
+            "tailguard_slo_error_budget_remaining_ratio",
+            "Share of the compliance window's error budget not yet spent (negative: overspent).",
+            ["slo"],
+            registry=r,
+        )
+        self.slo_fast_burn = Gauge(
+            "tailguard_slo_fast_burn",
+            "1 while the SLO burns fast (1h and 5m above 14.4x) with enough bad events to act.",
+            ["slo"],
+            registry=r,
+        )
+        self.slo_actions = Counter(
+            "tailguard_slo_actions_total",
+            "Error-budget actions on a route: freeze, release, rollback, shed, unshed, override.",
+            ["route", "action"],
+            registry=r,
+        )
+
         # --- policy ---
         self.policy_info = Info(
             "tailguard_policy", "The policy currently serving: source and content hash.", registry=r

@@ -38,6 +38,11 @@ def test_the_smoke_scenario_passes_and_writes_results_and_a_report(tmp_path: Pat
         "revive region us-east",
     ]
     assert all(a["ok"] for a in results["timeline"])
+    # the SLO verdict speaks of the policy's own error budget, from the gateway's counters
+    spent = down["error_budget_spent"]["classify-availability"]
+    assert spent is not None and 0.0 <= spent <= 0.0001
+    burn = results["series"]["slo"]["classify-availability"]["burn"]
+    assert len(burn) == 10 and any(b is not None for b in burn)
     assert len(results["series"]["t"]) == 10 and sum(results["series"]["sent"]) == 1000
     assert results["gateway"]["cpu_us_per_request"] > 0
     png = tmp_path / "report.png"

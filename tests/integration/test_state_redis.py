@@ -39,7 +39,7 @@ async def test_get_set_and_lease(redis_url: str) -> None:
 
 
 async def test_token_bucket_is_one_budget_for_concurrent_takers(redis_url: str) -> None:
-    a, b = store_for(redis_url, timeout=0.5), store_for(redis_url, timeout=0.5)
+    a, b = store_for(redis_url, timeout=2.0), store_for(redis_url, timeout=2.0)
     b._prefix = a._prefix  # two replicas, one key space
     try:
         # a very slow refill: only the burst can pass, however the takes interleave
@@ -182,3 +182,20 @@ async def test_the_lua_bucket_refills_caps_at_burst_and_expires(redis_url: str) 
         assert 0 < ttl <= 5 / 100 * 1000 + 1000
     finally:
         await store.close()
+
+
+async def test_counters_add_atomically_across_stores_and_expire(redis_url: str) -> None:
+    a, b = store_for(redis_url, timeout=2.0), store_for(redis_url, timeout=2.0)
+    a._prefix = b._prefix = f"cnt{os.urandom(4).hex()}:"
+    try:
+        # two replicas adding to the same keys at once never lose a count
+        await asyncio.gather(
+            *(s.add_counts([("k", 1), ("j", 2)], ttl=5.0) for s in (a, b) for _ in range(20))
+        )
+        assert await a.get_counts(["k", "j", "none"]) == [40, 80, 0]
+        assert await b.add_counts([("k", 0)], ttl=0.2) == [40]
+        await asyncio.sleep(0.3)
+        assert await a.get_counts(["k", "j"]) == [0, 80]
+    finally:
+        await a.close()
+        await b.close()

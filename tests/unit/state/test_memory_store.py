@@ -68,3 +68,16 @@ async def test_a_cost_above_burst_can_never_pass() -> None:
     store = MemoryStore(FakeClock())
     r = await store.take("t", 1.0, 2.0, cost=3.0)
     assert not r.allowed and r.retry_after == math.inf
+
+
+async def test_counters_add_up_and_expire_after_their_last_addition() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    assert await store.add_counts([("a", 2), ("b", 0), ("a", 3)], ttl=10.0) == [2, 0, 5]
+    assert await store.get_counts(["a", "b", "missing"]) == [5, 0, 0]
+    clock.advance(9.0)
+    assert await store.add_counts([("a", 1)], ttl=10.0) == [6]
+    clock.advance(9.0)
+    assert await store.get_counts(["a", "b"]) == [6, 0]
+    clock.advance(1.5)
+    assert await store.get_counts(["a"]) == [0]

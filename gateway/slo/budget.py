@@ -1,0 +1,516 @@
+"""Error budgets and multi-window burn rates of one SLO, counted in fixed time buckets.
+
+An SLO says what share of events must be good over a compliance window (`99.9%` over
+`30d`). The error budget is the share that may be bad (0.1 %); the burn rate over a window
+is the error ratio seen in it divided by that budget (1x spends the budget exactly over the
+compliance window, 14.4x spends 2 % of a 30-day budget in one hour). The alerting windows
+(5m, 30m, 1h, 2h, 6h, 1d, 3d) are the SRE Workbook's for a 30-day window and scale with the
+SLO's window: a 7-day SLO's "1h" window lasts 14 minutes, so the same burn factors still
+mean the same share of the budget.
+
+Events go into two rings of buckets whose width follows the window: a fine ring (10 s
+buckets at 30 days) covering the 6h window, and a coarse ring (1 h buckets at 30 days)
+covering the whole compliance window. Memory is fixed (about 2,900 buckets per SLO) and
+`record` is O(1); `status` walks each ring once. A window's sum covers the buckets it
+spans, the current (partial) bucket included, so it may read up to one bucket short.
+
+Replicas share their counts through the state store by bucket: `take_pending` hands the
+controller what this process counted since it last asked, `adopt` takes a bucket's totals
+across replicas back (plus what was counted here meanwhile), and `restore_pending` keeps
+counts whose upload failed for the next try. `now` must then be wall time, the same on
+every replica, so that bucket numbers agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+NOMINAL_WINDOW = 30 * 86400.0  # the compliance window the alerting windows are stated for
+FINE_BUCKETS = 2160  # 10 s buckets over 6 h at 30 days
+COARSE_BUCKETS = 720  # 1 h buckets over 30 days
+
+
+class SliKind(enum.StrEnum):
+    """What an event being good means."""
+
+    AVAILABILITY = "availability"  # answered without a gateway or backend error
+    LATENCY = "latency"  # a successful answer within the threshold
+
+
+class Severity(enum.StrEnum):
+    PAGE = "page"
+    TICKET = "ticket"
+
+
+@dataclass(frozen=True, slots=True)
+class BurnWindow:
+    """An alerting window by its name at a 30-day compliance window (`1h`), and its length."""
+
+    name: str
+    nominal: float  # seconds at NOMINAL_WINDOW
+
+
+BURN_WINDOWS: tuple[BurnWindow, ...] = tuple(
+    BurnWindow(n, s)
+    for n, s in (
+        ("5m", 300.0), ("30m", 1800.0), ("1h", 3600.0), ("2h", 7200.0), ("6h", 21600.0),
+        ("1d", 86400.0), ("3d", 259200.0),
+    )
+)  # fmt: skip
+_NOMINAL = {w.name: w.nominal for w in BURN_WINDOWS}
+_FINE_SPAN = FINE_BUCKETS * NOMINAL_WINDOW / 259200.0  # 6 h at 30 days
+
+
+@dataclass(frozen=True, slots=True)
+class BurnAlert:
+    """Burn faster than `factor` over both `long` and `short` windows (SRE Workbook ch. 5).
+
+    The long window says the burn is real and big enough to matter; the short one says it
+    is still going on, so the alert resolves minutes after the burn stops.
+    """
+
+    severity: Severity
+    long: str
+    short: str
+    factor: float
+
+
+BURN_ALERTS: tuple[BurnAlert, ...] = (
+    BurnAlert(Severity.PAGE, "1h", "5m", 14.4),  # 2 % of the budget in 1 h
+    BurnAlert(Severity.PAGE, "6h", "30m", 6.0),  # 5 % in 6 h
+    BurnAlert(Severity.TICKET, "1d", "2h", 3.0),  # 10 % in 1 d
+    BurnAlert(Severity.TICKET, "3d", "6h", 1.0),  # 10 % in 3 d
+)
+FAST_BURN = BURN_ALERTS[0]
+
+
+@dataclass(frozen=True, slots=True)
+class FastBurnConfig:
+    """What the gateway does while the fast-burn condition (`FAST_BURN`) holds.
+
+    freeze_canary: hold a canary on the SLO's routes where it is (no step up).
+    rollback_canary: roll the canary back when it carries at least `blame_share` of the
+        bad events in the short window, and at least twice its share of the traffic.
+    min_bad_events: bad events the short window must hold before anything is done (a
+        ratio of 2 bad in 3 requests is no evidence).
+    shed_priority: while burning, refuse requests of this priority value and below (0 is
+        `sheddable`); None sheds nothing.
+    """
+
+    freeze_canary: bool = True
+    rollback_canary: bool = True
+    blame_share: float = 0.5
+    min_bad_events: int = 10
+    shed_priority: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.blame_share <= 1.0:
+            raise ValueError(f"blame_share must be a fraction in (0, 1], got {self.blame_share!r}")
+        if self.min_bad_events < 1:
+            raise ValueError(f"min_bad_events must be at least 1, got {self.min_bad_events!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SloConfig:
+    """One SLO: which routes, what is good, the objective and its compliance window.
+
+    objective: fraction in (0, 1), 0.999 for 99.9 %.
+    window: compliance window in seconds (the alerting windows scale with it).
+    latency_threshold: seconds; required for a LATENCY SLO, None otherwise.
+    fallback_good: an answer a fallback gave counts as good (else as bad).
+    """
+
+    name: str
+    routes: tuple[str, ...]
+    kind: SliKind
+    objective: float
+    window: float = NOMINAL_WINDOW
+    latency_threshold: float | None = None
+    fallback_good: bool = False
+    fast_burn: FastBurnConfig = field(default_factory=FastBurnConfig)
+
+    def __post_init__(self) -> None:
+        if not self.routes:
+            raise ValueError(f"SLO {self.name!r} must name at least one route")
+        if not 0.0 < self.objective < 1.0:
+            raise ValueError(
+                f"SLO objective must be a fraction in (0, 1) (0.999 for 99.9%), got {self.objective!r}"
+            )
+        if not (self.window > 0 and math.isfinite(self.window)):
+            raise ValueError(
+                f"SLO window must be a positive number of seconds, got {self.window!r}"
+            )
+        if (self.kind is SliKind.LATENCY) != (self.latency_threshold is not None):
+            raise ValueError(
+                "a latency SLO needs latency_threshold, and only a latency SLO has one"
+            )
+        if self.latency_threshold is not None and not self.latency_threshold > 0:
+            raise ValueError(
+                f"latency_threshold must be > 0 seconds, got {self.latency_threshold!r}"
+            )
+
+    @property
+    def error_budget(self) -> float:
+        """The share of events that may be bad: 1 - objective."""
+        return 1.0 - self.objective
+
+    @property
+    def scale(self) -> float:
+        """This SLO's window over the 30 days the alerting windows are stated for."""
+        return self.window / NOMINAL_WINDOW
+
+    def seconds(self, window: str) -> float:
+        """How long the alerting window `window` (`1h`) lasts for this SLO."""
+        return _NOMINAL[window] * self.scale
+
+    @property
+    def fine_width(self) -> float:
+        return self.window / 259200.0
+
+    @property
+    def coarse_width(self) -> float:
+        return self.window / COARSE_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStatus:
+    """Counts over one alerting window; ratio and burn rate are None without events."""
+
+    name: str
+    seconds: float
+    total: int
+    bad: int
+    error_ratio: float | None
+    burn_rate: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "window": self.name,
+            "seconds": self.seconds,
+            "total": self.total,
+            "bad": self.bad,
+            "error_ratio": self.error_ratio,
+            "burn_rate": self.burn_rate,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SloStatus:
+    """One SLO at one instant: every window, the budget left, and which burn alerts hold.
+
+    `budget_remaining` is the share of the window's error budget not yet spent, over the
+    events this process has counted (or been told of) in the compliance window: 1.0 when
+    nothing bad happened, 0 when exactly spent, negative when overspent. `short_bad` and
+    `short_blame` are the bad events in the fast-burn short window, and how many of them the
+    route's canary served.
+    """
+
+    name: str
+    kind: SliKind
+    objective: float
+    window: float
+    at: float
+    windows: tuple[WindowStatus, ...]
+    total: int
+    bad: int
+    budget_remaining: float
+    burning: tuple[BurnAlert, ...]
+    short_bad: int
+    short_blame: int
+
+    @property
+    def fast_burn(self) -> bool:
+        return FAST_BURN in self.burning
+
+    def window_status(self, name: str) -> WindowStatus:
+        for w in self.windows:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+    @property
+    def severity(self) -> Severity | None:
+        """The most urgent burn alert that holds, or None."""
+        if any(a.severity is Severity.PAGE for a in self.burning):
+            return Severity.PAGE
+        return Severity.TICKET if self.burning else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "objective": self.objective,
+            "window_s": self.window,
+            "total": self.total,
+            "bad": self.bad,
+            "budget_remaining": self.budget_remaining,
+            "fast_burn": self.fast_burn,
+            "severity": None if self.severity is None else self.severity.value,
+            "burning": [
+                {"severity": a.severity.value, "long": a.long, "short": a.short, "factor": a.factor}
+                for a in self.burning
+            ],
+            "windows": [w.to_dict() for w in self.windows],
+            "short_bad": self.short_bad,
+            "short_blame": self.short_blame,
+        }
+
+
+# --- buckets -----------------------------------------------------------------------------------
+
+FINE = "f"
+COARSE = "c"
+
+
+class _Ring:
+    """`size` buckets of `width` seconds: bucket number n lives in slot n % size."""
+
+    __slots__ = ("bad", "blame", "good", "index", "newest", "size", "width")
+
+    def __init__(self, width: float, size: int) -> None:
+        self.width = width
+        self.size = size
+        self.index = [-1] * size  # the bucket number each slot holds now
+        self.good = [0] * size
+        self.bad = [0] * size
+        self.blame = [0] * size
+        self.newest = -1  # the latest bucket number seen
+
+    def slot(self, n: int) -> int | None:
+        """The slot of bucket `n`, emptied if it held an older bucket; None if `n` is too old."""
+        s = n % self.size
+        held = self.index[s]
+        if held != n:
+            if held > n:
+                return None
+            self.index[s] = n
+            if n > self.newest:
+                self.newest = n
+            self.good[s] = self.bad[s] = self.blame[s] = 0
+        return s
+
+    def get(self, n: int) -> tuple[int, int, int]:
+        s = n % self.size
+        if self.index[s] != n:
+            return (0, 0, 0)
+        return (self.good[s], self.bad[s], self.blame[s])
+
+    def sums(self, now_n: int, lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(good, bad, blame) over the last `lengths[i]` buckets up to `now_n`; ascending lengths."""
+        out: list[tuple[int, int, int]] = []
+        g = b = c = 0
+        k = 0
+        index, good, bad, blame, size = self.index, self.good, self.bad, self.blame, self.size
+        for length in lengths:
+            while k < min(length, size):
+                n = now_n - k
+                s = n % size
+                if index[s] == n:
+                    g += good[s]
+                    b += bad[s]
+                    c += blame[s]
+                k += 1
+            out.append((g, b, c))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BucketCounts:
+    """One bucket's counts: `ring` FINE or COARSE, `n` its number (time // width)."""
+
+    ring: str
+    n: int
+    good: int
+    bad: int
+    blame: int
+
+
+class SloBudget:
+    """One SLO's counts and the questions asked of them; see the module docstring."""
+
+    __slots__ = ("_coarse", "_fine", "_pending", "_windows", "config", "sharing")
+
+    def __init__(self, config: SloConfig, *, sharing: bool = False) -> None:
+        self.config = config
+        self.sharing = sharing
+        self._fine = _Ring(config.fine_width, FINE_BUCKETS + 1)
+        self._coarse = _Ring(config.coarse_width, COARSE_BUCKETS + 1)
+        # (ring, bucket) -> [good, bad, blame] counted here and not yet shared
+        self._pending: dict[tuple[str, int], list[int]] = {}
+        fine: list[tuple[str, int]] = []
+        coarse: list[tuple[str, int]] = []
+        for w in BURN_WINDOWS:
+            if w.nominal <= _FINE_SPAN:
+                fine.append((w.name, max(1, round(w.nominal / 10.0))))
+            else:
+                coarse.append((w.name, max(1, round(w.nominal / 3600.0))))
+        coarse.append(("", COARSE_BUCKETS))
+        self._windows = (fine, coarse)
+
+    def _ring(self, name: str) -> _Ring:
+        return self._fine if name == FINE else self._coarse
+
+    # --- the request path ------------------------------------------------------------------
+
+    def record(self, now: float, bad: bool, blame: bool = False) -> None:
+        """Count one event at `now`; `blame` marks a bad event the route's canary served."""
+        g, b, c = (0, 1, 1 if blame else 0) if bad else (1, 0, 0)
+        for ring in (self._fine, self._coarse):
+            n = int(now // ring.width)
+            s = ring.slot(n)
+            if s is None:
+                continue
+            ring.good[s] += g
+            ring.bad[s] += b
+            ring.blame[s] += c
+            if self.sharing:
+                key = (FINE if ring is self._fine else COARSE, n)
+                p = self._pending.get(key)
+                if p is None:
+                    self._pending[key] = [g, b, c]
+                else:
+                    p[0] += g
+                    p[1] += b
+                    p[2] += c
+
+    # --- questions -------------------------------------------------------------------------
+
+    def status(self, now: float) -> SloStatus:
+        cfg = self.config
+        budget = cfg.error_budget
+        fine_names, coarse_names = self._windows
+        counts: dict[str, tuple[int, int, int]] = {}
+        for ring, names in ((self._fine, fine_names), (self._coarse, coarse_names)):
+            sums = ring.sums(int(now // ring.width), [length for _, length in names])
+            counts.update({name: s for (name, _), s in zip(names, sums, strict=True)})
+        windows = []
+        for w in BURN_WINDOWS:
+            g, b, _ = counts[w.name]
+            total = g + b
+            ratio = b / total if total else None
+            windows.append(
+                WindowStatus(
+                    name=w.name,
+                    seconds=cfg.seconds(w.name),
+                    total=total,
+                    bad=b,
+                    error_ratio=ratio,
+                    burn_rate=None if ratio is None else ratio / budget,
+                )
+            )
+        by_name = {w.name: w for w in windows}
+        burning = tuple(
+            a
+            for a in BURN_ALERTS
+            if _above(by_name[a.long], a.factor) and _above(by_name[a.short], a.factor)
+        )
+        g, b, _ = counts[""]
+        total = g + b
+        remaining = 1.0 - (b / (budget * total)) if total else 1.0
+        _, short_bad, short_blame = counts[FAST_BURN.short]
+        return SloStatus(
+            name=cfg.name,
+            kind=cfg.kind,
+            objective=cfg.objective,
+            window=cfg.window,
+            at=now,
+            windows=tuple(windows),
+            total=total,
+            bad=b,
+            budget_remaining=remaining,
+            burning=burning,
+            short_bad=short_bad,
+            short_blame=short_blame,
+        )
+
+    # --- sharing between replicas ----------------------------------------------------------
+
+    def take_pending(self) -> list[BucketCounts]:
+        """What was counted here since the last call; the caller adds it to the shared totals."""
+        out = [BucketCounts(r, n, *p) for (r, n), p in self._pending.items()]
+        self._pending = {}
+        return out
+
+    def restore_pending(self, items: Iterable[BucketCounts]) -> None:
+        """Give back counts whose upload failed; they go with the next `take_pending`.
+
+        Counts of buckets their ring no longer spans are dropped: no window reads them any
+        more, so a long outage of the store keeps memory bounded.
+        """
+        for item in items:
+            ring = self._ring(item.ring)
+            if item.n <= ring.newest - ring.size:
+                continue
+            p = self._pending.setdefault((item.ring, item.n), [0, 0, 0])
+            p[0] += item.good
+            p[1] += item.bad
+            p[2] += item.blame
+
+    def adopt(self, item: BucketCounts) -> None:
+        """Take a bucket's totals across replicas (this one's shared counts included).
+
+        Counts made here since they were uploaded are added on top: they are not in the
+        shared totals yet. A count never goes down: a store that lost its data (a Redis
+        restarted without persistence) does not make this replica forget what it counted.
+        A bucket older than its ring's span is ignored.
+        """
+        ring = self._ring(item.ring)
+        s = ring.slot(item.n)
+        if s is None:
+            return
+        p = self._pending.get((item.ring, item.n)) or (0, 0, 0)
+        ring.good[s] = max(ring.good[s], item.good + p[0])
+        ring.bad[s] = max(ring.bad[s], item.bad + p[1])
+        ring.blame[s] = max(ring.blame[s], item.blame + p[2])
+
+    def recent_buckets(self, now: float, span: float) -> list[tuple[str, int]]:
+        """(ring, bucket) pairs covering the last `span` seconds (at least two per ring)."""
+        out: list[tuple[str, int]] = []
+        for name, ring in ((FINE, self._fine), (COARSE, self._coarse)):
+            n = int(now // ring.width)
+            count = min(ring.size, max(2, math.ceil(span / ring.width) + 1))
+            out.extend((name, n - k) for k in range(count))
+        return out
+
+    def all_buckets(self, now: float) -> list[tuple[str, int]]:
+        """Every (ring, bucket) pair the windows read, for a full refresh from the store."""
+        out: list[tuple[str, int]] = []
+        for name, ring in ((FINE, self._fine), (COARSE, self._coarse)):
+            n = int(now // ring.width)
+            out.extend((name, n - k) for k in range(ring.size))
+        return out
+
+    def width(self, ring: str) -> float:
+        return self._ring(ring).width
+
+    def size(self, ring: str) -> int:
+        """Buckets the ring holds (its span is size x width)."""
+        return self._ring(ring).size
+
+
+def _above(w: WindowStatus, factor: float) -> bool:
+    # strictly above, as the generated alert rules compare
+    return w.burn_rate is not None and w.burn_rate > factor
+
+
+__all__ = [
+    "BURN_ALERTS",
+    "BURN_WINDOWS",
+    "COARSE",
+    "FAST_BURN",
+    "FINE",
+    "NOMINAL_WINDOW",
+    "BucketCounts",
+    "BurnAlert",
+    "BurnWindow",
+    "FastBurnConfig",
+    "Severity",
+    "SliKind",
+    "SloBudget",
+    "SloConfig",
+    "SloStatus",
+    "WindowStatus",
+]
