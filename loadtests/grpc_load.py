@@ -37,7 +37,7 @@ async def run(target: str, concurrency: int, duration: float) -> dict[str, objec
     metadata = (("x-user-id", "user-42"),)
     latencies: list[float] = []
     errors: Counter[str] = Counter()
-    await channel.channel_ready()
+    await asyncio.wait_for(channel.channel_ready(), 15)
     end = time.perf_counter() + duration
 
     async def caller() -> None:

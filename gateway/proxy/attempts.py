@@ -328,11 +328,15 @@ class AttemptRunner:
         message = ""
         retry_after: float | None = None
         try:
-            async with asyncio.timeout(timeout):
-                if call is None:
-                    response = await transport.send(req.method, req.path_qs, headers, req.body)
-                else:
-                    response = await self._grpc_call(ex, call, backend, spec, now, timeout)
+            if call is not None and not call.stream:
+                # the call's own gRPC deadline bounds it (and tells the backend): no second timer
+                response = await self._grpc_call(ex, call, backend, spec, now, timeout)
+            else:
+                async with asyncio.timeout(timeout):
+                    if call is None:
+                        response = await transport.send(req.method, req.path_qs, headers, req.body)
+                    else:
+                        response = await self._grpc_call(ex, call, backend, spec, now, timeout)
             outcome = response.outcome
             if (
                 outcome is Outcome.STATUS_5XX

@@ -219,7 +219,8 @@ class GrpcEdge:
         upstream.append(("x-request-id", rid))
         left = context.time_remaining()
         call = GrpcCall(
-            metadata=tuple(upstream),
+            # made once: grpc would otherwise rebuild it from a tuple on every attempt
+            metadata=grpc.aio.Metadata(*upstream),
             deadline=received + left if left is not None else None,
             sequence=sequence,
             stream=rest is not None,
@@ -393,10 +394,21 @@ class GrpcEdge:
 def _gateway_metadata(
     ex: Exchange, extra: dict[str, str] | None = None
 ) -> tuple[tuple[str, str], ...]:
-    """`x-request-id` and the `x-tailguard-*` facts, as metadata (lower-case keys)."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    ex.response_headers(headers)
-    out = [(k.lower(), v) for k, v in headers.items()]
+    """`x-request-id` and the `x-tailguard-*` facts (`Exchange.response_headers`) as metadata."""
+    out = [("x-request-id", ex.request.request_id)]
+    if ex.route is not None:
+        out.append(("x-tailguard-route", ex.route.name))
+    if ex.backend is not None:
+        out.append(("x-tailguard-backend", ex.backend.name))
+    if ex.endpoint is not None:
+        out.append(("x-tailguard-endpoint", ex.endpoint))
+    if ex.attempts:
+        out.append(("x-tailguard-attempts", str(ex.attempts)))
+        out.append(("x-tailguard-hedged", "true" if ex.hedged else "false"))
+    if ex.fallback is not None:
+        out.append(("x-tailguard-fallback", ex.fallback))
+    if ex.extra_headers:
+        out.extend((k.lower(), v) for k, v in ex.extra_headers.items())
     if extra:
         out.extend(
             (k.lower(), v)
