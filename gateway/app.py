@@ -36,6 +36,7 @@ from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
 from gateway.proxy.attempts import AttemptRunner
 from gateway.proxy.budgetshed import BudgetShedStage
+from gateway.proxy.contract import ContractStage, ModelContracts
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.grpc_edge import GrpcEdge
@@ -56,6 +57,7 @@ from gateway.proxy.pipeline import (
 from gateway.proxy.ratelimit import RateLimitStage
 from gateway.proxy.server import ProxyServer
 from gateway.proxy.transports import Transports
+from gateway.quality.monitor import QualityMonitor
 from gateway.resilience.breaker import BreakerState
 from gateway.state.memory import MemoryStore
 from gateway.state.store import StateStore
@@ -161,6 +163,7 @@ def policy_changes(old: PolicyModel, new: PolicyModel) -> tuple[str, ...]:
     for kind, before, after in (
         ("backend", dict(old.backends.items()), dict(new.backends.items())),
         ("route", {r.name: r for r in old.routes}, {r.name: r for r in new.routes}),
+        ("slo", dict(old.slos.items()), dict(new.slos.items())),
     ):
         out.extend(f"{kind} {n} added" for n in after if n not in before)
         out.extend(f"{kind} {n} removed" for n in before if n not in after)
@@ -347,17 +350,27 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
+        self.quality = QualityMonitor(
+            lambda: self.snapshot, self.metrics, self.clock, self.rng, self.store,
+            self.transports, self.audit, self.peers.replica, self.canary,
+            queue=snapshot.settings.quality_queue,
+        )  # fmt: skip
+        self.quality.sync(snapshot)
         self.slo = SloController(
             lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store, self.canary
         )
         self.slo.sync(snapshot)
         self._observe = ObserveStage()
-        self._reporter = ExchangeReporter(self.metrics, self.clock, self.canary, self.slo)
+        self._reporter = ExchangeReporter(
+            self.metrics, self.clock, self.canary, self.slo, quality=self.quality.tap
+        )
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._authorize = AuthorizeStage(self.metrics)
         self._body = BodyStage()
         self._rate_limit = RateLimitStage(self.store, self.local_store, self.metrics, self.clock)
         self._budget_shed = BudgetShedStage(self.slo.shed_level, self.metrics)
+        self.contracts = ModelContracts(self.transports, self.clock)
+        self._contract = ContractStage(self.contracts, self.metrics)
         self._fallback = FallbackStage(self.runner, self.caches, self.metrics, self.clock)
         self._admit = AdmitStage(self.gates, self.clock)
         self._attempt = AttemptStage(self.runner, self.clock)
@@ -379,7 +392,7 @@ class Gateway:
         """Compose the request path of a snapshot before it serves: only the stages it uses.
 
         One ordered list for the whole house (observe, authenticate, route, authorize, rate
-        limit, body, fallback, admit, attempt); a stage a route does not need is left out of
+        limit, body, contract, fallback, admit, attempt); a stage a route does not need is left out of
         that route's chain rather than asked on every request. The composition lives beside
         the snapshot, never on it: a compiled snapshot is not changed after compile.
         """
@@ -395,6 +408,8 @@ class Gateway:
             if route.name in shedding:
                 stages.append(self._budget_shed)
             stages.append(self._body)
+            if route.contract is not None:
+                stages.append(self._contract)
             if route.cache is not None or route.fallback is not None:
                 stages.append(self._fallback)
             if global_limit or route.admission is not None:
@@ -519,6 +534,8 @@ class Gateway:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
         self.slo.sync(snapshot)
+        self.quality.sync(snapshot)
+        self.contracts.forget()  # a reload may point a backend at another model server
         self._adopt(snapshot)
         self.model = model
         self.policy_text = text
@@ -599,6 +616,7 @@ class Gateway:
             self.watcher.start()
         self.canary.start()
         self.slo.start()
+        self.quality.start()
         self.health.sync()
         self.listening = Listening(
             host,
@@ -673,6 +691,7 @@ class Gateway:
             await self._grpc_server.stop(self.snapshot.settings.drain_timeout)
             self._grpc_server = None
         await self.slo.close()
+        await self.quality.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -145,6 +145,30 @@ class AdminClient:
     def reload(self) -> dict[str, Any]:
         return self.call("POST", "/admin/reload")
 
+    def quality(self) -> dict[str, Any]:
+        return self.call("GET", "/admin/quality")
+
+    def quality_capture(
+        self, route: str, backend: str | None, duration: str | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if backend is not None:
+            body["backend"] = backend
+        if duration is not None:
+            body["for"] = duration
+        return self.call("POST", f"/admin/quality/{_q(route)}/capture", json_body=body)
+
+    def quality_reference(
+        self, method: str, route: str, backend: str | None, profile: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        query = {"backend": backend} if backend is not None else None
+        path = f"/admin/quality/{_q(route)}/reference"
+        return self.call(method, path, query=query, json_body=profile)
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
@@ -297,6 +321,9 @@ def render_status(status: Mapping[str, Any]) -> str:
         if endpoints
         else "no endpoints",
     ]
+    quality = render_quality(status.get("quality") or {})
+    if quality:
+        parts += ["", quality]
     slo = status.get("slo")
     if isinstance(slo, Mapping) and slo.get("slos"):
         parts += ["", render_slos(slo)]
@@ -304,6 +331,72 @@ def render_status(status: Mapping[str, Any]) -> str:
     if decisions:
         parts += ["", "recent canary decisions:"]
         parts += [f"  {d.get('route')}: {d.get('action')}: {d.get('reason')}" for d in decisions]
+    return "\n".join(parts)
+
+
+def _score(best: Mapping[str, Any], stat: str) -> str:
+    entry = best.get(stat)
+    if not entry:
+        return "-"
+    mark = "!" if entry["value"] > entry["threshold"] else ""
+    return f"{entry['value']:.3f}{mark}"
+
+
+def render_quality(quality: Mapping[str, Any]) -> str:
+    """Drift per route and backend (the worst score of each statistic) and shadow agreement."""
+    drift_rows = []
+    shadow_rows = []
+    for route, entry in (quality.get("routes") or {}).items():
+        for backend, b in (entry.get("backends") or {}).items():
+            state = (
+                "capturing"
+                if b.get("capturing")
+                else ("judged" if b.get("reference") else "no reference")
+            )
+            best = b.get("max") or {}
+            drifted = b.get("drifted") or []
+            drift_rows.append(
+                (route, backend, state, b.get("window_exchanges"), _score(best, "psi"),
+                 _score(best, "ks"), _score(best, "js"), ", ".join(drifted[:3]) + (" ..." if len(drifted) > 3 else "") or "-")
+            )  # fmt: skip
+        sh = entry.get("shadow")
+        if sh:
+            agreement = sh.get("agreement")
+            shadow_rows.append(
+                (route, sh.get("backend"), sh.get("pairs"),
+                 "-" if agreement is None else f"{agreement * 100:.1f}%",
+                 sh.get("mean_score_diff"), sh.get("mean_abs_token_diff"),
+                 _ms(sh.get("primary_p99_ms")), _ms(sh.get("shadow_p99_ms")))
+            )  # fmt: skip
+    parts = []
+    if drift_rows:
+        parts.append(
+            render_table(
+                ("ROUTE", "BACKEND", "DRIFT", "WINDOW", "PSI", "KS", "JS", "DRIFTED FEATURES"),
+                drift_rows,
+            )
+        )
+    if shadow_rows:
+        if parts:
+            parts.append("")
+        parts.append(
+            render_table(
+                (
+                    "ROUTE",
+                    "SHADOW",
+                    "PAIRS",
+                    "AGREEMENT",
+                    "SCORE DIFF",
+                    "TOKEN DIFF",
+                    "PRIMARY P99 ms",
+                    "SHADOW P99 ms",
+                ),
+                shadow_rows,
+            )
+        )
+    queue = quality.get("queue") or {}
+    if parts and queue.get("dropped"):
+        parts.append(f"quality queue: {queue['dropped']} sampled answers dropped (worker behind)")
     return "\n".join(parts)
 
 
@@ -472,6 +565,29 @@ def add_ctl_parser(sub: Any) -> None:
     reset = _action(br, "reset", "close one endpoint's breaker")
     reset.add_argument("endpoint")
     reset.add_argument("--backend", help="the backend (needed only if several list the URL)")
+    qa = acts.add_parser("quality", help="drift references and scores").add_subparsers(
+        dest="quality_action", required=True
+    )
+    cap = _action(qa, "capture", "take ROUTE's drift reference from live traffic")
+    cap.add_argument("route")
+    cap.add_argument("--backend", help="one backend of the route (default: each of them)")
+    cap.add_argument(
+        "--for", dest="duration", metavar="DURATION",
+        help="record the next DURATION (like 1h) as the reference; default: the current window",
+    )  # fmt: skip
+    show = _action(qa, "show", "print drift scores (all routes, or ROUTE)")
+    show.add_argument("route", nargs="?")
+    exp = _action(qa, "export", "write ROUTE's reference of BACKEND to a file")
+    exp.add_argument("route")
+    exp.add_argument("--backend", required=True)
+    exp.add_argument("-o", "--output", required=True, metavar="FILE")
+    load = _action(qa, "load", "make FILE (an exported reference) ROUTE's reference of BACKEND")
+    load.add_argument("route")
+    load.add_argument("file")
+    load.add_argument("--backend", required=True)
+    clear = _action(qa, "clear", "forget ROUTE's references (one backend, or all)")
+    clear.add_argument("route")
+    clear.add_argument("--backend")
 
 
 def _action(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -566,9 +682,64 @@ def _ctl(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
         backend = args.backend or _backend_of(client, args.endpoint)
         r = client.reset_breaker(backend, args.endpoint)
         out.write(f"breaker of {r.get('endpoint')} ({r.get('backend')}): {r.get('breaker')}\n")
+    elif action == "quality":
+        _quality(client, args, out)
     else:  # pragma: no cover - argparse allows only the actions above
         raise UsageError(f"unknown action {action!r}")
     return EXIT_OK
+
+
+def _quality(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    what = args.quality_action
+    if what == "capture":
+        r = client.quality_capture(args.route, args.backend, args.duration)
+        for backend, v in (r.get("backends") or {}).items():
+            if "capturing_for_s" in v:
+                text = f"recording the next {_cell(float(v['capturing_for_s']))} s"
+            elif "skipped" in v:
+                text = f"skipped: {v['skipped']}"
+            else:
+                text = f"reference taken from {v.get('exchanges')} sampled answers"
+            out.write(f"{args.route}/{backend}: {text}\n")
+    elif what == "show":
+        state = client.quality()
+        for route, entry in (state.get("routes") or {}).items():
+            if args.route and route != args.route:
+                continue
+            q = entry.get("quality") or {}
+            for backend, b in (q.get("backends") or {}).items():
+                rows = [
+                    (s["feature"], s["stat"], "-" if s["value"] is None else f"{s['value']:.4f}",
+                     s["threshold"], s["reference_n"], s["current_n"],
+                     "DRIFT" if s["drifted"] else ("-" if s["value"] is None else "ok"))
+                    for s in b.get("scores") or []
+                ]  # fmt: skip
+                out.write(f"{route}/{backend}:\n")
+                if rows:
+                    out.write(render_table(("FEATURE", "STAT", "SCORE", "THRESHOLD", "REF N", "CUR N", ""), rows) + "\n")  # fmt: skip
+                elif b.get("reference"):
+                    out.write("  reference in place, not scored yet (scores come every second)\n")
+                else:
+                    out.write("  no reference yet (tailguard ctl quality capture)\n")
+    elif what == "export":
+        profile = client.quality_reference("GET", args.route, args.backend)
+        try:
+            Path(args.output).write_text(json.dumps(profile), encoding="utf-8")
+        except OSError as e:
+            raise UsageError(f"{args.output}: cannot write: {e.strerror or e}") from None
+        out.write(f"{args.route}/{args.backend}: reference written to {args.output}\n")
+    elif what == "load":
+        try:
+            profile = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise UsageError(f"{args.file}: cannot read: {e.strerror or e}") from None
+        except ValueError as e:
+            raise UsageError(f"{args.file}: not JSON: {e}") from None
+        r = client.quality_reference("PUT", args.route, args.backend, profile)
+        out.write(f"{args.route}/{args.backend}: reference loaded ({r.get('exchanges')} answers)\n")
+    else:
+        r = client.quality_reference("DELETE", args.route, args.backend)
+        out.write(f"{args.route}: references cleared for {', '.join(r.get('cleared') or [])}\n")
 
 
 def _window(text: str) -> float:

@@ -68,6 +68,12 @@ class ClientError(TailguardError):
     code = "bad_request"
 
 
+class ContractViolation(ClientError):
+    """The request's inputs break the model's own metadata (a route with `contract:`)."""
+
+    code = "contract_violation"
+
+
 class RequestTimeout(ClientError):
     """The client did not deliver its request in time."""
 
@@ -93,6 +99,25 @@ class Unauthorized(ClientError):
 class Forbidden(ClientError):
     status = 403
     code = "forbidden"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "headers_too_large"
+
+
+class VersionNotSupported(ClientError):
+    """Another HTTP version than 1.0 or 1.1: the client's doing, whatever the status class."""
+
+    status = 505
+    code = "http_version_not_supported"
+
+
+class CodingNotImplemented(ClientError):
+    """A transfer coding the gateway does not undo (RFC 9112 section 6.1)."""
+
+    status = 501
+    code = "transfer_coding_not_implemented"
 
 
 class RateLimited(ClientError):

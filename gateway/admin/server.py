@@ -41,6 +41,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import ClientError, RouteNotFound, TailguardError
+from gateway.policy.units import parse_duration
 from gateway.resilience.breaker import BreakerState
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from gateway.control.reloader import ReloadResult
     from gateway.control.slo import SloController
     from gateway.policy.compile import Snapshot
+    from gateway.quality.monitor import QualityMonitor
     from gateway.state.store import StateStore
     from gateway.telemetry.audit import AuditLog
     from gateway.telemetry.catalog import Metrics
@@ -65,6 +67,7 @@ class AdminTarget(Protocol):
     audit: AuditLog
     store: StateStore
     slo: SloController
+    quality: QualityMonitor
     policy_path: Path
     policy_text: str
 
@@ -322,8 +325,46 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
         "routes": routes,
         "backends": backends,
         "canary_decisions": gateway.canary.decisions[-10:],
+        "quality": quality_summary(gateway.quality.state()),
         "slo": gateway.slo.state(),
     }
+
+
+def quality_summary(state: dict[str, Any]) -> dict[str, Any]:
+    """The quality state in brief: per route and backend, drift at a glance; shadow agreement."""
+    routes: dict[str, Any] = {}
+    for name, entry in state.get("routes", {}).items():
+        out: dict[str, Any] = {}
+        q = entry.get("quality")
+        if q is not None:
+            out["backends"] = {
+                b: {
+                    "reference": v["reference"] is not None,
+                    "capturing": v["capturing"] is not None,
+                    "window_exchanges": v["window_exchanges"],
+                    "drifted": v["drifted"],
+                    "max": _max_scores(v["scores"]),
+                }
+                for b, v in q["backends"].items()
+            }
+        sh = entry.get("shadow")
+        if sh is not None:
+            out["shadow"] = {
+                k: sh.get(k)
+                for k in ("backend", "pairs", "agreement", "mean_score_diff",
+                          "mean_abs_token_diff", "primary_p99_ms", "shadow_p99_ms", "results")
+            }  # fmt: skip
+        routes[name] = out
+    return {"queue": state.get("queue"), "routes": routes}
+
+
+def _max_scores(scores: list[dict[str, Any]]) -> dict[str, Any]:
+    best: dict[str, Any] = {}
+    for s in scores:
+        v = s.get("value")
+        if v is not None and (s["stat"] not in best or v > best[s["stat"]]["value"]):
+            best[s["stat"]] = {"value": v, "feature": s["feature"], "threshold": s["threshold"]}
+    return best
 
 
 def build_admin_app(gateway: AdminTarget) -> web.Application:
@@ -454,6 +495,43 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
             {"backend": backend, "endpoint": url, "breaker": BreakerState.CLOSED.name.lower()}
         )
 
+    async def quality_state(_: web.Request, actor: str) -> web.Response:
+        return web.json_response(gateway.quality.state())
+
+    async def quality_capture(request: web.Request, actor: str) -> web.Response:
+        body = await _json(request)
+        backend = body.get("backend")
+        duration = body.get("for")
+        if backend is not None and not isinstance(backend, str):
+            raise ClientError('"backend" must be a backend name')
+        if isinstance(duration, str):
+            try:
+                duration = parse_duration(duration)
+            except ValueError as e:
+                raise ClientError(f'"for": {e}') from None
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, int | float)
+        ):
+            raise ClientError('"for" must be a duration like 10m or a number of seconds')
+        route = request.match_info["route"]
+        result = gateway.quality.capture(
+            route, backend, None if duration is None else float(duration), actor
+        )
+        return web.json_response(result)
+
+    async def quality_reference(request: web.Request, actor: str) -> web.StreamResponse:
+        route = request.match_info["route"]
+        backend = request.query.get("backend")
+        if request.method == "DELETE":
+            return web.json_response(gateway.quality.clear(route, backend, actor))
+        if not backend:
+            raise ClientError("give ?backend=NAME")
+        if request.method == "GET":
+            body = gateway.quality.export(route, backend)
+            return web.Response(body=body, content_type="application/json")
+        result = gateway.quality.load(route, backend, await request.read(), actor)
+        return web.json_response(result)
+
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -470,6 +548,11 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         ("GET", "/admin/slo", slo),
         ("POST", "/admin/slo/{route}/override", slo_override),
         ("DELETE", "/admin/slo/{route}/override", slo_override),
+        ("GET", "/admin/quality", quality_state),
+        ("POST", "/admin/quality/{route}/capture", quality_capture),
+        ("GET", "/admin/quality/{route}/reference", quality_reference),
+        ("PUT", "/admin/quality/{route}/reference", quality_reference),
+        ("DELETE", "/admin/quality/{route}/reference", quality_reference),
     ):
         app.router.add_route(method, path, guarded(handler), expect_handler=expect)
     return app

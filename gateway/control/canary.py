@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.clock import Clock
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
@@ -99,6 +99,24 @@ class CanaryController:
             return
         side = CanarySide.CANARY if backend == route.canary.backend else CanarySide.BASELINE
         analysis.record(side, failed, latency, self._clock.now())
+
+    def record_output(self, route: RouteRuntime, backend: str, labels: Sequence[str]) -> None:
+        """Output labels of one sampled answer, for the output gate (the quality worker calls).
+
+        Only the canary and the route's split backends count: an answer from a fallback
+        backend says nothing about either side.
+        """
+        spec = route.canary
+        analysis = self._analyses.get(route.name)
+        if analysis is None or spec is None or spec.config.max_output_drift is None:
+            return
+        if backend == spec.backend:
+            side = CanarySide.CANARY
+        elif any(e.backend == backend for e in route.split_entries):
+            side = CanarySide.BASELINE
+        else:
+            return
+        analysis.record_output(side, labels, self._clock.now())
 
     # --- decisions -----------------------------------------------------------------------
 

@@ -17,11 +17,13 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.fallback.cache import CacheConfig
 from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
 from gateway.proxy.transport import PoolSpec
+from gateway.quality.config import ContractConfig, QualityConfig, ShadowConfig
+from gateway.quality.drift import DriftThresholds
 from gateway.resilience.admission import AdmissionConfig
 from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -244,6 +246,11 @@ class RouteRuntime:
     canary: CanarySpec | None = None
     split_entries: tuple[SplitEntry, ...] = ()
     allow_tenants: frozenset[str] | None = None
+    quality: QualityConfig | None = None
+    shadow: ShadowConfig | None = None
+    contract: ContractConfig | None = None
+    # the share of answered exchanges the quality tap takes (sampled or shadowed); 0 = none
+    tap_share: float = 0.0
     # the protocol its errors are answered in: that of its first backend
     protocol: str = "http"
     # non-idempotent requests may be retried after they may have arrived, and hedged
@@ -309,6 +316,7 @@ class GatewaySettings:
     deadline_header: str | None
     drain_timeout: float
     state: StateSettings
+    quality_queue: int = 1024
     tls: tuple[str, str] | None = None  # (certificate, key) paths as written
     admin_tls: tuple[str, str] | None = None
     grpc_listen: tuple[str, int] | None = None
@@ -382,6 +390,7 @@ def compile_policy(
         max_concurrency=gw.max_concurrency,
         deadline_header=gw.deadline_header.lower() if gw.deadline_header else None,
         drain_timeout=gw.drain_timeout,
+        quality_queue=gw.quality_queue,
         tls=(gw.tls.cert, gw.tls.key) if gw.tls else None,
         admin_tls=(gw.admin_tls.cert, gw.admin_tls.key) if gw.admin_tls else None,
         grpc_listen=tuple(gw.grpc_listen) if gw.grpc_listen else None,  # type: ignore[arg-type]
@@ -721,10 +730,43 @@ def _compile_route(
         canary=_canary(r),
         split_entries=tuple(entries),
         allow_tenants=frozenset(r.allow_tenants) if r.allow_tenants is not None else None,
+        **_quality(r),
         protocol=protocol,
         repeatable=r.repeatable,
         priority_tenants=priority_tenants,
     )
+
+
+def _quality(r: RouteModel) -> dict[str, Any]:
+    """The route's quality, shadow and contract configs, and the tap's share of exchanges."""
+    quality = shadow = contract = None
+    if r.quality is not None:
+        q = r.quality
+        quality = QualityConfig(
+            sample=q.sample,
+            window=q.window,
+            thresholds=DriftThresholds(
+                psi=q.thresholds.psi,
+                ks=q.thresholds.ks,
+                js=q.thresholds.js,
+                min_samples=q.min_samples,
+            ),
+        )
+    if r.shadow is not None:
+        sh = r.shadow
+        shadow = ShadowConfig(
+            backend=sh.backend,
+            share=sh.share,
+            max_concurrency=sh.max_concurrency,
+            timeout=sh.timeout,
+            max_body=sh.max_body,
+        )
+    if r.contract is not None:
+        contract = ContractConfig(
+            metadata_ttl=r.contract.metadata_ttl, fetch_timeout=r.contract.fetch_timeout
+        )
+    share = max(quality.sample if quality else 0.0, shadow.share if shadow else 0.0)
+    return {"quality": quality, "shadow": shadow, "contract": contract, "tap_share": share}
 
 
 def _canary(r: RouteModel) -> CanarySpec | None:
@@ -740,6 +782,9 @@ def _canary(r: RouteModel) -> CanarySpec | None:
             max_p99_ratio=c.gates.max_p99_ratio,
             min_samples=c.gates.min_samples,
             max_failed_checks=c.max_failed_checks,
+            max_output_drift=c.gates.max_output_drift,
+            output_feature=c.gates.output_feature,
+            min_output_samples=c.gates.min_output_samples,
         ),
     )
 

@@ -76,6 +76,8 @@ __all__ = [
     "CacheModel",
     "CanaryGatesModel",
     "CanaryModel",
+    "ContractModel",
+    "DriftThresholdsModel",
     "EndpointModel",
     "FallbackStepModel",
     "FrozenMap",
@@ -90,9 +92,11 @@ __all__ = [
     "PolicyModel",
     "PoolModel",
     "Problem",
+    "QualityModel",
     "RateLimitModel",
     "RetryModel",
     "RouteModel",
+    "ShadowModel",
     "SloAvailabilityModel",
     "SloFastBurnModel",
     "SloLatencyModel",
@@ -340,6 +344,7 @@ class GatewayModel(FrozenModel):
     max_concurrency: Annotated[int, Strict(), Field(ge=1)] | None = None
     deadline_header: HeaderName | None = "x-tailguard-deadline-ms"
     drain_timeout: Duration = 10.0
+    quality_queue: Annotated[int, Strict(), Field(ge=1, le=1_000_000)] = 1024
     tls: TlsModel | None = None
     admin_tls: TlsModel | None = None
     # what each listener allows one client (slow or idle clients must not hold slots)
@@ -683,6 +688,10 @@ class CanaryGatesModel(FrozenModel):
     max_error_rate_increase: Percent = 0.01
     max_p99_ratio: Annotated[float, Strict(), Field(ge=1.0, le=1000)] = 1.25
     min_samples: Annotated[int, Strict(), Field(ge=1)] = 50
+    # Jensen-Shannon distance between the canary's and the baseline's output labels
+    max_output_drift: Annotated[float, Strict(), Field(gt=0, le=1)] | None = None
+    output_feature: Text | None = None
+    min_output_samples: Annotated[int, Strict(), Field(ge=1)] = 50
 
 
 class CanaryModel(FrozenModel):
@@ -705,6 +714,32 @@ class CanaryModel(FrozenModel):
         return self
 
 
+class DriftThresholdsModel(FrozenModel):
+    psi: Annotated[float, Strict(), Field(gt=0, le=100)] = 0.2
+    ks: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.1
+    js: Annotated[float, Strict(), Field(gt=0, le=1)] = 0.1
+
+
+class QualityModel(FrozenModel):
+    sample: Percent = 0.05
+    window: Duration = 300.0
+    min_samples: Annotated[int, Strict(), Field(ge=1)] = 200
+    thresholds: DriftThresholdsModel = DriftThresholdsModel()
+
+
+class ShadowModel(FrozenModel):
+    backend: Name
+    share: PositivePercent = 0.1
+    max_concurrency: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 8
+    timeout: Duration = 2.0
+    max_body: PositiveSize = 1 << 20
+
+
+class ContractModel(FrozenModel):
+    metadata_ttl: Duration = 60.0
+    fetch_timeout: Duration = 1.0
+
+
 # Time a backup-backend fallback step gets when its `timeout` is not given.
 DEFAULT_FALLBACK_TIMEOUT = 1.0
 
@@ -723,6 +758,9 @@ class RouteModel(FrozenModel):
     rate_limit: RateLimitModel | None = None
     canary: CanaryModel | None = None
     allow_tenants: tuple[Name, ...] | None = None
+    quality: QualityModel | None = None
+    shadow: ShadowModel | None = None
+    contract: ContractModel | None = None
     # every request of this route may be sent more than once (retried after it may have
     # reached a backend, or hedged), whatever its method; inference usually is
     idempotent: Bool = False
@@ -746,6 +784,15 @@ class RouteModel(FrozenModel):
                 )  # fmt: skip
             elif len(names) < 2:
                 problems.append((("split",), "a canary needs a baseline backend beside it"))
+            if self.canary.gates.max_output_drift is not None and self.quality is None:
+                problems.append(
+                    (("canary", "gates", "max_output_drift"),
+                     "needs the route's quality section (outputs are read from sampled answers)")
+                )  # fmt: skip
+        if self.shadow is not None and self.shadow.backend in {s.backend for s in self.split}:
+            problems.append(
+                (("shadow", "backend"), f"'{self.shadow.backend}' already serves this route; a shadow is another backend")
+            )  # fmt: skip
         seen: set[str] = set()
         for j, s in enumerate(self.split):
             if s.backend in seen:
@@ -961,6 +1008,8 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                      f"backend '{backend}' is not defined in backends{hint}")
                 )  # fmt: skip
 
+        _quality_cross_checks(i, route, backends, problems)
+
     slos = data.get("slos")
     for slo_name, slo in slos.items() if isinstance(slos, Mapping) else ():
         slo_routes = slo.get("routes") if isinstance(slo, Mapping) else None
@@ -995,3 +1044,41 @@ def policy_cross_checks(data: Any) -> list[Problem]:
                      f"region '{region}' has no endpoints in this backend")
                 )  # fmt: skip
     return problems
+
+
+def _protocol(backends: Mapping[str, Any] | None, name: object) -> str | None:
+    b = backends.get(name) if backends is not None and isinstance(name, str) else None
+    if not isinstance(b, Mapping):
+        return None
+    p = b.get("protocol", "http")
+    return p if isinstance(p, str) else None
+
+
+def _quality_cross_checks(
+    i: int, route: Mapping[str, Any], backends: Mapping[str, Any] | None, problems: list[Problem]
+) -> None:
+    """A shadow names a defined backend of the route's protocol; contracts are KServe v2."""
+    split = route.get("split")
+    entries = [
+        e for e in (split if isinstance(split, list | tuple) else ()) if isinstance(e, Mapping)
+    ]
+    protocols = {_protocol(backends, e.get("backend")) for e in entries} - {None}
+    shadow = route.get("shadow")
+    name = shadow.get("backend") if isinstance(shadow, Mapping) else None
+    if isinstance(name, str) and backends is not None:
+        if name not in backends:
+            hint = did_you_mean(name, (str(b) for b in backends))
+            problems.append(
+                (("routes", i, "shadow", "backend"), f"backend '{name}' is not defined in backends{hint}")
+            )  # fmt: skip
+        else:
+            theirs = _protocol(backends, name)
+            if protocols and theirs not in protocols:
+                problems.append(
+                    (("routes", i, "shadow", "backend"),
+                     f"backend '{name}' speaks {theirs}, the route's backends {', '.join(sorted(str(p) for p in protocols))}: answers could not be compared")
+                )  # fmt: skip
+    if isinstance(route.get("contract"), Mapping) and protocols - {"kserve-v2"}:
+        problems.append(
+            (("routes", i, "contract"), "model contracts are KServe v2 metadata: every split backend must be kserve-v2")
+        )  # fmt: skip

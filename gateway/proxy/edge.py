@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.errors import ClientError
+from gateway.errors import ClientError, HeadersTooLarge
 
 # A target that needs no work: origin-form, only path characters RFC 3986 allows unescaped,
 # no percent-escapes and no dot segment; the query, if any, visible ASCII without '#'.
@@ -83,7 +83,12 @@ def _normalize_escape(m: re.Match[str]) -> str:
 
 
 def remove_dot_segments(path: str) -> str:
-    """RFC 3986 section 5.2.4 for an absolute path; a climb above the root stops at it."""
+    """RFC 3986 section 5.2.4 for an absolute path.
+
+    RFC 3986 stops a climb above the root at the root; here it is refused instead
+    (`ClientError`): no honest client sends `/../`, and a traversal attempt is better
+    answered than quietly routed somewhere.
+    """
     if "." not in path:
         return path
     out: list[str] = []
@@ -95,8 +100,9 @@ def remove_dot_segments(path: str) -> str:
                 out.append("")
             continue
         if seg == "..":
-            if out:
-                out.pop()
+            if not out:
+                raise ClientError("the request path climbs above the root")
+            out.pop()
             if last:
                 out.append("")
             continue
@@ -104,18 +110,24 @@ def remove_dot_segments(path: str) -> str:
     return "/" + "/".join(out)
 
 
-def check_header_bytes(raw_headers: Iterable[tuple[bytes, bytes]]) -> None:
-    """Refuse header values that are not UTF-8: no code further in ever meets such text.
+def check_header_bytes(raw_headers: Iterable[tuple[bytes, bytes]], limit: int) -> None:
+    """Refuse header values that are not UTF-8, and header blocks over `limit` bytes.
 
-    The parser has already refused control characters and malformed names.
+    No code further in ever meets such text. The parser has already refused control
+    characters, malformed names, and single fields over the limit; many fields each under
+    it could still add up to megabytes.
     """
+    total = 0
     for name, value in raw_headers:
+        total += len(name) + len(value) + 4
         if not value.isascii():
             try:
                 value.decode("utf-8")
             except UnicodeDecodeError:
                 shown = name.decode("ascii", "replace")
                 raise ClientError(f"header {shown} is not valid UTF-8") from None
+    if total > limit:
+        raise HeadersTooLarge(f"request header fields exceed {limit} bytes")
 
 
 def ascii_int(text: str | None) -> int | None:
@@ -133,6 +145,22 @@ def ascii_int(text: str | None) -> int | None:
 
 # A JSON escape of a UTF-16 surrogate; pairs are fine, a lone one has no UTF-8 form.
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def text_problem(data: bytes) -> str | None:
+    """Why JSON bytes are not text a gateway passes on (not UTF-8, a lone surrogate escape),
+    or None; cheap for the common case of ASCII without surrogate escapes."""
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "request body is not UTF-8"
+    if b"\\u" in data and _SURROGATE.search(data) is not None:
+        try:
+            loads_client_json(data)
+        except (ValueError, RecursionError):
+            return "request body has a lone UTF-16 surrogate escape (or is not JSON)"
+    return None
 
 
 def loads_client_json(data: bytes | str) -> Any:
@@ -198,4 +226,5 @@ __all__ = [
     "loads_client_json",
     "normalize_target",
     "remove_dot_segments",
+    "text_problem",
 ]

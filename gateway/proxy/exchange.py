@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.policy.compile import BackendRuntime, RouteRuntime, Snapshot
-from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json
+from gateway.proxy.edge import CodingError, ascii_int, decoded, loads_client_json, text_problem
 from gateway.resilience.outcome import Outcome
 
 if TYPE_CHECKING:
     from gateway.auth import Identity
+    from gateway.proxy.transport import UpstreamResponse
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class Exchange:
         "permits",
         "protocol",
         "request",
+        "response",
         "route",
         "snapshot",
         "split_backend",
@@ -142,6 +144,8 @@ class Exchange:
         self.status = 0
         self.error_code: str | None = None
         self.stream_outcome: Outcome | None = None
+        # the upstream answer the client was sent, if one was (quality sampling reads it)
+        self.response: UpstreamResponse | None = None
 
     def hold(self, permit: Permit) -> None:
         """Keep `permit` until the exchange ends."""
@@ -221,7 +225,7 @@ def json_body_problem(
     if not full:
         b = part.strip()
         if b and ((b[0] == 0x7B and b[-1] == 0x7D) or (b[0] == 0x5B and b[-1] == 0x5D)):
-            return None
+            return text_problem(part)
         return "request body is not valid JSON"
     try:
         loads_client_json(part)

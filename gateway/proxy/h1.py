@@ -65,6 +65,8 @@ _FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\
 _TOKENS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+# A reason phrase: tabs, spaces, visible characters and obs-text; never a CR or LF.
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 # Body framing of one answer.
 _NONE = 0  # no body: HEAD, 1xx, 204, 304
@@ -397,6 +399,7 @@ def parse_head(data: bytes, method: str) -> _Head:
         or line[8] != 0x20
         or not line[9:12].isdigit()
         or (len(line) > 12 and line[12] != 0x20)
+        or _REASON.fullmatch(line, 13) is None
     ):
         raise AttemptFailed(Outcome.MALFORMED, f"bad status line {bytes(line[:80])!r}")
     status = int(line[9:12])
@@ -617,16 +620,20 @@ class H1Stream:
                 del buf[:2]
                 self._left = -1
             line = await self._line()
-            size_text = line.split(b";", 1)[0].strip(b" \t")
+            size_text, semi, _ = line.partition(b";")
+            if semi:
+                # whitespace may come before an extension (RFC 9112 BWS), never elsewhere
+                size_text = size_text.rstrip(b" \t")
             if _HEX.fullmatch(size_text) is None:
                 raise AttemptFailed(Outcome.MALFORMED, f"bad chunk size line {line[:40]!r}")
             size = int(size_text, 16)
             if size:
                 self._left = size
                 continue
-            # the last chunk: trailers (ignored) up to an empty line
-            while await self._line():
-                pass
+            # the last chunk: trailer fields (checked, then ignored) up to an empty line
+            while trailer := await self._line():
+                if _FIELDS.fullmatch(trailer + b"\r\n") is None:
+                    raise AttemptFailed(Outcome.MALFORMED, "malformed trailer field")
             self._end()
             return b""
 

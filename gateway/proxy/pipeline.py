@@ -23,6 +23,7 @@ from gateway.proxy.admission import AdmissionGates, Slot
 from gateway.proxy.answers import error_answer
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
 from gateway.proxy.exchange import Exchange, LocalAnswer, json_body_problem
+from gateway.quality.tap import QualityTap
 from gateway.resilience.outcome import Outcome
 from gateway.telemetry.catalog import Metrics, code_class
 from gateway.telemetry.logs import FailureSummary
@@ -79,7 +80,7 @@ class ObserveStage:
 
 
 class ExchangeReporter:
-    """Reports every exchange once, at its end: metrics, and the canary's outcome.
+    """Reports every exchange once, at its end: metrics, the canary's outcome, quality sampling.
 
     The edge calls `begin` when a request arrives and registers `end` as the exchange's
     `on_end`, so a streamed answer is counted when its last byte is written and a client
@@ -92,10 +93,12 @@ class ExchangeReporter:
         clock: Clock,
         canary: OutcomeListener | None = None,
         slo: SloListener | None = None,
+        quality: QualityTap | None = None,
     ) -> None:
         self._m = metrics
         self._clock = clock
         self._canary = canary
+        self._quality = quality
         self._failures = FailureSummary(log, clock)
         self._slo = slo
 
@@ -129,6 +132,9 @@ class ExchangeReporter:
         m.child(m.request_duration, route_name, protocol).observe(latency)
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)
+        tap = self._quality
+        if tap is not None and route.tap_share:
+            tap.observe(ex, latency)  # quality sampling and shadows: a draw and an append
         canary = self._canary
         side = ex.split_backend
         if route.canary is None or canary is None or side is None or not ex.attempts:

@@ -14,14 +14,22 @@ import itertools
 import logging
 import os
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Protocol
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 from multidict import CIMultiDict
 
 from gateway.clock import Clock
-from gateway.errors import AttemptFailed, BodyTooLarge, ClientError, RequestTimeout
+from gateway.errors import (
+    AttemptFailed,
+    BodyTooLarge,
+    ClientError,
+    CodingNotImplemented,
+    RequestTimeout,
+    VersionNotSupported,
+)
 from gateway.policy.compile import Snapshot
 from gateway.proxy.answers import error_answer, protocol_for_path, stream_error_event
 from gateway.proxy.edge import check_header_bytes, normalize_target
@@ -86,11 +94,27 @@ class ProxyServer:
             rid = self._ids.next()
         target = request.raw_path
         problem: ClientError | None = None
+        # the connection ends after this answer when what follows it cannot be trusted
+        close = False
         try:
-            check_header_bytes(request.raw_headers)
+            if request.version not in _SERVED_VERSIONS:
+                raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 requests are served")
+            check_header_bytes(
+                request.raw_headers, serving.snapshot.settings.limits.max_header_size
+            )
             path, path_qs = normalize_target(target)
+            te = headers.get("Transfer-Encoding")
+            if te is not None:
+                # chunked is the one coding undone here; trailer fields after the last chunk
+                # are not trusted to stay with their message, so the connection ends with it
+                close = True
+                if te.strip().lower() != "chunked" or len(headers.getall("Transfer-Encoding")) > 1:
+                    raise CodingNotImplemented(f"transfer coding {te!r} is not supported")
+            if "Upgrade" in headers:
+                # no protocol is switched; bytes after this request are not read as requests
+                close = True
         except ClientError as e:
-            problem, path, path_qs = e, "", ""
+            problem, path, path_qs, close = e, "", "", True
         preq = ProxyRequest(
             method=request.method,
             path=path,
@@ -112,13 +136,19 @@ class ProxyServer:
         try:
             if problem is not None:
                 ex.error_code = problem.code
-                answer: Answer = error_answer(ex.protocol, problem, rid)
+                refusal = error_answer(ex.protocol, problem, rid)
+                if isinstance(problem, VersionNotSupported):
+                    status = problem.status
+                    return _refuse_in_http11(request, ex, refusal)
+                answer: Answer = refusal
             else:
                 answer = await serving.handler(ex)
             if isinstance(answer, LocalAnswer):
                 out = CIMultiDict(answer.headers)
                 ex.response_headers(out)
                 resp = web.Response(status=answer.status, body=answer.body, headers=out)
+                if close:
+                    resp.force_close()
                 await resp.prepare(request)
                 await resp.write_eof()
                 status = answer.status
@@ -127,13 +157,16 @@ class ProxyServer:
             assert up is not None
             out = forward_headers(up.headers)
             ex.response_headers(out)
+            ex.response = up
             if up.stream is None:
                 resp = web.Response(status=up.status, body=up.body, headers=out)
+                if close:
+                    resp.force_close()
                 await resp.prepare(request)
                 await resp.write_eof()
                 status = up.status
                 return resp
-            return await self._stream(request, ex, up, out)
+            return await self._stream(request, ex, up, out, close)
         finally:
             # every way out ends the exchange once: written, failed to write, or cancelled
             # because the client left (then nothing was sent: 499)
@@ -145,11 +178,14 @@ class ProxyServer:
         ex: Exchange,
         up: UpstreamResponse,
         headers: CIMultiDict[str],
+        close: bool,
     ) -> web.StreamResponse:
         """Copy a streamed answer as it arrives; end the exchange with how it ended."""
         assert up.stream is not None
         is_sse = up.headers.get("Content-Type", "").startswith("text/event-stream")
         resp = web.StreamResponse(status=up.status, headers=headers)
+        if close:
+            resp.force_close()
         outcome = Outcome.CANCELLED  # what it is if writing to the client fails
         try:
             await resp.prepare(request)
@@ -189,6 +225,33 @@ class ProxyServer:
             return resp
         finally:
             ex.end(up.status, outcome)
+
+
+_SERVED_VERSIONS = (HttpVersion11, HttpVersion10)
+
+
+def _refuse_in_http11(
+    request: web.BaseRequest, ex: Exchange, answer: LocalAnswer
+) -> web.StreamResponse:
+    """Answer a request of another HTTP version in HTTP/1.1, then close.
+
+    aiohttp would write the status line in the request's own version ("HTTP/0.9 505"),
+    which no HTTP/1.1 client can frame; so the answer is written here, whole.
+    """
+    out = CIMultiDict(answer.headers)
+    ex.response_headers(out)
+    out["Content-Length"] = str(len(answer.body))
+    out["Connection"] = "close"
+    head = "".join(f"{k}: {v}\r\n" for k, v in out.items())
+    transport = request.transport
+    if transport is not None:
+        transport.write(
+            f"HTTP/1.1 {answer.status} {HTTPStatus(answer.status).phrase}\r\n{head}\r\n".encode()
+            + answer.body
+        )
+        transport.close()
+    # aiohttp finds the transport closed and writes nothing more
+    return web.Response(status=answer.status)
 
 
 async def _read_body(request: web.BaseRequest, timeout: float, limit: int) -> bytes:

@@ -17,7 +17,13 @@ fail the canary:
 
 The gates: the canary's error rate may exceed the baseline's by at most
 `max_error_rate_increase` (a fraction), and the canary's p99 may be at most
-`max_p99_ratio` times the baseline's. Both p99s are first raised to `p99_floor`, so a
+`max_p99_ratio` times the baseline's. With `max_output_drift`, a third gate judges what
+the canary answers: the Jensen-Shannon distance between the canary's and the baseline's
+output labels (the predicted class, or a finish reason) over the same interval may be at
+most that. Outputs are reported apart (`record_output`, from sampled answers); while
+either side has fewer than `min_output_samples` labels the output gate cannot pass, so a
+check whose other gates pass WAITs rather than promote, and one whose other gates fail
+still fails. Both p99s are first raised to `p99_floor`, so a
 baseline answering in ~0 ms is never divided by. The p99 of each side comes from a
 fixed-size log-bucketed histogram (`LatencyHistogram`), so `record` is O(1) per request
 and the memory is fixed whatever the traffic.
@@ -39,13 +45,16 @@ from __future__ import annotations
 import enum
 import itertools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import ClientError
+from gateway.resilience.divergence import js_distance_counts
 
 FULL_WEIGHT = 100.0
 DEFAULT_P99_FLOOR = 0.001  # seconds; below a millisecond latency differences are noise
+MAX_OUTPUT_LABELS = 64  # distinct output labels kept per side; later new ones share one
+OTHER_OUTPUT = "__other__"
 
 
 class CanarySide(enum.Enum):
@@ -103,6 +112,9 @@ class CanaryConfig:
     min_samples: requests each side must serve in an interval before it is judged.
     max_failed_checks: failed checks in a row that roll the canary back.
     p99_floor: seconds; both p99s are raised to it before they are divided.
+    max_output_drift: Jensen-Shannon distance in (0, 1] the output labels may reach, or None
+        for no output gate. output_feature names the labels (None: the answer's own
+        predicted class or finish reason); min_output_samples labels per side to judge.
     """
 
     steps: tuple[float, ...]
@@ -112,6 +124,9 @@ class CanaryConfig:
     min_samples: int = 50
     max_failed_checks: int = 2
     p99_floor: float = DEFAULT_P99_FLOOR
+    max_output_drift: float | None = None
+    output_feature: str | None = None
+    min_output_samples: int = 50
 
     def __post_init__(self) -> None:
         steps = tuple(self.steps)
@@ -151,6 +166,15 @@ class CanaryConfig:
             raise ValueError(
                 f"canary max_failed_checks must be at least 1, got {self.max_failed_checks!r}"
             )
+        if self.max_output_drift is not None and not 0.0 < self.max_output_drift <= 1.0:
+            raise ValueError(
+                "canary max_output_drift is a Jensen-Shannon distance in (0, 1], "
+                f"got {self.max_output_drift!r}"
+            )
+        if self.min_output_samples < 1:
+            raise ValueError(
+                f"canary min_output_samples must be at least 1, got {self.min_output_samples!r}"
+            )
         if not (self.p99_floor > 0 and math.isfinite(self.p99_floor)):
             raise ValueError(
                 f"canary p99_floor must be a positive number of seconds, got {self.p99_floor!r}"
@@ -165,6 +189,7 @@ class SideStats:
     errors: int
     error_rate: float
     p99: float | None
+    outputs: int = 0  # output labels reported (sampled answers)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -173,6 +198,7 @@ class SideStats:
             "errors": self.errors,
             "error_rate": self.error_rate,
             "p99": self.p99,
+            "outputs": self.outputs,
         }
 
 
@@ -194,6 +220,7 @@ class CanaryDecision:
     reason: str
     canary: SideStats | None = None
     baseline: SideStats | None = None
+    output_drift: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form for the audit log and the admin API."""
@@ -207,6 +234,7 @@ class CanaryDecision:
             "reason": self.reason,
             "canary": None if self.canary is None else self.canary.to_dict(),
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "output_drift": self.output_drift,
         }
 
 
@@ -278,12 +306,23 @@ class LatencyHistogram:
 class _Tally:
     """One side's requests, errors and latencies over the current interval."""
 
-    __slots__ = ("errors", "latencies", "requests")
+    __slots__ = ("errors", "latencies", "outputs", "requests")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.latencies = LatencyHistogram()
+        self.outputs: dict[str, int] = {}
+
+    def add_outputs(self, labels: Iterable[str]) -> None:
+        outputs = self.outputs
+        for label in labels:
+            if label in outputs:
+                outputs[label] += 1
+            elif len(outputs) < MAX_OUTPUT_LABELS:
+                outputs[label] = 1
+            else:
+                outputs[OTHER_OUTPUT] = outputs.get(OTHER_OUTPUT, 0) + 1
 
     def stats(self) -> SideStats:
         return SideStats(
@@ -291,6 +330,7 @@ class _Tally:
             errors=self.errors,
             error_rate=self.errors / self.requests if self.requests else 0.0,
             p99=self.latencies.quantile(0.99),
+            outputs=sum(self.outputs.values()),
         )
 
 
@@ -410,6 +450,17 @@ class CanaryAnalysis:
             tally.errors += 1
         tally.latencies.record(latency)
 
+    def record_output(self, side: CanarySide, labels: Iterable[str], now: float) -> None:
+        """Count the output labels of one sampled answer of `side` in the current interval.
+
+        Ignored unless PROGRESSING. Reported after the answer was sent (by the quality
+        worker), so it may arrive after the interval it was served in: it counts in the
+        current one, for either side alike.
+        """
+        if self._phase is not CanaryPhase.PROGRESSING:
+            return
+        (self._canary if side is CanarySide.CANARY else self._baseline).add_outputs(labels)
+
     # --- the check ---------------------------------------------------------------------------
 
     def evaluate(self, now: float) -> CanaryDecision:
@@ -420,6 +471,7 @@ class CanaryAnalysis:
         """
         self._require_active("evaluate", paused_ok=False)
         canary, baseline = self._canary.stats(), self._baseline.stats()
+        drift = self._output_drift()
         self._start_interval(now)
         before = self.weight
         cfg = self.config
@@ -431,10 +483,35 @@ class CanaryAnalysis:
                 f"holding at {_weight(before)}"
             )
             return self._decide(
-                now, Verdict.WAIT, CanaryAction.WAIT, before, reason, canary, baseline
+                now, Verdict.WAIT, CanaryAction.WAIT, before, reason, canary, baseline, drift
             )
 
         failures, findings = self._judge(canary, baseline)
+        if cfg.max_output_drift is not None:
+            if drift is None:
+                findings += (
+                    f"; outputs: canary {canary.outputs}, baseline {baseline.outputs} labels"
+                    f" (need {cfg.min_output_samples} each)"
+                )
+                if not failures:
+                    reason = f"too few outputs to judge: {findings}; holding at {_weight(before)}"
+                    return self._decide(
+                        now,
+                        Verdict.WAIT,
+                        CanaryAction.WAIT,
+                        before,
+                        reason,
+                        canary,
+                        baseline,
+                        drift,
+                    )
+            else:
+                drift_ok = drift <= cfg.max_output_drift + 1e-12
+                failures += not drift_ok
+                findings += (
+                    f"; output drift {drift:.3f} {'<=' if drift_ok else '>'} "
+                    f"{cfg.max_output_drift:g} (Jensen-Shannon distance)"
+                )
         if not failures:
             self._failed_checks = 0
             nxt = self._step + 1
@@ -448,7 +525,7 @@ class CanaryAnalysis:
                 action = CanaryAction.PROMOTE_STEP
                 outcome = f"next step: {_weight(before)} -> {_weight(self.weight)}"
             reason = f"passed: {findings}; {outcome}"
-            return self._decide(now, Verdict.PASS, action, before, reason, canary, baseline)
+            return self._decide(now, Verdict.PASS, action, before, reason, canary, baseline, drift)
 
         self._failed_checks += 1
         streak = f"failed check {self._failed_checks} of {cfg.max_failed_checks} in a row"
@@ -457,10 +534,22 @@ class CanaryAnalysis:
             self._failed_checks = 0
             reason = f"{streak}: {findings}; rolled back: {_weight(before)} -> {_weight(0.0)}"
             return self._decide(
-                now, Verdict.FAIL, CanaryAction.ROLLBACK, before, reason, canary, baseline
+                now, Verdict.FAIL, CanaryAction.ROLLBACK, before, reason, canary, baseline, drift
             )
         reason = f"{streak}: {findings}; holding at {_weight(before)}"
-        return self._decide(now, Verdict.FAIL, CanaryAction.HOLD, before, reason, canary, baseline)
+        return self._decide(
+            now, Verdict.FAIL, CanaryAction.HOLD, before, reason, canary, baseline, drift
+        )
+
+    def _output_drift(self) -> float | None:
+        """The JS distance of this interval's output labels, or None (gate off, too few)."""
+        cfg = self.config
+        if cfg.max_output_drift is None:
+            return None
+        c, b = self._canary.outputs, self._baseline.outputs
+        if min(sum(c.values()), sum(b.values())) < cfg.min_output_samples:
+            return None
+        return js_distance_counts(c, b)
 
     def _judge(self, canary: SideStats, baseline: SideStats) -> tuple[int, str]:
         """(number of broken gates, the gates' numbers in words)."""
@@ -591,8 +680,10 @@ class CanaryAnalysis:
         reason: str,
         canary: SideStats | None = None,
         baseline: SideStats | None = None,
+        output_drift: float | None = None,
     ) -> CanaryDecision:
         return CanaryDecision(
+            output_drift=output_drift,
             at=now,
             verdict=verdict,
             action=action,

@@ -77,6 +77,10 @@ class SimControl:
         """Back to a healthy server."""
         return dict(await self._call("DELETE", "/faults"))
 
+    async def set_outputs(self, **kw: Any) -> dict[str, Any]:
+        """Replace the classifier's output settings (classes, bias, disagree_rate)."""
+        return dict(await self._call("PUT", "/outputs", kw))
+
     async def stats(self) -> dict[str, Any]:
         """Counters plus name, region, alive and port."""
         return dict(await self._call("GET", "/stats"))

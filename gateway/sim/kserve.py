@@ -152,11 +152,12 @@ def _flatten(data: Any, out: list[float], name: object) -> None:
         raise InferError(400, f"input '{name}': expected numbers, got {data!r}")
 
 
-def infer(request: dict[str, Any], model: str) -> dict[str, Any]:
+def infer(request: dict[str, Any], model: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Answer a parsed infer request: OUTPUT0 = 2 x the first input, as FP32.
 
     Raises InferError(400) for what Triton would refuse: missing data, data not
-    matching its shape, a requested output that does not exist.
+    matching its shape, a requested output that does not exist (`extra` names outputs
+    the caller adds besides OUTPUT0).
     """
     first = request["inputs"][0]
     name = first.get("name")
@@ -180,7 +181,7 @@ def infer(request: dict[str, Any], model: str) -> dict[str, Any]:
     if isinstance(wanted, list):
         for out in wanted:
             out_name = out.get("name") if isinstance(out, dict) else out
-            if out_name != OUTPUT_NAME:
+            if out_name != OUTPUT_NAME and out_name not in extra:
                 raise InferError(
                     400, f"unexpected inference output '{out_name}' for model '{model}'"
                 )

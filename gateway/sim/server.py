@@ -36,6 +36,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.sim import kserve, openai
 from gateway.sim.faults import FaultKind, Faults
+from gateway.sim.outputs import PROBS_NAME, Outputs
 
 if TYPE_CHECKING:
     from gateway.sim.grpc import GrpcFrontend
@@ -141,6 +142,7 @@ class SimServer:
         faults: Faults | None = None,
         grpc_port: int | None = None,
         decoupled: Sequence[str] = (),
+        outputs: Outputs | None = None,
     ) -> None:
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty list of model names")
@@ -163,6 +165,7 @@ class SimServer:
         self._port = port
         self._control_port = control_port
         self._faults = faults if faults is not None else Faults()
+        self._outputs = outputs if outputs is not None else Outputs()
         self._rng = random.Random(seed)
         self._ident: dict[str, str] = {}
         self._web: web.Server | None = None
@@ -246,6 +249,17 @@ class SimServer:
         if not isinstance(faults, Faults):
             raise TypeError(f"faults must be a Faults (try Faults.from_dict), got {faults!r}")
         self._faults = faults
+
+    @property
+    def outputs(self) -> Outputs:
+        """What the simulated classifier answers besides OUTPUT0 (see `gateway.sim.outputs`)."""
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, outputs: Outputs) -> None:
+        if not isinstance(outputs, Outputs):
+            raise TypeError(f"outputs must be an Outputs (try Outputs.from_dict), got {outputs!r}")
+        self._outputs = outputs
 
     # --- life cycle --------------------------------------------------------------------
 
@@ -596,7 +610,19 @@ class SimServer:
             parsed = kserve.parse_request(
                 body, request.headers.get("Inference-Header-Content-Length")
             )
-            status, answer = 200, kserve.infer(parsed, model)
+            outputs = self._outputs
+            if outputs.classes:
+                answer = kserve.infer(parsed, model, (PROBS_NAME,))
+                first = parsed["inputs"][0]
+                # the first input's values, flattened: OUTPUT0 holds them doubled
+                probs = outputs.probabilities(
+                    [v / 2.0 for v in answer["outputs"][0]["data"]], first["shape"], self._rng
+                )
+                if probs is not None:
+                    answer["outputs"].append(probs)
+            else:
+                answer = kserve.infer(parsed, model)
+            status = 200
         except kserve.InferError as e:
             status, answer = e.status, {"error": e.message}
         data = _DUMP(answer).encode()
@@ -752,6 +778,16 @@ class SimServer:
                 else:
                     return self._not_allowed("GET, PUT, PATCH, DELETE")
                 return self._json(200, self._faults.to_dict())
+            if sub == "outputs":
+                if method == "GET":
+                    return self._json(200, self._outputs.to_dict())
+                if method == "PUT":
+                    self.outputs = Outputs.from_dict(await self._control_body(request))
+                elif method == "DELETE":
+                    self.outputs = Outputs()
+                else:
+                    return self._not_allowed("GET, PUT, DELETE")
+                return self._json(200, self._outputs.to_dict())
             if sub == "stats":
                 if method != "GET":
                     return self._not_allowed("GET")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from gateway.telemetry.hot import HotCounter, HotGauge, HotHistogram
 
@@ -21,6 +21,8 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10)
+DIFF_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+TOKEN_DIFF_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class Metrics:
@@ -261,6 +263,113 @@ class Metrics:
             registry=r,
         )
 
+        # --- data and model quality (sampled after answers were sent; see gateway/quality) ---
+        self.quality_sampled = Counter(
+            "tailguard_quality_sampled_total",
+            "Answered exchanges whose features were profiled, by route and answering backend.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.quality_dropped = Counter(
+            "tailguard_quality_dropped_total",
+            "Sampled exchanges not profiled, by reason (queue_full: the worker was behind).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.quality_problems = Counter(
+            "tailguard_quality_unreadable_total",
+            "Sampled bodies whose features could not be read, by problem.",
+            ["route", "problem"],
+            registry=r,
+        )
+        self.quality_queue = Gauge(
+            "tailguard_quality_queue_depth",
+            "Sampled exchanges waiting for the quality worker.",
+            registry=r,
+        )
+        self.quality_worker_cpu = Counter(
+            "tailguard_quality_worker_cpu_seconds_total",
+            "CPU time the quality worker spent reading features, profiling and scoring.",
+            registry=r,
+        )
+        self.drift_score = Gauge(
+            "tailguard_drift_score",
+            "Drift of a feature's current window against its reference, by statistic "
+            "(psi, ks, js); absent until both sides hold the minimum sample.",
+            ["route", "backend", "feature", "stat"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            "tailguard_drift_threshold",
+            "The route's drift threshold per statistic (a score above it is drift).",
+            ["route", "stat"],
+            registry=r,
+        )
+        self.drift_features = Gauge(
+            "tailguard_drift_features_drifted",
+            "Features of a route and backend whose score is above its threshold.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.quality_references = Counter(
+            "tailguard_quality_references_total",
+            "Reference profiles adopted, by how (capture, load, store).",
+            ["route", "backend", "source"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "tailguard_shadow_requests_total",
+            "Shadow requests by result (answered, error, failed, timeout, too_large, busy, "
+            "unusable); busy and unusable were never sent.",
+            ["route", "backend", "result"],
+            registry=r,
+        )
+        self.shadow_compared = Counter(
+            "tailguard_shadow_compared_total",
+            "Output rows compared between the shadow and the primary answer.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.shadow_agreed = Counter(
+            "tailguard_shadow_agreed_total",
+            "Compared rows where the shadow's predicted class (or finish reason) was the primary's.",
+            ["route", "backend"],
+            registry=r,
+        )
+        self.shadow_score_diff = Histogram(
+            "tailguard_shadow_score_difference",
+            "Mean absolute difference of the shadow's and the primary's score vectors, per row.",
+            ["route", "backend"],
+            buckets=DIFF_BUCKETS,
+            registry=r,
+        )
+        self.shadow_token_diff = Histogram(
+            "tailguard_shadow_token_difference",
+            "Absolute difference of completion tokens, shadow vs primary answer.",
+            ["route", "backend"],
+            buckets=TOKEN_DIFF_BUCKETS,
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "tailguard_shadow_latency_seconds",
+            "Latency of compared pairs, by side (primary: the client's answer; shadow).",
+            ["route", "backend", "side"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.contract_rejections = Counter(
+            "tailguard_contract_rejections_total",
+            "Requests refused (400) because their inputs break the model's metadata, by reason.",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.contract_unchecked = Counter(
+            "tailguard_contract_unchecked_total",
+            "Requests let through unchecked because the model's metadata could not be had.",
+            ["route", "reason"],
+            registry=r,
+        )
+
         # --- service level objectives (names from the policy's `slos:`) ---
         # The one source of the generated Prometheus rules: each request counted once, as the
         # gateway classified it (4xx excluded, fallbacks by the SLO's choice, latency against
@@ -332,3 +441,11 @@ def code_class(status: int) -> str:
 _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+# Label values the quality code uses; anything else a body says becomes "other".
+QUALITY_PROBLEMS = frozenset(
+    {"request_not_json", "request_not_object", "response_not_json", "response_not_object"}
+)
+CONTRACT_REASONS = frozenset(
+    {"not_json", "no_inputs", "unknown_input", "missing_input", "datatype", "shape", "data_size"}
+)

@@ -39,6 +39,10 @@ routes:
     split: [{{backend: stable, weight: 100}}, {{backend: candidate, weight: 0}}]
     timeout: {timeout}
     canary: {{backend: candidate, steps: [20, 100], interval: 1h}}
+slos:
+  classify-availability:
+    routes: [classify]
+    availability: {{objective: 99.9%}}
 """
 
 BAD = """\
@@ -220,6 +224,25 @@ def test_policy_validate_apply_and_reload(
 
     code, _, err = ctl(capsys, running, "ctl", "policy", "apply", str(running.workdir / "none"))
     assert code == 2 and "cannot read" in err
+
+
+def test_slo_show_override_and_clear(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = ctl(capsys, running, "status")
+    assert code == 0, err
+    slo = next(line for line in out.splitlines() if line.startswith("classify-availability "))
+    assert "availability 99.9%" in slo and "100.0%" in slo and slo.endswith("ok")
+    code, out, err = ctl(capsys, running, "ctl", "slo", "show")
+    assert code == 0 and out.startswith("SLO ") and "BUDGET LEFT" in out
+    code, out, err = ctl(capsys, running, "ctl", "slo", "override", "classify", "--until", "1h")
+    assert code == 0, err
+    assert out.startswith("error-budget policy of route classify: overridden until ")
+    code, out, err = ctl(capsys, running, "ctl", "slo", "clear", "classify")
+    assert code == 0, err
+    assert out.strip() == "error-budget policy of route classify: enforced"
+    code, _, err = ctl(capsys, running, "ctl", "slo", "override", "nope", "--until", "1h")
+    assert code == 1 and "route 'nope' has no SLO" in err
+    code, _, err = ctl(capsys, running, "ctl", "slo", "override", "classify", "--until", "soon")
+    assert code == 2 and "expected a window like 30d" in err
 
 
 def test_canary_and_breaker_actions(running: Running, capsys: pytest.CaptureFixture[str]) -> None:

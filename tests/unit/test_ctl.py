@@ -211,3 +211,54 @@ def test_client_config_refuses_what_is_not_an_http_url(url: str) -> None:
 def test_client_config_refuses_a_non_positive_timeout() -> None:
     with pytest.raises(ValueError, match="timeout"):
         AdminClientConfig("http://127.0.0.1:9090", timeout=0)
+
+
+SLO_STATE: dict[str, Any] = {
+    "slos": [
+        {
+            "name": "classify-availability", "routes": ["classify"], "kind": "availability",
+            "objective": 0.999, "budget_remaining": 0.958, "fast_burn": True, "severity": "page",
+            "windows": [
+                {"window": w, "burn_rate": r}
+                for w, r in (("5m", 30.0), ("30m", 30.0), ("1h", 30.0), ("2h", 15.0),
+                             ("6h", 5.0), ("1d", 1.25), ("3d", 0.42))
+            ],
+        },
+        {
+            "name": "classify-latency", "routes": ["classify"], "kind": "latency",
+            "objective": 0.99, "budget_remaining": 1.0, "fast_burn": False, "severity": None,
+            "windows": [{"window": "5m", "burn_rate": None}],
+        },
+    ],
+    "routes": [
+        {"route": "classify", "burning": ["classify-availability"], "freeze_canary": True,
+         "rollback_canary": False, "shed_priority": 0, "overridden": False,
+         "reason": "SLO classify-availability burns 30.0x over 1h"},
+    ],
+}  # fmt: skip
+
+
+def test_slo_table_shows_budget_burn_rates_and_the_policy_at_work() -> None:
+    from gateway.ctl import render_slos
+
+    text = render_slos(SLO_STATE)
+    avail = rows(text, "classify-availability")[0]
+    assert avail[1:4] == ["classify", "availability 99.9%", "95.8%"]
+    assert avail[4:8] == ["30.0x", "30.0x", "5.0x", "0.4x"]
+    assert avail[8:] == ["▇▇▇▆▄▃▁", "FAST BURN (page)"]
+    latency = rows(text, "classify-latency")[0]
+    assert latency[4] == "-" and latency[-1] == "ok"
+    assert text.endswith(
+        "error-budget policy:\n  classify: canary frozen, shedding priority <= 0: "
+        "SLO classify-availability burns 30.0x over 1h"
+    )
+    assert render_slos({}) == "no SLOs"
+    # inside `tailguard status`, after the endpoints
+    assert render_status({**STATUS, "slo": SLO_STATE}).count("classify-availability") == 2
+
+
+def test_sparkline_levels() -> None:
+    from gateway.ctl import burn_sparkline
+
+    rates = [None, 0.1, 0.9, 2, 5, 10, 20, 50, 1000]
+    assert burn_sparkline([{"burn_rate": r} for r in rates]) == "·▁▂▃▄▅▆▇█"

@@ -30,7 +30,6 @@ from gateway.proxy.edge import (
         ("/a/public/../private", "/a/private", "/a/private"),
         ("/a/%2e%2E/b", "/b", "/b"),
         ("/a/./b/.", "/a/b/", "/a/b/"),
-        ("/../../etc", "/etc", "/etc"),
         ("/my%20model/%7Efoo", "/my model/~foo", "/my%20model/~foo"),
         ("/caf%c3%a9", "/café", "/caf%C3%A9"),
     ],
@@ -42,7 +41,8 @@ def test_targets_are_normalised_once(target: str, path: str, forwarded: str) -> 
 @pytest.mark.parametrize(
     "target",
     ["http://h/x", "h:443", "*", "x", "/a%2Fb", "/a%2fb", "/a%5cb", "/a%00", "/a%0a", "/a%zz",
-     "/a%4", "/%ff", "/a b", "/a\x00", "/a?b#c", "/a?b c"],
+     "/a%4", "/%ff", "/a b", "/a\x00", "/a?b#c", "/a?b c", "/../etc", "/a/../../etc",
+     "/%2e%2e/x"],
 )  # fmt: skip
 def test_unsafe_targets_are_refused(target: str) -> None:
     with pytest.raises(ClientError):
@@ -56,7 +56,11 @@ _SEGMENT = st.sampled_from(["a", "b", ".", "..", "%2e", "%2E%2e", "c%20d", "", "
 @given(st.lists(_SEGMENT, max_size=8), st.booleans())
 def test_a_normalised_path_has_no_dot_segments_and_is_stable(segments: list[str], q: bool) -> None:
     target = "/" + "/".join(segments) + ("?q=1" if q else "")
-    path, forwarded = normalize_target(target)
+    try:
+        path, forwarded = normalize_target(target)
+    except ClientError as e:
+        assert "climbs above the root" in e.message
+        return
     parts = forwarded.split("?", 1)[0].split("/")
     assert "." not in parts and ".." not in parts
     assert normalize_target(forwarded) == (path, forwarded)

@@ -377,7 +377,10 @@ def test_decision_to_dict_is_json_ready() -> None:
     d = interval(a, clock, canary=(100, 10, 0.2))
     as_json = json.loads(json.dumps(d.to_dict()))
     assert as_json["action"] == "hold" and as_json["verdict"] == "fail"
-    assert as_json["canary"] == {"requests": 100, "errors": 10, "error_rate": 0.1, "p99": 0.2}
+    assert as_json["canary"] == {
+        "requests": 100, "errors": 10, "error_rate": 0.1, "p99": 0.2, "outputs": 0,
+    }  # fmt: skip
+    assert as_json["output_drift"] is None
     assert as_json["phase"] == "progressing" and as_json["weight_after"] == 5.0
 
 
@@ -535,3 +538,74 @@ def test_histogram_quantile_is_within_one_bucket_of_the_exact_one(
     got = h.quantile(q)
     assert got is not None
     assert exact * (1 - 1e-9) <= got <= exact * 2 ** (1 / 16) * (1 + 1e-9)
+
+
+# --- the output gate -----------------------------------------------------------------------
+
+
+def outputs(a: CanaryAnalysis, side: CanarySide, counts: dict[str, int], now: float) -> None:
+    for label, n in counts.items():
+        a.record_output(side, [label] * n, now)
+
+
+def test_a_canary_that_answers_differently_is_rolled_back_with_a_perfect_error_rate() -> None:
+    clock = FakeClock(T0)
+    a = CanaryAnalysis(config(max_output_drift=0.1, min_output_samples=40), clock.now())
+    decisions = []
+    for _ in range(2):
+        feed(a, CAN, 100, 0, 0.01, clock.now())
+        feed(a, BASE, 100, 0, 0.01, clock.now())
+        outputs(a, BASE, {"cat": 50, "dog": 50}, clock.now())
+        outputs(a, CAN, {"cat": 90, "dog": 10}, clock.now())
+        decisions.append(a.evaluate(clock.advance(INTERVAL)))
+    assert [d.action for d in decisions] == [CanaryAction.HOLD, CanaryAction.ROLLBACK]
+    # JS distance of (0.9, 0.1) against (0.5, 0.5), computed by hand in bits
+    p, q = (0.9, 0.1), (0.5, 0.5)
+    m = [(x + y) / 2 for x, y in zip(p, q, strict=True)]
+    jsd = sum(x * math.log2(x / z) + y * math.log2(y / z) for x, y, z in zip(p, q, m, strict=True))
+    assert decisions[0].output_drift == pytest.approx(math.sqrt(jsd / 2))
+    assert "output drift" in decisions[0].reason and "0% vs baseline 0.0%" in decisions[0].reason
+    assert a.phase is ROLLED_BACK and a.weight == 0.0
+    assert decisions[0].canary is not None and decisions[0].canary.outputs == 100
+
+
+def test_the_same_outputs_pass_the_output_gate() -> None:
+    clock = FakeClock(T0)
+    a = CanaryAnalysis(config(max_output_drift=0.1, min_output_samples=40), clock.now())
+    feed(a, CAN, 100, 0, 0.01, clock.now())
+    feed(a, BASE, 100, 0, 0.01, clock.now())
+    outputs(a, BASE, {"cat": 50, "dog": 50}, clock.now())
+    outputs(a, CAN, {"cat": 48, "dog": 52}, clock.now())
+    d = a.evaluate(clock.advance(INTERVAL))
+    assert d.action is CanaryAction.PROMOTE_STEP and d.output_drift is not None
+
+
+def test_too_few_outputs_wait_rather_than_promote_but_other_failures_still_fail() -> None:
+    clock = FakeClock(T0)
+    a = CanaryAnalysis(config(max_output_drift=0.1, min_output_samples=40), clock.now())
+    feed(a, CAN, 100, 0, 0.01, clock.now())
+    feed(a, BASE, 100, 0, 0.01, clock.now())
+    outputs(a, CAN, {"cat": 39}, clock.now())
+    outputs(a, BASE, {"cat": 100}, clock.now())
+    d = a.evaluate(clock.advance(INTERVAL))
+    assert (d.verdict, d.action, d.output_drift) == (Verdict.WAIT, CanaryAction.WAIT, None)
+    assert "too few outputs" in d.reason
+    feed(a, CAN, 100, 20, 0.01, clock.now())
+    feed(a, BASE, 100, 0, 0.01, clock.now())
+    d = a.evaluate(clock.advance(INTERVAL))
+    assert (d.verdict, d.action) == (Verdict.FAIL, CanaryAction.HOLD)
+
+
+def test_outputs_are_ignored_unless_progressing_and_labels_are_bounded() -> None:
+    clock = FakeClock(T0)
+    a = CanaryAnalysis(config(max_output_drift=0.1, min_output_samples=1), clock.now())
+    a.pause(clock.now())
+    outputs(a, CAN, {"cat": 5}, clock.now())
+    a.resume(clock.now())
+    assert a.interval_stats()[0].outputs == 0
+    a.record_output(CAN, [str(i) for i in range(500)], clock.now())
+    assert a.interval_stats()[0].outputs == 500
+    with pytest.raises(ValueError):
+        config(max_output_drift=0.0)
+    with pytest.raises(ValueError):
+        config(min_output_samples=0)

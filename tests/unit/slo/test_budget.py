@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.slo.budget import (
     BURN_ALERTS,
@@ -181,3 +183,29 @@ def test_config_refuses_nonsense(kw: dict[str, object], message: str) -> None:
     }  # fmt: skip
     with pytest.raises(ValueError, match=message):
         SloConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.floats(min_value=0.0, max_value=4000.0), min_size=1, max_size=60),
+    bads=st.lists(st.booleans(), min_size=60, max_size=60),
+    later=st.floats(min_value=0.0, max_value=30000.0),
+)
+def test_window_sums_match_a_plain_count(gaps: list[float], bads: list[bool], later: float) -> None:
+    """Bucketed sums equal a count of the events whose bucket lies in the window."""
+    cfg = config()
+    b = SloBudget(cfg)
+    events = []
+    t = T0
+    for gap, bad in zip(gaps, bads, strict=False):
+        t += gap
+        b.record(t, bad)
+        events.append((t, bad))
+    now = t + later
+    st_ = b.status(now)
+    for w in st_.windows:
+        width = cfg.fine_width if w.name in ("5m", "30m", "1h", "2h", "6h") else cfg.coarse_width
+        length = round(cfg.seconds(w.name) / width)
+        now_n = int(now // width)
+        inside = [bad for (e, bad) in events if now_n - length < int(e // width) <= now_n]
+        assert (w.total, w.bad) == (len(inside), sum(inside)), w.name

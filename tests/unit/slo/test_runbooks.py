@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.slo.rules import ALERT_NAMES
+from gateway.quality.rules import ALERT_NAMES as QUALITY_ALERTS
+from gateway.slo.rules import ALERT_NAMES as SLO_ALERTS
+
+ALERT_NAMES = (*SLO_ALERTS, *QUALITY_ALERTS)
 
 RUNBOOKS = Path(__file__).resolve().parents[3] / "docs" / "runbooks"
 
