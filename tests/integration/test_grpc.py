@@ -27,6 +27,7 @@ from gateway.resilience.breaker import BreakerState
 from gateway.sim import Faults, SimServer
 
 MakeSim = Callable[..., Awaitable[SimServer]]
+KSERVE_RULES = Path(__file__).resolve().parents[2] / "fallbacks" / "kserve-v2.yaml"
 MakeGateway = Callable[[str], Awaitable[Gateway]]
 
 
@@ -660,3 +661,45 @@ async def test_fallbacks_stale_cache_then_backup_backend(
         assert md["x-tailguard-fallback"] == "backend"
         assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [14.0]
     assert served(b) == 1
+
+
+RULES = """
+version: 1
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{grpc: "{a}"}}]
+routes:
+  - name: classify
+    match: {{path_prefix: /v2/models/}}
+    split: [{{backend: clf, weight: 100}}]
+    timeout: 1s
+    fallback:
+      - rules: {rules}
+"""
+
+
+async def test_a_rules_fallback_answers_a_model_infer_response_tritonclient_reads(
+    sims: MakeSim, gateway: MakeGateway
+) -> None:
+    a = await sims(models=["classifier"])
+    gw = await gateway(RULES.format(a=a.grpc_address, rules=KSERVE_RULES))
+    await a.die()
+    async with grpc.aio.insecure_channel(address(gw)) as channel:
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            infer_request("classifier", [1.0, 2.0], "deg-1")
+        )
+        reply = await call
+        md = dict(await call.trailing_metadata())
+    assert md["x-tailguard-fallback"] == "rules"
+    assert md["x-tailguard-fallback-rule"] == "kserve-infer-degraded"
+    assert reply.id == "deg-1" and reply.model_version == "fallback"
+    assert np.frombuffer(reply.raw_output_contents[0], np.float32).tolist() == [0.0]
+    async with tg.InferenceServerClient(address(gw)) as client:
+        r = await client.infer("classifier", [tensor([1.0])], request_id="deg-2")
+        assert r.as_numpy("OUTPUT0").tolist() == [[0.0]]
+        # a rule that answers an error answers it as a gRPC status
+        with pytest.raises(InferenceServerException) as e:
+            await client.get_model_metadata("classifier")
+        assert e.value.status() == "StatusCode.UNAVAILABLE"
+        assert "fallback_rule" in str(e.value.message())
