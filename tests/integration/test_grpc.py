@@ -703,3 +703,44 @@ async def test_a_rules_fallback_answers_a_model_infer_response_tritonclient_read
             await client.get_model_metadata("classifier")
         assert e.value.status() == "StatusCode.UNAVAILABLE"
         assert "fallback_rule" in str(e.value.message())
+
+
+SPLIT = """
+version: 1
+backends:
+  one:
+    protocol: kserve-v2
+    endpoints: [{{grpc: "{a}"}}]
+  two:
+    protocol: kserve-v2
+    endpoints: [{{grpc: "{b}"}}]
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: one, weight: 50}}, {{backend: two, weight: 50}}]
+    sticky: {{header: x-user-id}}
+    timeout: 1s
+"""
+
+
+async def test_a_weighted_split_is_sticky_by_a_metadata_key(
+    sims: MakeSim, gateway: MakeGateway
+) -> None:
+    a = await sims(models=["classifier"], name="a")
+    b = await sims(models=["classifier"], name="b")
+    gw = await gateway(SPLIT.format(a=a.grpc_address, b=b.grpc_address))
+    seen: dict[str, set[str]] = {}
+    async with grpc.aio.insecure_channel(address(gw)) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for user in range(20):
+            for i in range(3):
+                call = stub.ModelInfer(
+                    infer_request("classifier", [1.0], f"{user}-{i}"),
+                    metadata=(("x-user-id", f"user-{user}"),),
+                )
+                await call
+                md = dict(await call.trailing_metadata())
+                seen.setdefault(f"user-{user}", set()).add(str(md["x-sim-name"]))
+    assert all(len(sides) == 1 for sides in seen.values())  # each user stays on one side
+    assert {s for sides in seen.values() for s in sides} == {"a", "b"}  # and both have users
+    assert served(a) + served(b) == 60
