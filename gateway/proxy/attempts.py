@@ -211,44 +211,13 @@ class AttemptRunner:
                 pending[task] = index
             return index
 
-        first = self._pick(backend, tried, None, ex)
+        first = launch(0.0, None)
         if first is None:
             raise NoHealthyEndpoint(_no_endpoint(ex, backend))
-        tried.add(first)
         first_region = backend.endpoints[first].region
         hedge_delay = hedge.delay(self._recent_percentile(backend, hedge.config.percentile))
         next_hedge = self._clock.now() + hedge_delay if hedge_delay is not None else None
         try:
-            if hedge_delay is None or max_extra <= 0:
-                pending[asyncio.ensure_future(self._attempt(ex, route, backend, first))] = first
-            else:
-                # The first attempt runs in this task (most answers come before any hedge is
-                # due, and a task of its own costs event-loop hops on every request); hedges
-                # start from a timer in tasks of their own, and a hedge that wins interrupts
-                # the first attempt the way `asyncio.timeout` interrupts a wait.
-                raced = await self._race_first(
-                    ex, route, backend, first, first_region, hedge_delay, pending, tried
-                )
-                extra = raced.extra
-                next_hedge = raced.next_hedge
-                won = raced.winner
-                if won is not None:
-                    for task in [t for t in pending if t.done()]:
-                        pending.pop(task)
-                        if not task.cancelled() and task.exception() is None:
-                            self._discard(backend, task.result())  # lost in the same tick
-                    if won.index != first:
-                        ex.hedged = True
-                        self._metrics.hedges_won.labels(route.name).inc()
-                    return won
-                last = raced.failed
-                if not pending:
-                    assert last is not None
-                    delay = self._retry_delay(ex, route, last)
-                    if delay is None or launch(delay, None) is None:
-                        return last
-                    if last.response is not None and last.response.stream is not None:
-                        self._discard(backend, last)
             while pending:
                 wait_for = None
                 if next_hedge is not None and extra < max_extra:
@@ -301,85 +270,6 @@ class AttemptRunner:
             if pending:
                 # cancelled losers report CANCELLED and close their connections before we go on
                 await asyncio.gather(*pending, return_exceptions=True)
-
-    async def _race_first(
-        self,
-        ex: Exchange,
-        route: RouteRuntime,
-        backend: BackendRuntime,
-        first: int,
-        first_region: str,
-        hedge_delay: float,
-        pending: dict[asyncio.Task[AttemptResult], int],
-        tried: set[int],
-    ) -> _Race:
-        """Run the first attempt here while hedges start on a timer; see `_hedged`.
-
-        Returns how it went: the winner (the first attempt's acceptable answer, or the hedge
-        that interrupted it), or the first attempt's failure with the hedges still in
-        `pending` for the caller's loop to wait on.
-        """
-        hedge = route.hedge
-        assert hedge is not None
-        loop = asyncio.get_running_loop()
-        me = asyncio.current_task()
-        assert me is not None
-        cancelling = me.cancelling()
-        race = _Race()
-        race.next_hedge = self._clock.now() + hedge_delay
-
-        def on_done(task: asyncio.Task[AttemptResult]) -> None:
-            if (
-                race.running
-                and race.winner is None
-                and not task.cancelled()
-                and task.exception() is None
-                and task.result().acceptable
-            ):
-                race.winner = task.result()
-                pending.pop(task, None)
-                me.cancel()  # the first attempt loses: it reports CANCELLED
-
-        def fire() -> None:
-            race.timer = None
-            if not race.running:
-                return
-            remaining = ex.deadline - self._clock.now()
-            if hedge.should_hedge(race.extra, remaining, hedge_delay, route.hedge_budget):
-                index = self._pick(backend, tried, first_region, ex)
-                if index is not None:
-                    tried.add(index)
-                    task = asyncio.ensure_future(self._attempt(ex, route, backend, index))
-                    pending[task] = index
-                    task.add_done_callback(on_done)
-                    race.extra += 1
-                    self._metrics.hedges_sent.labels(route.name).inc()
-                race.next_hedge = self._clock.now() + hedge_delay
-                if race.extra < hedge.config.max_extra:
-                    race.timer = loop.call_later(hedge_delay, fire)
-            else:
-                if route.hedge_budget is not None and remaining > hedge_delay:
-                    self._metrics.budget_exhausted.labels(route.name, "hedge").inc()
-                race.next_hedge = None
-
-        race.timer = loop.call_later(hedge_delay, fire)
-        try:
-            result = await self._attempt(ex, route, backend, first)
-        except asyncio.CancelledError:
-            race.running = False
-            if race.winner is not None and me.uncancel() <= cancelling:
-                return race
-            raise
-        finally:
-            race.running = False
-            if race.timer is not None:
-                race.timer.cancel()
-                race.timer = None
-        if result.acceptable:
-            race.winner = result
-        else:
-            race.failed = result
-        return race
 
     def _keep_most_informative(
         self, backend: BackendRuntime, last: AttemptResult | None, new: AttemptResult
@@ -654,20 +544,6 @@ class AttemptRunner:
         if result.outcome is Outcome.TIMEOUT:
             raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
         raise UpstreamUnavailable(f"{result.message}" + _tried_note(ex))
-
-
-class _Race:
-    """How the first attempt of a hedged request fared (see `AttemptRunner._race_first`)."""
-
-    __slots__ = ("extra", "failed", "next_hedge", "running", "timer", "winner")
-
-    def __init__(self) -> None:
-        self.running = True
-        self.winner: AttemptResult | None = None
-        self.failed: AttemptResult | None = None
-        self.extra = 0
-        self.next_hedge: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
 
 
 def _no_endpoint(ex: Exchange, backend: BackendRuntime) -> str:
