@@ -4,7 +4,7 @@ checked against, outcome for outcome (the gateway itself uses the lean client)."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import aiohttp
 
@@ -126,11 +126,20 @@ class HttpTransport:
             raise AttemptFailed(Outcome.MALFORMED, "backend answered with malformed JSON")
         return UpstreamResponse(resp.status, resp.headers, data, None, outcome)
 
-    async def get_status(self, path: str, timeout: float) -> int:
-        """A health probe: the status of a GET, or raises `AttemptFailed`."""
+    async def get_status(
+        self, path: str, timeout: float, expect: Container[int] | None = None
+    ) -> int:
+        """A health probe: the status of a GET, or raises `AttemptFailed`.
+
+        The answer is read so the connection is reused; after a status outside `expect` it
+        is closed instead (see `H1Transport.get_status`).
+        """
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.get(self.url + path, allow_redirects=False) as r:
+                    if expect is not None and r.status not in expect:
+                        r.close()
+                        return r.status
                     await r.read()
                     return r.status
         except TimeoutError:

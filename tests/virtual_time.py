@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -114,7 +114,9 @@ class ScriptedTransport:
             step.status, headers_out, step.body, None, classify_status(step.status)
         )
 
-    async def get_status(self, path: str, timeout: float) -> int:
+    async def get_status(
+        self, path: str, timeout: float, expect: Container[int] | None = None
+    ) -> int:
         return 200
 
     async def close(self) -> None:

@@ -146,7 +146,8 @@ class HealthChecker:
         transport = self._transports.get(state.spec, backend.pool, backend.protocol)
         for path in check.paths:
             try:
-                status = await transport.get_status(path, check.config.timeout)
+                # a failed probe closes its connection: the next one tests a fresh one
+                status = await transport.get_status(path, check.config.timeout, check.expect)
             except AttemptFailed:
                 return False
             if status not in check.expect:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "ActionRecord",
     "FaultContext",
     "LocalSim",
+    "NoisyNeighbour",
     "RemoteSim",
     "SimHandle",
     "base_faults",
@@ -135,6 +137,40 @@ class RemoteSim:
             return -1  # unreachable now: the count is unknown, not zero
 
 
+class NoisyNeighbour:
+    """Another process on the machine that burns one CPU core, as a busy neighbour would.
+
+    Started and stopped by the timeline; the runner stops it when the run ends, whatever
+    happened. Its CPU is the gateway's lost CPU: on a machine with few cores, the
+    gateway's own latency gets a noisy share in every answer.
+    """
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "while True: pass"
+        )
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.kill()
+        await process.wait()
+
+
 @dataclass(frozen=True, slots=True)
 class FaultContext:
     """What the actions may act on; the runner fills in what this run has."""
@@ -146,6 +182,7 @@ class FaultContext:
     reload: Callable[[Path], Awaitable[str]] | None = None
     redis_stop: Callable[[], Awaitable[None]] | None = None
     redis_start: Callable[[], Awaitable[None]] | None = None
+    neighbour: NoisyNeighbour | None = None
 
     def targets(self, action: ActionModel) -> list[SimHandle]:
         return [self.sims[s.name] for s in self.scenario.sims_for(action) if s.name in self.sims]
@@ -265,6 +302,22 @@ async def _redis_start(action: ActionModel, ctx: FaultContext) -> str:
         raise ActionError("this run has no Redis of its own")
     await ctx.redis_start()
     return "redis started"
+
+
+@_action("neighbour-start")
+async def _neighbour_start(action: ActionModel, ctx: FaultContext) -> str:
+    if ctx.neighbour is None:
+        raise ActionError("this run has no noisy neighbour to start")
+    await ctx.neighbour.start()
+    return "a neighbour burns one CPU core"
+
+
+@_action("neighbour-stop")
+async def _neighbour_stop(action: ActionModel, ctx: FaultContext) -> str:
+    if ctx.neighbour is None:
+        raise ActionError("this run has no noisy neighbour to stop")
+    await ctx.neighbour.stop()
+    return "the neighbour stopped"
 
 
 @dataclass(frozen=True, slots=True)

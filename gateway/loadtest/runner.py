@@ -42,6 +42,7 @@ from gateway.loadtest.faults import (
     ActionRecord,
     FaultContext,
     LocalSim,
+    NoisyNeighbour,
     RemoteSim,
     SimHandle,
     base_faults,
@@ -714,6 +715,7 @@ async def run_scenario(
     servers: list[SimServer] = []
     redis: PrivateRedis | None = None
     gateway: GatewayProcess | None = None
+    neighbour = NoisyNeighbour()
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=scenario.traffic.connections)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -757,6 +759,7 @@ async def run_scenario(
                 reload=reload if gateway is not None else None,
                 redis_stop=redis.stop if redis is not None else None,
                 redis_start=redis.start if redis is not None else None,
+                neighbour=neighbour,
             )
             endpoint_sims = {
                 values[f"sim.{name}"].rstrip("/"): (name, s.spec.region) for name, s in sims.items()
@@ -816,6 +819,7 @@ async def run_scenario(
                 show.done()
             cpu_end = gateway.cpu_seconds() if gateway is not None else None
         finally:
+            await neighbour.stop()
             if gateway is not None:
                 await gateway.stop()
             for server in servers:

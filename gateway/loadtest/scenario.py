@@ -81,6 +81,8 @@ ACTION_NAMES: Mapping[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {
     "reload": (False, ("policy",), ()),
     "redis-stop": (False, (), ()),
     "redis-start": (False, (), ()),
+    "neighbour-start": (False, (), ()),
+    "neighbour-stop": (False, (), ()),
 }
 _PARAMS = ("latency", "share", "rate", "status", "policy")
 
@@ -247,6 +249,8 @@ class ActionModel(FrozenModel):
     Parameters by action: latency (`latency`, and `share` for a tail: only that share of
     calls is slow), errors (`rate`, `status`), reset (`rate`), hang (`rate`, default all
     calls), reload (`policy`: the template to render over the served file).
+    `neighbour-start` starts a noisy neighbour, a process that burns one CPU core until
+    `neighbour-stop` or the end of the run.
     """
 
     at: DurationOrZero

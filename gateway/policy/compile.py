@@ -25,17 +25,24 @@ from gateway.proxy.transport import PoolSpec
 from gateway.quality.config import ContractConfig, QualityConfig, ShadowConfig
 from gateway.quality.drift import DriftThresholds
 from gateway.resilience.admission import AdmissionConfig
-from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig
+from gateway.resilience.balance import (
+    BalanceConfig,
+    BalancerKind,
+    EndpointInfo,
+    LocalityBalancer,
+    LocalityConfig,
+    peak_ewma_load,
+)
 from gateway.resilience.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from gateway.resilience.budget import TokenBudget
 from gateway.resilience.canary import CanaryConfig
 from gateway.resilience.health import HealthConfig, HealthState
-from gateway.resilience.hedge import HedgeConfig, HedgePolicy
+from gateway.resilience.hedge import HedgeConfig, HedgeDelayEstimator, HedgePolicy
 from gateway.resilience.outcome import RETRY_CONDITIONS, Outcome
 from gateway.resilience.outlier import Ejection, OutlierConfig, OutlierDetector
 from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
 from gateway.resilience.split import SplitEntry, WeightedSplit, rendezvous_order
-from gateway.resilience.windows import LatencyWindow
+from gateway.resilience.windows import LatencyWindow, PeakEwma
 from gateway.slo.budget import FastBurnConfig, SliKind, SloConfig
 
 if TYPE_CHECKING:
@@ -81,7 +88,7 @@ class EndpointState:
     """Mutable per-endpoint state; survives reloads when the endpoint keeps its id."""
 
     __slots__ = (
-        "admin_drain", "breaker", "health", "last_used", "latency", "outstanding", "spec",
+        "admin_drain", "breaker", "ewma", "health", "last_used", "latency", "outstanding", "spec",
         "suspect_until",
     )  # fmt: skip
 
@@ -90,6 +97,8 @@ class EndpointState:
         self.breaker: CircuitBreaker | None = None
         self.health: HealthState | None = None
         self.latency = LatencyWindow()
+        # what the peak_ewma balancer weighs this endpoint by (kept up to date with any balancer)
+        self.ewma = PeakEwma()
         self.outstanding = 0
         self.admin_drain = False
         self.last_used = 0.0
@@ -150,6 +159,15 @@ class BackendRuntime:
             for s in self.states
         ]
 
+    def loads(self, now: float) -> list[float]:
+        """Each endpoint's load as the balancer compares it (see `BalancerKind`)."""
+        if self.balancer.balance.kind is BalancerKind.PEAK_EWMA:
+            return [
+                peak_ewma_load(s.ewma.value(now), s.ewma.observed, s.outstanding)
+                for s in self.states
+            ]
+        return [s.outstanding for s in self.states]
+
     def report(self, index: int, outcome: Outcome, latency: float, now: float) -> Ejection | None:
         """Feed one finished attempt to the breaker, outlier detector and latency stats.
 
@@ -158,6 +176,11 @@ class BackendRuntime:
         state = self.states[index]
         if state.breaker is not None:
             state.breaker.record(outcome, latency, now)
+        if outcome is Outcome.SUCCESS or outcome is Outcome.CLIENT_ERROR:
+            state.ewma.observe(now, latency)
+        elif outcome.is_failure or outcome is Outcome.CANCELLED:
+            # it took at least this long; a fast failure must not make an endpoint look cheap
+            state.ewma.observe_at_least(now, latency)
         if outcome is Outcome.SUCCESS:
             state.latency.record(now, latency)
             self.latency.record(now, latency)
@@ -257,6 +280,8 @@ class RouteRuntime:
     repeatable: bool = False
     # tenants whose priority header counts; None: everyone's
     priority_tenants: frozenset[str] | None = None
+    # an adaptive hedge delay's recent first attempts, per backend this route may call
+    hedge_delays: Mapping[str, HedgeDelayEstimator] = field(default_factory=dict)
 
     def set_canary_weight(self, weight: float) -> None:
         """Give the canary `weight` percent and the other backends the rest, in their ratio.
@@ -436,6 +461,7 @@ def compile_policy(
         _compile_route(r, rules or {}, policy.backends[r.split[0].backend].protocol)
         for r in policy.routes
     )
+    _hedge_delays(routes, tuple(backends), previous)
     return Snapshot(
         source=source,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
@@ -551,6 +577,8 @@ def _compile_backend(
             state.health = None
         elif state.health is None or state.health.config != health_check.config:
             state.health = HealthState(health_check.config)
+        if state.ewma.decay != b.balancer.decay:
+            state.ewma = PeakEwma(b.balancer.decay)
         states.append(state)
 
     outlier = None
@@ -580,6 +608,11 @@ def _compile_backend(
             panic_threshold=loc.panic_threshold,
         ),
         [EndpointInfo(s.id, s.region, s.weight) for s in specs],
+        BalanceConfig(
+            kind=BalancerKind(b.balancer.kind),
+            min_share=b.balancer.min_share,
+            decay=b.balancer.decay,
+        ),
     )
     pool = PoolSpec(
         max_connections=b.pool.max_connections,
@@ -690,6 +723,8 @@ def _compile_route(
             HedgeConfig(
                 delay=hd.delay,
                 percentile=hd.delay_percentile,
+                target=hd.hedge_target,
+                headroom=hd.headroom,
                 min_delay=hd.min_delay,
                 max_delay=hd.max_delay,
                 max_extra=hd.max_extra,
@@ -735,6 +770,28 @@ def _compile_route(
         repeatable=r.repeatable,
         priority_tenants=priority_tenants,
     )
+
+
+def _hedge_delays(
+    routes: Sequence[RouteRuntime], backends: Sequence[str], previous: Snapshot | None
+) -> None:
+    """Give each adaptive-hedging route its delay estimators, one per backend (fallback
+    backends included); a reload keeps those of a route whose hedging did not change."""
+    old = {r.name: r for r in previous.routes} if previous is not None else {}
+    for route in routes:
+        if route.hedge is None or not route.hedge.adaptive:
+            continue
+        before = old.get(route.name)
+        keep = (
+            before.hedge_delays
+            if before is not None
+            and before.hedge is not None
+            and before.hedge.config == route.hedge.config
+            else {}
+        )
+        route.hedge_delays = {
+            name: keep[name] if name in keep else route.hedge.new_estimator() for name in backends
+        }
 
 
 def _quality(r: RouteModel) -> dict[str, Any]:

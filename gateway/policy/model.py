@@ -57,6 +57,7 @@ from gateway.policy.units import (
     parse_hostport,
     parse_percent,
 )
+from gateway.resilience.hedge import DEFAULT_TARGET_OF_BUDGET
 from gateway.resilience.outcome import RETRY_CONDITIONS
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "AuthModel",
     "BackendModel",
     "BackoffModel",
+    "BalancerModel",
     "BreakerModel",
     "CacheModel",
     "CanaryGatesModel",
@@ -493,6 +495,12 @@ class LocalityModel(FrozenModel):
         return self
 
 
+class BalancerModel(FrozenModel):
+    kind: Literal["p2c", "peak_ewma"] = "p2c"
+    min_share: Percent = 0.1
+    decay: Duration = 10.0
+
+
 class BackendModel(FrozenModel):
     protocol: Literal["kserve-v2", "openai", "http"] = "http"
     endpoints: Annotated[tuple[EndpointModel, ...], Field(min_length=1)]
@@ -501,6 +509,7 @@ class BackendModel(FrozenModel):
     outlier_detection: OutlierModel | None = None
     circuit_breaker: BreakerModel | None = None
     locality: LocalityModel = LocalityModel()
+    balancer: BalancerModel = BalancerModel()
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> BackendModel:
@@ -598,12 +607,15 @@ class RetryModel(FrozenModel):
 
 
 class HedgeModel(FrozenModel):
-    """Send an extra attempt when the first is slow: after a fixed delay, or a percentile."""
+    """Send an extra attempt when the first is slow: after a fixed delay, a percentile, or
+    an adaptive delay that hedges the slowest `target` share of requests."""
 
-    # The one key that is not a field name: YAML `delay` holds a duration or a percentile,
-    # parsed into `delay_spec` and read through the properties `delay` (fixed seconds, or
-    # None) and `delay_percentile` (0.95 for `p95`, or None); exactly one of them is set.
+    # The one key that is not a field name: YAML `delay` holds a duration, a percentile or
+    # `adaptive`, parsed into `delay_spec` and read through the properties `delay` (fixed
+    # seconds, or None), `delay_percentile` (0.95 for `p95`, or None) and `adaptive`.
     delay_spec: HedgeDelay = Field(default=HedgeDelayValue(0.05, None), alias="delay")
+    target: PositivePercent | None = None
+    headroom: Percent = 0.25
     min_delay: DurationOrZero = 0.005
     max_delay: Duration = 1.0
     max_extra: Annotated[int, Strict(), Field(ge=1, le=3)] = 1
@@ -611,18 +623,46 @@ class HedgeModel(FrozenModel):
 
     @property
     def delay(self) -> float | None:
-        """The fixed hedge delay in seconds, or None when it is a percentile."""
+        """The fixed hedge delay in seconds, or None when it is a percentile or adaptive."""
         return self.delay_spec.seconds
 
     @property
     def delay_percentile(self) -> float | None:
-        """The latency percentile (0.95 for `p95`) used as the delay, or None when fixed."""
+        """The latency percentile (0.95 for `p95`) used as the delay, or None."""
         return self.delay_spec.percentile
+
+    @property
+    def adaptive(self) -> bool:
+        """`delay: adaptive`: the delay follows `hedge_target`."""
+        return self.delay_spec.adaptive
+
+    @property
+    def hedge_target(self) -> float | None:
+        """The share of requests an adaptive delay hedges: `target`, by default 80 % of the
+        budget; None unless adaptive."""
+        if not self.adaptive:
+            return None
+        return self.target if self.target is not None else DEFAULT_TARGET_OF_BUDGET * self.budget
 
     @model_validator(mode="after")
     def _clamp_order(self) -> HedgeModel:
+        problems: list[Problem] = []
         if self.max_delay < self.min_delay:
-            raise checks_failed((("max_delay",), "must be at least min_delay"))
+            problems.append((("max_delay",), "must be at least min_delay"))
+        if self.target is not None and not self.adaptive:
+            problems.append((("target",), "only an adaptive delay (delay: adaptive) has a target"))
+        if self.adaptive and self.budget <= 0:
+            problems.append((("budget",), "must be above 0% for an adaptive delay"))
+        elif self.target is not None and self.target > self.budget:
+            problems.append(
+                (
+                    ("target",),
+                    "must not exceed the budget: the budget, not the delay, would then choose "
+                    "which requests are hedged",
+                )
+            )
+        if problems:
+            raise checks_failed(*problems)
         return self
 
 

@@ -67,7 +67,7 @@ DURATION_PATTERN = r"^\d+(\.\d+)?(us|ms|s|m|h)$"
 PERCENT_PATTERN = r"^\d+(\.\d+)?%$"
 SIZE_PATTERN = r"^\d+(\.\d+)?(B|KB|MB|GB|KiB|MiB|GiB)$"
 HOSTPORT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
-HEDGE_DELAY_PATTERN = r"^(\d+(\.\d+)?(us|ms|s|m|h)|p\d{2}(\.\d+)?)$"
+HEDGE_DELAY_PATTERN = r"^(\d+(\.\d+)?(us|ms|s|m|h)|p\d{2}(\.\d+)?|adaptive)$"
 RATE_PATTERN = r"^\d+(\.\d+)?/(s|m|h)$"
 WINDOW_PATTERN = r"^\d+(\.\d+)?(s|m|h|d)$"
 
@@ -90,7 +90,7 @@ SIZE_HINT = "expected a size like 4MiB or 512KiB, or a number of bytes"
 HOSTPORT_HINT = "expected HOST:PORT like 127.0.0.1:8080, :8080 or [::1]:8080"
 WINDOW_HINT = "expected a window like 30d, 7d or 12h"
 RATE_HINT = "expected a rate like 100/s, 600/m or 1000/h"
-HEDGE_DELAY_HINT = "expected a duration like 50ms or a latency percentile like p95"
+HEDGE_DELAY_HINT = "expected adaptive, a duration like 50ms or a latency percentile like p95"
 
 # `:8080` means every interface, as in Go and most servers.
 ANY_HOST = "0.0.0.0"
@@ -244,16 +244,24 @@ def format_hostport(value: tuple[str, int]) -> str:
 
 
 class HedgeDelayValue(NamedTuple):
-    """Exactly one of `seconds` (fixed delay) and `percentile` (fraction, e.g. 0.95) is set."""
+    """At most one of `seconds` (fixed delay) and `percentile` (fraction, e.g. 0.95) is set;
+    neither means `adaptive` (the delay follows a hedge-rate target)."""
 
     seconds: float | None
     percentile: float | None
 
+    @property
+    def adaptive(self) -> bool:
+        return self.seconds is None and self.percentile is None
+
 
 def parse_hedge_delay(value: Any) -> HedgeDelayValue:
-    """`50ms` → fixed 0.05 s (0 allowed); `p95` → percentile 0.95 (p50 .. p99.9...)."""
+    """`50ms` → fixed 0.05 s (0 allowed); `p95` → percentile 0.95 (p50 .. p99.9...);
+    `adaptive` → neither (the delay follows the hedge-rate target)."""
     if isinstance(value, HedgeDelayValue):
         return value
+    if isinstance(value, str) and value.strip() == "adaptive":
+        return HedgeDelayValue(None, None)
     if isinstance(value, str):
         m = _PERCENTILE.fullmatch(value.strip())
         if m is not None:
@@ -269,6 +277,8 @@ def parse_hedge_delay(value: Any) -> HedgeDelayValue:
 
 
 def format_hedge_delay(value: HedgeDelayValue) -> str:
+    if value.adaptive:
+        return "adaptive"
     if value.percentile is not None:
         return f"p{round(value.percentile * 100, 6):.12g}"
     return format_duration(value.seconds or 0.0)
@@ -411,7 +421,7 @@ HedgeDelay = Annotated[
     PlainSerializer(format_hedge_delay, return_type=str, when_used="json"),
     _string(HEDGE_DELAY_PATTERN, "p95", "duration-or-percentile"),
 ]
-"""A fixed delay (`50ms`) or a percentile of recent latency (`p95`, `p99.9`)."""
+"""A fixed delay (`50ms`), a percentile of recent latency (`p95`, `p99.9`), or `adaptive`."""
 
 Rate = Annotated[
     float,

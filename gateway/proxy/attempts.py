@@ -36,14 +36,12 @@ from gateway.policy.compile import (
 from gateway.proxy.exchange import Exchange, GrpcCall, ProxyRequest, json_body_problem
 from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
+from gateway.resilience.hedge import HedgeDelayEstimator
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
 
 log = logging.getLogger("tailguard.proxy")
-
-# How long a computed hedge percentile is reused before it is recomputed.
-HEDGE_DELAY_TTL = 0.25
 
 
 class AttemptResult:
@@ -122,7 +120,6 @@ class AttemptRunner:
         self._clock = clock
         self._rng = rng
         self._deadline_header = deadline_header
-        self._hedge_delay_cache: dict[str, tuple[float, float | None]] = {}
         # told (backend, endpoint id) of every ejection this replica enforces, to tell peers
         self.on_ejection: Callable[[str, str], None] | None = None
 
@@ -214,9 +211,12 @@ class AttemptRunner:
         first = launch(0.0, None)
         if first is None:
             raise NoHealthyEndpoint(_no_endpoint(ex, backend))
+        first_task = next(iter(pending))
         first_region = backend.endpoints[first].region
-        hedge_delay = hedge.delay(self._recent_percentile(backend, hedge.config.percentile))
-        next_hedge = self._clock.now() + hedge_delay if hedge_delay is not None else None
+        started = self._clock.now()
+        estimator = route.hedge_delays.get(backend.name)
+        hedge_delay = estimator.delay(started) if estimator is not None else hedge.delay(None)
+        next_hedge = started + hedge_delay if hedge_delay is not None else None
         try:
             while pending:
                 wait_for = None
@@ -242,6 +242,8 @@ class AttemptRunner:
                 for task in done:
                     pending.pop(task)
                     result = task.result()
+                    if task is first_task and estimator is not None:
+                        _observe_first(estimator, result, started, self._clock.now())
                     if winner is None and result.acceptable:
                         winner = result
                         continue
@@ -250,6 +252,10 @@ class AttemptRunner:
                     else:
                         last = self._keep_most_informative(backend, last, result)
                 if winner is not None:
+                    if first_task in pending and estimator is not None:
+                        # overtaken: the first attempt took at least this long
+                        now = self._clock.now()
+                        estimator.observe(now, now - started)
                     if last is not None:
                         self._discard(backend, last)
                     if winner.index != first:
@@ -458,7 +464,7 @@ class AttemptRunner:
             if only.usable(now, ejected) and (only.breaker is None or only.breaker.allow(now)):
                 return 0
         available = backend.availability(now)
-        outstanding = [s.outstanding for s in backend.states]
+        outstanding = backend.loads(now)
         refused: set[int] = set(unfit) if unfit else set()
         if len(refused) == len(states):
             return None
@@ -529,17 +535,6 @@ class AttemptRunner:
             self._metrics.budget_exhausted.labels(route.name, "retry").inc()
         return decision.delay if decision.retry else None
 
-    def _recent_percentile(self, backend: BackendRuntime, q: float | None) -> float | None:
-        if q is None:
-            return None
-        now = self._clock.now()
-        cached = self._hedge_delay_cache.get(backend.name)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        value = backend.latency.percentile(q, now)
-        self._hedge_delay_cache[backend.name] = (now + HEDGE_DELAY_TTL, value)
-        return value
-
     def _raise_for(self, ex: Exchange, result: AttemptResult) -> NoReturn:
         if result.outcome is Outcome.TIMEOUT:
             raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
@@ -552,6 +547,16 @@ def _no_endpoint(ex: Exchange, backend: BackendRuntime) -> str:
         kind = "a grpc address" if grpc else "an HTTP url"
         return f"no endpoint of backend '{backend.name}' has {kind}"
     return f"no usable endpoint in backend '{backend.name}'"
+
+
+def _observe_first(
+    estimator: HedgeDelayEstimator, result: AttemptResult, started: float, now: float
+) -> None:
+    """Tell an adaptive hedge delay how long a request's first attempt took, when it says so:
+    an answer (or the client's error), or a timeout (at least that long). A fast failure
+    says nothing about how long an answer takes."""
+    if result.acceptable or result.outcome is Outcome.TIMEOUT:
+        estimator.observe(now, now - started)
 
 
 def _tried_note(ex: Exchange) -> str:

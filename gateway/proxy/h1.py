@@ -29,7 +29,7 @@ import dataclasses
 import re
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -46,6 +46,9 @@ CHUNK_LINE_LIMIT = 4096
 # Stop reading from the socket while this much is buffered and unread: a slow client of a
 # streamed answer must not make the gateway hold the whole stream in memory.
 READ_HIGH_WATER = 256 * 1024
+# A health probe reads a streamed answer (chunked, an event stream) up to this much so its
+# connection can serve the next probe; a longer one is not worth it and is closed instead.
+PROBE_BODY_LIMIT = 64 * 1024
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Methods whose requests carry a body by definition: they always say how long it is.
@@ -325,6 +328,10 @@ class _Pool:
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        self.drop_idle()
+
+    def drop_idle(self) -> None:
+        """Close the idle connections; the pool stays open for new ones."""
         for conn in self._idle:
             conn.abort()
         self._idle.clear()
@@ -664,7 +671,9 @@ class H1Transport:
     verification of https endpoints (a private CA, for instance).
     """
 
-    __slots__ = ("_base", "_connector", "_host_line", "_pool", "check_json", "pool", "url")
+    __slots__ = (
+        "_base", "_connector", "_host_line", "_pool", "_probe_pool", "check_json", "pool", "url",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -693,6 +702,9 @@ class H1Transport:
             tls = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._connector = _Connector(host, port, tls, pool.connect_timeout)
         self._pool = _Pool(pool, self._connector)
+        # health probes keep one connection of their own (Envoy's HTTP health checker does):
+        # a probe never queues behind traffic in a full pool, nor takes a slot from it
+        self._probe_pool = _Pool(dataclasses.replace(pool, max_connections=1), self._connector)
 
     def stats(self) -> PoolStats:
         return self._pool.stats()
@@ -708,19 +720,43 @@ class H1Transport:
         """
         return await self._send(method, path_qs, headers, body, self.check_json)
 
-    async def get_status(self, path: str, timeout: float) -> int:
-        """A health probe: the status of a GET, or raises `AttemptFailed`."""
+    async def get_status(
+        self, path: str, timeout: float, expect: Container[int] | None = None
+    ) -> int:
+        """A health probe: the status of a GET, or raises `AttemptFailed`.
+
+        Probes reuse one kept-alive connection of their own, so N probes of a healthy
+        endpoint cost one TCP connection, not N. The answer is read to its end (a streamed
+        one up to `PROBE_BODY_LIMIT`) so the connection can serve the next probe. After a
+        failed probe (no answer within `timeout`, a broken answer, or a status outside
+        `expect`) the connection is closed: the next probe tests a fresh one, as a new
+        client would.
+        """
+        pool = self._probe_pool
         try:
             async with asyncio.timeout(timeout):
-                resp = await self._send("GET", path, {}, b"", False)
+                resp = await self._send("GET", path, {}, b"", False, pool)
+                stream = resp.stream
+                if stream is not None:
+                    try:
+                        read = 0
+                        while read <= PROBE_BODY_LIMIT:
+                            chunk = await stream.read_chunk()
+                            if not chunk:
+                                break
+                            read += len(chunk)
+                    finally:
+                        stream.release()  # read to its end: kept; otherwise closed
         except TimeoutError:
             raise AttemptFailed(Outcome.TIMEOUT, "health check timed out") from None
-        resp.close()  # a streamed probe answer is not worth reading: the status is known
+        if expect is not None and resp.status not in expect:
+            pool.drop_idle()
         return resp.status
 
     async def close(self) -> None:
         """Close idle connections now; those in use close when their answers end."""
         self._pool.close()
+        self._probe_pool.close()
 
     def _encode(self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes) -> bytes:
         lines = [method, " ", self._base, path_qs, self._host_line]
@@ -760,9 +796,11 @@ class H1Transport:
         headers: Mapping[str, str],
         body: bytes,
         check_json: bool,
+        pool: _Pool | None = None,
     ) -> UpstreamResponse:
         request = self._encode(method, path_qs, headers, body)
-        pool = self._pool
+        if pool is None:
+            pool = self._pool
         conn, reused = await pool.acquire()
         try:
             while True:

@@ -10,7 +10,7 @@ never sees a library exception. Nothing here knows of policies or snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -142,7 +142,12 @@ class Transport(Protocol):
         self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
     ) -> UpstreamResponse: ...
 
-    async def get_status(self, path: str, timeout: float) -> int: ...
+    async def get_status(
+        self, path: str, timeout: float, expect: Container[int] | None = None
+    ) -> int:
+        """A health probe's status; after a status outside `expect` (or a failure) the next
+        probe uses a fresh connection."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -23,10 +23,24 @@ panic while others can absorb its traffic never panics: load spills instead (loc
 `pick` returns None.
 
 Within a level: power of two choices (Mitzenmacher). Two distinct candidates are drawn
-at random in proportion to their weights, and the one with fewer outstanding requests
-per unit of weight wins (ties: the first drawn). This avoids the herd behaviour of
-"least loaded" (every gateway replica piling onto the same idle endpoint) while still
-steering away from slow, backed-up endpoints.
+at random in proportion to their weights, and the one with the lower load per unit of
+weight wins (ties: the first drawn). This avoids the herd behaviour of "least loaded"
+(every gateway replica piling onto the same idle endpoint) while still steering away
+from slow, backed-up endpoints. What "load" is depends on the backend's `BalancerKind`:
+
+- `p2c` (the default): outstanding requests. Cheap and blind to latency: two endpoints
+  that answer every request, one in 20 ms and one with a 400 ms tail, look alike
+  between slow answers.
+- `peak_ewma` (Finagle, Linkerd): the endpoint's peak-sensitive moving average of
+  latency (`windows.PeakEwma`) x (outstanding + 1), see `peak_ewma_load`. A slow answer
+  raises the estimate at once, fast answers lower it over `decay` seconds, so an
+  endpoint with a persistent tail, or in a slower region of the same level, gets less
+  traffic. It never starves: a `min_share` of the picks ignores the load and goes by
+  weight alone, so every usable endpoint gets at least `min_share` of its fair
+  (weight-proportional) share of its level's traffic, answers that traffic, and is seen
+  to recover when it does. Without it a tailing endpoint would get only the requests
+  its decaying estimate lets through, and a recovered one would wait for its old peak
+  to decay before it is believed.
 
 Exclusion and region avoidance are preferences, in this order of strength:
 `exclude` (endpoints this request already tried) > `avoid_region` (for a hedge: another
@@ -46,19 +60,73 @@ endpoint at all: no endpoints, or nothing available with panic disabled
 (`panic_threshold=0`).
 
 The caller's contract: pass the current availability per endpoint (healthy, not ejected,
-not draining, breaker not known open) and outstanding requests per endpoint, in the
-order of the endpoints given to the constructor; count `Pick.panic` in metrics; add
-each tried endpoint to the request's `exclude` set.
+not draining, breaker not known open) and each endpoint's load as the backend's
+`BalancerKind` measures it (outstanding requests, or `peak_ewma_load` of its `PeakEwma`
+and outstanding requests), in the order of the endpoints given to the constructor;
+feed every finished attempt's latency to its endpoint's `PeakEwma` (a cancelled or
+timed-out one as a lower bound); count `Pick.panic` in metrics; add each tried endpoint
+to the request's `exclude` set.
 """
 
 from __future__ import annotations
 
+import enum
+import math
 import random
 from bisect import bisect_right
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 _EPS = 1e-9
+# The load of an endpoint with requests outstanding and no latency measured yet: above any
+# measured one, so a new endpoint takes one request at a time until it has answered once.
+UNMEASURED_PENALTY = 1e6
+
+
+class BalancerKind(enum.Enum):
+    """How the load of an endpoint is measured for the two choices; `.value` is the policy key."""
+
+    P2C = "p2c"
+    PEAK_EWMA = "peak_ewma"
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceConfig:
+    """Balancing within a level.
+
+    kind: what load the two choices compare (see the module doc).
+    min_share: peak_ewma only; the fraction of picks spread by weight alone, so each
+        usable endpoint gets at least this fraction of its fair share. 0 disables it.
+    decay: peak_ewma only; seconds over which fast answers make a latency peak forgotten.
+    """
+
+    kind: BalancerKind = BalancerKind.P2C
+    min_share: float = 0.1
+    decay: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, BalancerKind):
+            raise ValueError(f"balancer kind must be a BalancerKind, got {self.kind!r}")
+        if not (0.0 <= self.min_share <= 1.0):
+            raise ValueError(
+                f"balancer min_share must be a fraction in [0, 1], got {self.min_share!r}"
+            )
+        if not (self.decay > 0 and math.isfinite(self.decay)):
+            raise ValueError(
+                f"balancer decay must be a positive number of seconds, got {self.decay!r}"
+            )
+
+
+def peak_ewma_load(estimate: float, measured: bool, outstanding: int) -> float:
+    """The load peak_ewma compares: latency estimate x (outstanding + 1).
+
+    An endpoint never measured (`measured` False) costs nothing while idle and
+    `UNMEASURED_PENALTY` per request outstanding, so it is tried at once but not flooded
+    before its first answer says what it costs.
+    """
+    if not measured:
+        return UNMEASURED_PENALTY * outstanding
+    return estimate * (outstanding + 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +202,14 @@ class LocalityBalancer:
 
     __slots__ = (
         "_all_members",
+        "_balance",
         "_config",
         "_equal_weights",
         "_level_of",
         "_level_total",
         "_levels",
         "_members",
+        "_min_share",
         "_of",
         "_regions",
         "_threshold",
@@ -147,8 +217,18 @@ class LocalityBalancer:
         "endpoints",
     )
 
-    def __init__(self, config: LocalityConfig, endpoints: Sequence[EndpointInfo]) -> None:
+    def __init__(
+        self,
+        config: LocalityConfig,
+        endpoints: Sequence[EndpointInfo],
+        balance: BalanceConfig | None = None,
+    ) -> None:
         self._config = config
+        self._balance = balance if balance is not None else BalanceConfig()
+        # min_share is the peak_ewma floor: p2c's load (outstanding) already drains
+        self._min_share = (
+            self._balance.min_share if self._balance.kind is BalancerKind.PEAK_EWMA else 0.0
+        )
         self.endpoints = tuple(endpoints)
         order: list[str] = []
         present = {e.region for e in self.endpoints}
@@ -178,6 +258,10 @@ class LocalityBalancer:
     @property
     def config(self) -> LocalityConfig:
         return self._config
+
+    @property
+    def balance(self) -> BalanceConfig:
+        return self._balance
 
     @property
     def levels(self) -> tuple[str, ...]:
@@ -238,12 +322,16 @@ class LocalityBalancer:
     def pick(
         self,
         available: Sequence[bool],
-        outstanding: Sequence[int],
+        outstanding: Sequence[float],
         rng: random.Random,
         exclude: Set[int] = frozenset(),
         avoid_region: str | None = None,
     ) -> Pick | None:
-        """The endpoint for the next attempt of a request, or None (see the module doc)."""
+        """The endpoint for the next attempt of a request, or None (see the module doc).
+
+        outstanding: each endpoint's load as its `BalancerKind` measures it: requests
+            outstanding (p2c), or `peak_ewma_load` (peak_ewma).
+        """
         if not self._levels:
             return None
         if len(outstanding) != len(self._weights):
@@ -296,10 +384,14 @@ class LocalityBalancer:
                 return level
         return last  # float rounding left r just above the sum; -1 when no level has load
 
-    def _two_choices(self, cands: list[int], outstanding: Sequence[int], rng: random.Random) -> int:
+    def _two_choices(
+        self, cands: list[int], outstanding: Sequence[float], rng: random.Random
+    ) -> int:
         n = len(cands)
         if n == 1:
             return cands[0]
+        if self._min_share and rng.random() < self._min_share:
+            return self._by_weight(cands, rng)
         if self._equal_weights:
             a = rng.randrange(n)
             b = rng.randrange(n - 1)
@@ -327,5 +419,18 @@ class LocalityBalancer:
         if b == a:  # only reachable through float rounding at an interval edge
             b = a + 1 if a + 1 < n else a - 1
         i, j = cands[a], cands[b]
-        # fewer outstanding per unit of weight wins: oj/wj < oi/wi without division
+        # less load per unit of weight wins: oj/wj < oi/wi without division
         return j if outstanding[j] * weights[i] < outstanding[i] * weights[j] else i
+
+    def _by_weight(self, cands: list[int], rng: random.Random) -> int:
+        """One candidate drawn in proportion to its weight, whatever its load."""
+        if self._equal_weights:
+            return cands[rng.randrange(len(cands))]
+        weights = self._weights
+        total = sum(weights[c] for c in cands)
+        x = rng.random() * total
+        for c in cands:
+            x -= weights[c]
+            if x < 0:
+                return c
+        return cands[-1]

@@ -300,3 +300,68 @@ class LatencyWindow:
         self._samples = [[] for _ in range(self._n)]
         self._counts = [0] * self._n
         self._head = _NEVER
+
+
+class PeakEwma:
+    """One endpoint's recent latency, quick to rise and slow to forget (Finagle's PeakEWMA).
+
+    Why peak-sensitive: a balancer that averages would keep sending traffic to an
+    endpoint whose answers just turned slow until the average caught up. Here a sample
+    above the estimate replaces it at once; a sample below pulls it down with the weight
+    `1 - exp(-dt / decay)`, dt being the time since the last update, so the estimate
+    forgets a peak over about `decay` seconds of *time* whatever the request rate.
+    Between samples it decays toward 0 (read with `value`): an endpoint nobody has asked
+    lately looks cheap again and gets a request that measures it afresh.
+
+    `observe_at_least` takes a lower bound: an attempt cancelled or timed out after `t`
+    seconds took at least `t`. It can raise the estimate, never lower it, so a slow
+    endpoint whose slow answers are always overtaken by hedges still looks slow.
+
+    The estimate is 0.0 until the first sample (`observed` says whether there was one).
+    """
+
+    __slots__ = ("_cost", "_stamp", "decay", "observed")
+
+    def __init__(self, decay: float = 10.0) -> None:
+        if not decay > 0 or math.isinf(decay):
+            raise ValueError(f"decay must be a positive number of seconds, got {decay!r}")
+        self.decay = float(decay)
+        self._cost = 0.0
+        self._stamp = 0.0
+        self.observed = False
+
+    def value(self, now: float) -> float:
+        """The estimate at `now`, seconds (decayed toward 0 since the last sample)."""
+        dt = now - self._stamp
+        if dt <= 0.0 or self._cost == 0.0:
+            return self._cost
+        return self._cost * math.exp(-dt / self.decay)
+
+    def observe(self, now: float, seconds: float) -> None:
+        """One answer that took `seconds`."""
+        value = seconds if seconds > 0.0 else 0.0
+        if value >= self._cost or not self.observed:
+            self._cost = value
+        else:
+            dt = now - self._stamp
+            w = math.exp(-dt / self.decay) if dt > 0.0 else 1.0
+            # a convex mix of the last estimate and this sample: below the last estimate, at or
+            # above its decayed value (an idle endpoint's estimate rises back toward the sample)
+            self._cost = self._cost * w + value * (1.0 - w)
+        if now > self._stamp:
+            self._stamp = now
+        self.observed = True
+
+    def observe_at_least(self, now: float, seconds: float) -> None:
+        """An attempt abandoned after `seconds` (cancelled, timed out): it took at least that."""
+        current = self.value(now)
+        if seconds > current:
+            self._cost = seconds
+            if now > self._stamp:
+                self._stamp = now
+            self.observed = True
+
+    def reset(self) -> None:
+        self._cost = 0.0
+        self._stamp = 0.0
+        self.observed = False

@@ -93,7 +93,8 @@ class Latency:
 
     kinds: `none`; `fixed` (always `ms`); `uniform` (between `ms` and `max_ms`);
     `lognormal` (median `ms`, spread `sigma`); `tail` (`ms`, except a `tail_rate`
-    share of requests that take `tail_factor` x `ms`: a GC pause, a cold cache).
+    share of requests that take `tail_factor` x `ms`: a GC pause, a cold cache). A
+    `tail` with `max_ms` has a jittering fast mode, uniform between `ms` and `max_ms`.
     """
 
     kind: str = "none"
@@ -111,6 +112,8 @@ class Latency:
         _non_negative("latency.ms", self.ms)
         if self.max_ms is not None:
             _non_negative("latency.max_ms", self.max_ms)
+        if self.kind == "tail" and self.max_ms is not None and self.max_ms < self.ms:
+            raise ValueError(f"latency.max_ms ({self.max_ms}) must be >= latency.ms ({self.ms})")
         if self.kind == "uniform":
             if self.max_ms is None:
                 raise ValueError("latency.max_ms is required for kind 'uniform'")
@@ -138,6 +141,8 @@ class Latency:
         # tail
         if rng.random() < self.tail_rate:
             return self.ms * self.tail_factor / 1000.0
+        if self.max_ms is not None:
+            return rng.uniform(self.ms, self.max_ms) / 1000.0
         return self.ms / 1000.0
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--faults", metavar="JSON", help="a whole Faults object as JSON")
     f.add_argument("--latency-kind", choices=LATENCY_KINDS)
     f.add_argument("--latency-ms", type=float, help="base latency (kind defaults to fixed)")
-    f.add_argument("--latency-max-ms", type=float, help="upper bound for --latency-kind uniform")
+    f.add_argument("--latency-max-ms", type=float,
+                   help="upper bound for --latency-kind uniform (and of tail's fast mode)")  # fmt: skip
     f.add_argument("--latency-sigma", type=float, help="spread for --latency-kind lognormal")
     f.add_argument("--tail-rate", type=float, help="share of slow requests for kind tail")
     f.add_argument("--tail-factor", type=float, help="how many times slower they are")

@@ -69,15 +69,19 @@ class SimStats:
     """Counters of what the server was asked; `in_flight` is a gauge, never reset.
 
     `by_model` counts model calls (infer and chat) by model name; `faults`
-    counts injected faults by type (error, reset, hang, truncate, unready).
-    Control requests (`/_sim/`) are not counted.
+    counts injected faults by type (error, reset, hang, truncate, unready);
+    `connections` counts TCP connections accepted by the main listener (how
+    well a client reuses them). Control requests (`/_sim/`) are not counted.
     """
 
-    __slots__ = ("by_kind", "by_model", "by_sequence", "faults", "in_flight", "last", "total")
+    __slots__ = (
+        "by_kind", "by_model", "by_sequence", "connections", "faults", "in_flight", "last", "total",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.in_flight = 0
         self.total = 0
+        self.connections = 0
         # the last request as it arrived on the wire (method, raw target, headers, body bytes)
         self.last: SeenRequest | None = None
         self.by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -89,6 +93,7 @@ class SimStats:
     def reset(self) -> None:
         """Zero the counters (not `in_flight`: those requests are still running)."""
         self.total = 0
+        self.connections = 0
         self.by_kind = dict.fromkeys(KINDS, 0)
         self.by_model = Counter()
         self.by_sequence = Counter()
@@ -97,6 +102,7 @@ class SimStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
+            "connections": self.connections,
             "by_kind": dict(self.by_kind),
             "by_model": dict(self.by_model),
             "in_flight": self.in_flight,
@@ -276,7 +282,7 @@ class SimServer:
             # bytes a gateway forwarded can be checked
             auto_decompress=False,
         )
-        self._listener, self._port = await self._listen(self._web, self._port)
+        self._listener, self._port = await self._listen(self._web, self._port, counted=True)
         if self._control_port is not None:
             self._control_web = web.Server(
                 self._handle_control_port, handler_cancellation=True, access_log=None
@@ -356,7 +362,7 @@ class SimServer:
             raise RuntimeError(f"sim {self.name} is not started")
         for attempt in range(_REBIND_TRIES):
             try:
-                self._listener, _ = await self._listen(self._web, self._port)
+                self._listener, _ = await self._listen(self._web, self._port, counted=True)
                 break
             except OSError as e:
                 # the old listener may still be closing (uvloop closes on the next tick)
@@ -376,8 +382,17 @@ class SimServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _listen(self, factory: web.Server, port: int) -> tuple[asyncio.AbstractServer, int]:
+    async def _listen(
+        self, factory: web.Server, port: int, counted: bool = False
+    ) -> tuple[asyncio.AbstractServer, int]:
         loop = asyncio.get_running_loop()
+        stats = self.stats
+
+        def accept() -> RequestHandler:
+            stats.connections += 1
+            return factory()
+
+        protocol = accept if counted else factory
         infos = await loop.getaddrinfo(
             self.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -391,7 +406,7 @@ class SimServer:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
             bound = int(sock.getsockname()[1])
-            server = await loop.create_server(factory, sock=sock, backlog=1024)
+            server = await loop.create_server(protocol, sock=sock, backlog=1024)
         except BaseException:
             sock.close()
             raise

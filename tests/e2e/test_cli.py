@@ -174,7 +174,7 @@ def test_rules_writes_prometheus_rules_and_a_prometheus_rule(tmp_path: Path) -> 
     out = tmp_path / "rule.yaml"
     r = tailguard("rules", "policies/reference.yaml", "--format", "kubernetes", "--out", str(out),
                   "--runbook-base", "https://runbooks.example/tailguard/")  # fmt: skip
-    assert r.returncode == 0 and "18 rules" in r.stderr
+    assert r.returncode == 0 and "20 rules" in r.stderr  # 18 SLO rules, 2 quality alerts
     text = out.read_text()
     assert "kind: PrometheusRule" in text
     assert (

@@ -3,13 +3,14 @@ of a run (schedule, request mix, measuring, judging, templates, the action regis
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import PolicyError
-from gateway.loadtest.faults import ACTIONS, base_faults
+from gateway.loadtest.faults import ACTIONS, NoisyNeighbour, base_faults
 from gateway.loadtest.runner import check_policy_template, judge, measure, per_second, percentile
 from gateway.loadtest.scenario import (
     ACTION_NAMES,
@@ -128,6 +129,28 @@ def test_redis_actions_need_a_redis_and_target_sims_need_urls() -> None:
 
 def test_every_action_name_has_an_implementation() -> None:
     assert set(ACTIONS) == set(ACTION_NAMES)
+
+
+def test_the_noisy_neighbour_takes_no_target() -> None:
+    text = GOOD.replace("do: kill, region: us-east", "do: neighbour-start, sim: a")
+    assert any("'neighbour-start' takes no sim" in i for i in issues(text))
+    load_scenario_text(GOOD.replace("do: kill, region: us-east", "do: neighbour-stop"), "s.yaml")
+
+
+async def test_the_noisy_neighbour_burns_a_core_until_stopped() -> None:
+    neighbour = NoisyNeighbour()
+    await neighbour.stop()  # stopping one that never started is harmless
+    await neighbour.start()
+    assert neighbour.running
+    pid = neighbour.pid
+    await neighbour.start()  # one neighbour, not two
+    assert neighbour.pid == pid is not None
+    await asyncio.sleep(0.3)
+    stat = await asyncio.to_thread(Path(f"/proc/{pid}/stat").read_text)
+    fields = stat.rsplit(")", 1)[1].split()
+    assert int(fields[11]) + int(fields[12]) > 0  # utime + stime: it has been burning CPU
+    await neighbour.stop()
+    assert not neighbour.running
 
 
 def test_steps_must_start_at_zero_and_increase() -> None:

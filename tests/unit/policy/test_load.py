@@ -174,7 +174,7 @@ def test_key_errors_of_mappings_point_at_the_key() -> None:
         ("retries: {backoff: {base: 1s, max: 10ms}}",
          "p.yaml:9:40: routes[0].retries.backoff.max: must be at least base"),
         ("hedging: {delay: 5}",
-         "p.yaml:9:22: routes[0].hedging.delay: expected a duration like 50ms "
+         "p.yaml:9:22: routes[0].hedging.delay: expected adaptive, a duration like 50ms "
          "or a latency percentile like p95"),
         ("hedging: {delay: p100}",
          "p.yaml:9:22: routes[0].hedging.delay: must be a percentile from p50 to below p100, "

@@ -198,7 +198,7 @@ def test_hedge_delays() -> None:
     assert parse_hedge_delay("p50") == HedgeDelayValue(None, 0.5)
     p = parse_hedge_delay("p99.9").percentile
     assert p == pytest.approx(0.999)
-    hint = "expected a duration like 50ms or a latency percentile like p95"
+    hint = "expected adaptive, a duration like 50ms or a latency percentile like p95"
     for bad in ("95", 95, "p", "P95", "q95", None):
         assert refused(parse_hedge_delay, bad) == hint
     for bad in ("p49", "p100", "p5"):

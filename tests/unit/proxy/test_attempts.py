@@ -240,3 +240,57 @@ def test_fallback_holds_back_its_time_and_answers_from_the_backup() -> None:
 
 async def _never(ex: Exchange) -> object:  # pragma: no cover - the attempt stage answers
     raise AssertionError("unreachable")
+
+
+def test_an_adaptive_hedge_leaves_at_the_learned_delay_and_feeds_what_it_overtook() -> None:
+    """100 fast first attempts teach the route its delay (20 ms x 1.25 headroom); then a slow
+    first attempt is hedged at exactly that delay, and what it overtook is reported: to the
+    delay estimator as a first attempt that ran 45 ms, to the balancer as an endpoint that
+    took at least that long."""
+    text = f"""
+version: 1
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: {A}}}, {{url: {B}}}]
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+    timeout: 1s
+    idempotent: true
+    hedging: {{delay: adaptive, budget: 10%}}
+"""
+    snap = snapshot_of(text)
+    estimator = snap.routes[0].hedge_delays["clf"]
+    states = snap.backends["clf"].states
+
+    async def main(clock: VirtualClock) -> None:
+        run, _ = runner(clock, {A: [Step(after=0.020)], B: [Step(after=0.020)]})
+        for _ in range(100):
+            ex = exchange(snap, clock)
+            await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            assert not ex.hedged
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # past the estimator's refresh
+        assert estimator.delay(clock.now()) == pytest.approx(0.025)
+        hedged = 0
+        for slow_url, fast_url in [(A, B), (B, A)] * 4:
+            run, net = runner(clock, {slow_url: [Step(after=0.5)], fast_url: [Step(after=0.020)]})
+            start = clock.now()
+            ex = exchange(snap, clock)
+            await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            slow_first = slow_url in net.by_url and net.by_url[slow_url].calls[0][2] == start
+            if slow_first:
+                hedged += 1
+                assert ex.hedged and clock.now() - start == pytest.approx(0.045)
+                assert net.by_url[fast_url].calls[0][2] == pytest.approx(start + 0.025)
+                slow = states[0 if slow_url == A else 1]
+                assert slow.ewma.value(clock.now()) == pytest.approx(0.045)
+                assert max(estimator.window.percentiles((1.0,), clock.now(), 1) or [0]) == (
+                    pytest.approx(0.045)
+                )
+            await asyncio.sleep(0.3)
+        assert hedged >= 2
+
+    run_virtual(main)

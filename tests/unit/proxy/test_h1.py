@@ -671,6 +671,94 @@ async def test_get_status_probes_with_a_get(servers: Servers) -> None:
     await t.close()
 
 
+# --- health probes on a kept-alive connection ----------------------------------------------
+
+PROBE_ANSWERS = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "empty": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    # what many application servers send for a JSON health document
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    b'Content-Type: application/json\r\n\r\nf\r\n{"status":"UP"}\r\n0\r\n\r\n',
+    "event-stream": b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Content-Length: 9\r\n\r\ndata: ok\n",
+}
+
+
+@pytest.mark.parametrize("kind", list(PROBE_ANSWERS))
+async def test_probes_reuse_one_connection_whatever_the_answer_framing(
+    servers: Servers, kind: str
+) -> None:
+    srv = await servers(answering(PROBE_ANSWERS[kind]))
+    t = transport(srv.url)
+    for _ in range(20):
+        assert await t.get_status("/health", 1.0, frozenset({200})) == 200
+    assert (srv.connections, len(srv.requests)) == (1, 20)
+    await t.close()
+
+
+async def test_a_probe_answer_too_long_to_read_closes_its_connection(servers: Servers) -> None:
+    size = h1.PROBE_BODY_LIMIT + 2
+    big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % size
+    srv = await servers(answering(big + b"x" * size + b"\r\n0\r\n\r\n"))
+    t = transport(srv.url)
+    for _ in range(3):
+        assert await t.get_status("/health", 1.0) == 200
+    assert srv.connections == 3
+    await t.close()
+
+
+async def test_a_failed_probe_closes_its_connection_the_next_opens_one(servers: Servers) -> None:
+    answers = [b"HTTP/1.1 503 X\r\nContent-Length: 0\r\n\r\n", PROBE_ANSWERS["length"]]
+
+    async def handler(
+        srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        while await srv.request(reader):
+            w.write(answers[0])
+            await w.drain()
+
+    srv = await servers(handler)
+    t = transport(srv.url)
+    expect = frozenset({200})
+    for _ in range(2):
+        assert await t.get_status("/health", 1.0, expect) == 503
+    assert srv.connections == 2  # one per failed probe
+    answers.pop(0)  # healthy again
+    for _ in range(5):
+        assert await t.get_status("/health", 1.0, expect) == 200
+    assert srv.connections == 3  # a fresh one after the last failure, then kept
+    await t.close()
+
+
+async def test_a_probe_that_times_out_closes_its_connection(servers: Servers) -> None:
+    gate = Gate()
+    srv = await servers(gate.handler)
+    t = transport(srv.url)
+    e = await failure(t.get_status("/health", 0.05))
+    assert e.outcome is Outcome.TIMEOUT
+    gate.open.set()
+    assert await t.get_status("/health", 1.0) == 200
+    assert await t.get_status("/health", 1.0) == 200
+    assert srv.connections == 2
+    await t.close()
+
+
+async def test_probes_do_not_queue_behind_traffic_in_a_full_pool(servers: Servers) -> None:
+    gate = Gate()
+    srv = await servers(gate.handler)
+    t = transport(srv.url, max_connections=2)
+    held = [asyncio.ensure_future(t.send("GET", "/slow", {}, b"")) for _ in range(3)]
+    await gate.wait_for(2)
+    assert t.stats() == PoolStats(in_use=2, idle=0, waiting=1)
+    probe = asyncio.ensure_future(t.get_status("/health", 1.0))
+    await gate.wait_for(3)  # the probe reached the server on its own connection
+    assert not probe.done() and t.stats().waiting == 1
+    gate.open.set()
+    assert await probe == 200
+    assert all(r.status == 200 for r in await asyncio.gather(*held))
+    await t.close()
+
+
 # --- pool limit and cancellation -----------------------------------------------------------
 
 

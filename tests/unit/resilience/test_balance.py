@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import Counter
 from collections.abc import Sequence, Set
@@ -10,7 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.resilience.balance import EndpointInfo, LocalityBalancer, LocalityConfig, Pick
+from gateway.resilience.balance import (
+    UNMEASURED_PENALTY,
+    BalanceConfig,
+    BalancerKind,
+    EndpointInfo,
+    LocalityBalancer,
+    LocalityConfig,
+    Pick,
+    peak_ewma_load,
+)
+from gateway.resilience.windows import PeakEwma
 
 N = 20_000
 
@@ -34,7 +45,7 @@ def balancer(
 def run(
     lb: LocalityBalancer,
     available: Sequence[bool],
-    outstanding: Sequence[int] | None = None,
+    outstanding: Sequence[float] | None = None,
     n: int = N,
     seed: int = 1,
     exclude: Set[int] = frozenset(),
@@ -411,3 +422,93 @@ def test_length_mismatch_is_a_caller_bug() -> None:
         lb.pick([True] * 7, [0] * 8, random.Random(1))
     with pytest.raises(ValueError, match="outstanding"):
         lb.pick([True] * 8, [0] * 7, random.Random(1))
+
+
+# --- peak EWMA ----------------------------------------------------------------------------------
+
+PEAK = BalanceConfig(kind=BalancerKind.PEAK_EWMA, min_share=0.1, decay=10.0)
+
+
+def peak_balancer(eps: Sequence[EndpointInfo], min_share: float = 0.1) -> LocalityBalancer:
+    return LocalityBalancer(
+        LocalityConfig(local_region="us-east"),
+        eps,
+        BalanceConfig(kind=BalancerKind.PEAK_EWMA, min_share=min_share),
+    )
+
+
+def test_peak_ewma_load_is_latency_times_outstanding_plus_one() -> None:
+    assert peak_ewma_load(0.02, True, 0) == pytest.approx(0.02)
+    assert peak_ewma_load(0.02, True, 3) == pytest.approx(0.08)
+    # never measured: free while idle, then one request at a time until it has answered
+    assert peak_ewma_load(0.0, False, 0) == 0.0
+    assert peak_ewma_load(0.0, False, 2) == 2 * UNMEASURED_PENALTY
+
+
+def test_peak_ewma_sends_less_to_the_slower_endpoint_but_keeps_its_min_share() -> None:
+    lb = peak_balancer(endpoints(("us-east", 2)), min_share=0.1)
+    picks = run(lb, [True, True], outstanding=[0.4, 0.02])
+    share_slow = sum(p.index == 0 for p in picks) / N
+    # p2c between two always takes the cheaper one; the 10 % spread by weight gives each 5 %
+    assert share_slow == pytest.approx(0.05, abs=0.006)
+
+
+def test_peak_ewma_min_share_is_of_the_fair_share_and_follows_weights() -> None:
+    eps = [EndpointInfo("big", "us-east", 3), EndpointInfo("small", "us-east", 1)]
+    lb = LocalityBalancer(
+        LocalityConfig(local_region="us-east"), eps, BalanceConfig(BalancerKind.PEAK_EWMA, 0.2)
+    )
+    # the big one is very slow: it keeps 20 % of its fair 75 %
+    picks = run(lb, [True, True], outstanding=[9.0, 0.01])
+    assert sum(p.index == 0 for p in picks) / N == pytest.approx(0.2 * 0.75, abs=0.01)
+    picks = run(lb, [True, True], outstanding=[0.01, 9.0])
+    assert sum(p.index == 1 for p in picks) / N == pytest.approx(0.2 * 0.25, abs=0.01)
+
+
+def test_min_share_counts_only_usable_endpoints_and_is_off_for_p2c() -> None:
+    lb = peak_balancer(endpoints(("us-east", 3)), min_share=1.0)  # every pick by weight alone
+    counts = Counter(p.index for p in run(lb, [True, False, True], outstanding=[9.0, 0, 0.01]))
+    assert counts[1] == 0
+    assert counts[0] / N == pytest.approx(0.5, abs=0.015)
+    p2c = LocalityBalancer(
+        LocalityConfig(local_region="us-east"),
+        endpoints(("us-east", 2)),
+        BalanceConfig(kind=BalancerKind.P2C, min_share=0.5),
+    )
+    assert {p.index for p in run(p2c, [True, True], outstanding=[3, 1], n=1000)} == {1}
+
+
+def test_a_tailing_endpoint_loses_traffic_and_wins_it_back_once_it_recovers() -> None:
+    """Virtual time, 100 requests a second with overlapping answers: endpoint 0 answers in
+    20 ms, but 1 in 20 of its answers take 400 ms until t = 60 s; endpoint 1 always 20 ms."""
+    lb = peak_balancer(endpoints(("us-east", 2)), min_share=0.1)
+    rng = random.Random(7)
+    draws = random.Random(8)
+    ewmas = [PeakEwma(10.0), PeakEwma(10.0)]
+    outstanding = [0, 0]
+    answers: list[tuple[float, int, float]] = []
+    picks: list[list[int]] = [[0, 0] for _ in range(12)]  # per 10 s slice
+    for k in range(12 * 1000):
+        now = k * 0.01
+        while answers and answers[0][0] <= now:
+            t, i, latency = heapq.heappop(answers)
+            outstanding[i] -= 1
+            ewmas[i].observe(t, latency)
+        loads = [
+            peak_ewma_load(e.value(now), e.observed, o)
+            for e, o in zip(ewmas, outstanding, strict=True)
+        ]
+        pick = lb.pick([True, True], loads, rng)
+        assert pick is not None
+        picks[int(now // 10)][pick.index] += 1
+        slow = pick.index == 0 and now < 60.0 and draws.random() < 0.05
+        latency = 0.4 if slow else 0.02
+        outstanding[pick.index] += 1
+        heapq.heappush(answers, (now + latency, pick.index, latency))
+    share = [p[0] / sum(p) for p in picks]
+    tailing = sum(p[0] for p in picks[1:6]) / sum(sum(p) for p in picks[1:6])
+    # tailing: about its minimum share (10 % of its fair 50 %), never less
+    assert 0.045 <= tailing <= 0.08
+    assert min(share) >= 0.03  # no 10 s slice starves it (1,000 picks: 3 sd below 5 %)
+    # recovered: the 400 ms peak is forgotten over a few decays, then about half again
+    assert min(share[10:]) > 0.4

@@ -119,3 +119,38 @@ def test_healthy_changes_only_after_a_full_run(results: list[bool], down: int, u
             need = up if ok else down
             assert len(results[: i + 1]) >= need
             assert all(r == ok for r in results[i + 1 - need : i + 1])
+
+
+def revival_time(config: HealthConfig, revived_at: float, seed: int) -> float:
+    """Seconds from an endpoint's revival until its checks call it healthy again, in virtual
+    time: it died at 0 (probes fail instantly, as on a refused connection), probes follow
+    `next_delay` with seeded jitter, each answers at once."""
+    import random
+
+    rng = random.Random(seed)
+    state = HealthState(config)
+    now = -config.interval * rng.random()  # probes run on their own phase
+    while True:
+        alive = now >= revived_at
+        state.record(alive)
+        if alive and state.healthy:
+            return now - revived_at
+        assert (
+            alive or now < config.unhealthy_threshold * config.interval * 1.1 or not state.healthy
+        )
+        now += state.next_delay(idle=False, rnd=rng.random())
+
+
+@pytest.mark.parametrize(("interval", "threshold"), [(2.0, 2), (2.0, 1), (1.0, 3), (0.5, 2)])
+def test_a_revived_endpoint_is_healthy_within_threshold_probe_intervals(
+    interval: float, threshold: int
+) -> None:
+    """The recovery stated in docs/performance.md: the next probe after the revival, then
+    threshold - 1 more, each an interval apart (jitter ±10 %): between
+    (threshold - 1) x interval x 0.9 and threshold x interval x 1.1."""
+    config = HealthConfig(interval=interval, idle_interval=10.0, healthy_threshold=threshold)
+    times = [revival_time(config, 20.0 + k * 0.173, k) for k in range(200)]
+    assert min(times) >= (threshold - 1) * interval * 0.9 - 1e-9
+    assert max(times) <= threshold * interval * 1.1 + 1e-9
+    mean = sum(times) / len(times)
+    assert mean == pytest.approx((threshold - 0.5) * interval, rel=0.1)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.resilience.windows import (
     CountWindowCounter,
     LatencyWindow,
+    PeakEwma,
     TimeWindowCounter,
     WindowTotals,
 )
@@ -260,3 +261,68 @@ def test_sampled_percentile_is_close_to_truth() -> None:
     truth = sorted(values)[int(0.95 * len(values))]
     p95 = lw.percentile(0.95, T0 + 20.0)
     assert p95 is not None and abs(p95 - truth) / truth < 0.15
+
+
+# --- peak EWMA -----------------------------------------------------------------------------------
+
+
+def test_peak_ewma_takes_a_slow_answer_at_once_and_forgets_it_over_decay() -> None:
+    e = PeakEwma(decay=10.0)
+    assert not e.observed and e.value(0.0) == 0.0
+    e.observe(0.0, 0.02)
+    assert e.observed and e.value(0.0) == 0.02
+    e.observe(1.0, 0.4)  # a peak replaces the estimate whatever its weight
+    assert e.value(1.0) == 0.4
+    # fast answers pull it down with weight 1 - exp(-dt / decay): after one decay, e^-1 is left
+    t = 1.0
+    for _ in range(100):
+        t += 0.1
+        e.observe(t, 0.02)
+    assert e.value(t) == pytest.approx(0.02 + (0.4 - 0.02) * math.exp(-1.0), rel=1e-9)
+
+
+def test_peak_ewma_forgets_by_time_not_by_request_count() -> None:
+    busy, quiet = PeakEwma(5.0), PeakEwma(5.0)
+    for e in (busy, quiet):
+        e.observe(0.0, 0.5)
+    for k in range(1, 1001):  # 1000 fast answers in 5 s ...
+        busy.observe(k * 0.005, 0.01)
+    for k in range(1, 11):  # ... or 10 in the same 5 s
+        quiet.observe(k * 0.5, 0.01)
+    assert busy.value(5.0) == pytest.approx(quiet.value(5.0), rel=1e-9)
+
+
+def test_peak_ewma_decays_toward_zero_while_nobody_asks() -> None:
+    e = PeakEwma(decay=2.0)
+    e.observe(0.0, 0.3)
+    assert e.value(2.0) == pytest.approx(0.3 * math.exp(-1.0))
+    assert e.value(20.0) < 0.3 * 1e-4
+    # the next answer is weighed against the decayed estimate: it rises back toward it
+    e.observe(20.0, 0.05)
+    assert e.value(20.0) == pytest.approx(0.3 * math.exp(-10.0) + 0.05 * (1 - math.exp(-10.0)))
+
+
+def test_peak_ewma_lower_bounds_raise_never_lower() -> None:
+    e = PeakEwma(decay=10.0)
+    e.observe_at_least(0.0, 0.0)  # a cancelled attempt that had not started says nothing
+    assert not e.observed
+    e.observe(0.0, 0.1)
+    e.observe_at_least(0.5, 0.03)  # cancelled after 30 ms: no news for a 100 ms endpoint
+    assert e.value(0.5) == pytest.approx(0.1 * math.exp(-0.05))
+    e.observe_at_least(1.0, 0.7)  # timed out after 700 ms: it is at least that slow
+    assert e.value(1.0) == 0.7
+
+
+def test_peak_ewma_out_of_order_reports_do_not_move_time_back() -> None:
+    e = PeakEwma(decay=1.0)
+    e.observe(5.0, 0.2)
+    e.observe(4.0, 0.1)  # reported late: weight 0, time stays at 5.0
+    assert e.value(5.0) == 0.2
+    e.reset()
+    assert not e.observed and e.value(10.0) == 0.0
+
+
+@pytest.mark.parametrize("decay", [0.0, -1.0, math.inf, math.nan])
+def test_peak_ewma_needs_a_positive_decay(decay: float) -> None:
+    with pytest.raises(ValueError, match="decay"):
+        PeakEwma(decay)

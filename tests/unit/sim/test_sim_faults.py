@@ -94,6 +94,16 @@ def test_tail_latency_mixes_base_and_tail_requests() -> None:
     assert abs(delays[0.16] / N - 0.05) < 0.008
 
 
+def test_a_tail_with_max_ms_has_a_jittering_fast_mode() -> None:
+    rng = random.Random(5)
+    latency = Latency("tail", 16, max_ms=24, tail_rate=0.05, tail_factor=25)
+    delays = [latency.draw(rng) for _ in range(N)]
+    slow = [d for d in delays if d > 0.1]
+    fast = [d for d in delays if d <= 0.1]
+    assert set(slow) == {0.4} and abs(len(slow) / N - 0.05) < 0.008
+    assert 0.016 <= min(fast) < 0.0165 and 0.0235 < max(fast) <= 0.024
+
+
 def test_latency_comes_with_every_fate() -> None:
     rng = random.Random(6)
     faults = Faults(error_rate=0.5, latency=Latency("fixed", 5))
@@ -126,6 +136,7 @@ def test_latency_comes_with_every_fate() -> None:
         ({"latency": {"ms": -3}}, "latency.ms must be >= 0"),
         ({"latency": {"ms": float("nan")}}, "latency.ms must be finite"),
         ({"latency": {"kind": "tail", "ms": 5, "tail_factor": 0.5}}, "tail_factor must be >= 1"),
+        ({"latency": {"kind": "tail", "ms": 5, "max_ms": 4}}, "max_ms"),
         ({"latency": {"kind": "tail", "ms": 5, "tail_rate": 2}}, "latency.tail_rate must be"),
         ({"latency": {"delay": 5}}, "unknown latency field(s) delay"),
         ({"latency": 5}, "latency must be an object"),
