@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
 
@@ -31,7 +32,7 @@ from gateway.control.reloader import FileWatcher, ReloadResult
 from gateway.control.slo import SloController
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
-from gateway.policy.compile import Snapshot, StateSettings, compile_policy
+from gateway.policy.compile import GatewaySettings, Snapshot, StateSettings, compile_policy
 from gateway.policy.load import YamlDocument, load_policy_text, read_yaml
 from gateway.policy.model import PolicyModel
 from gateway.proxy.admission import AdmissionGates
@@ -40,6 +41,7 @@ from gateway.proxy.budgetshed import BudgetShedStage
 from gateway.proxy.contract import ContractStage, ModelContracts
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
+from gateway.proxy.grpc_edge import GrpcEdge
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
 from gateway.proxy.listener import GuardedAppRunner, GuardedServer, parser_problem
 from gateway.proxy.pipeline import (
@@ -93,6 +95,15 @@ class Listening:
     admin_port: int
     scheme: str = "http"
     admin_scheme: str = "http"
+    grpc_port: int | None = None  # the gRPC listener's, when the policy asks for one
+
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` of the gRPC listener, as a gRPC client dials it."""
+        if self.grpc_port is None:
+            raise RuntimeError("the gateway has no gRPC listener (gateway.grpc_listen)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -307,8 +318,10 @@ class Gateway:
         watch: bool = False,
         reuse_port: bool = False,
         span_processor: SpanProcessor | None = None,
+        grpc_listen: tuple[str, int] | None = None,
     ) -> None:
         self.policy_path = Path(policy_path)
+        self._grpc_override = grpc_listen
         self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
@@ -385,6 +398,8 @@ class Gateway:
         self._attempt = AttemptStage(self.runner, self.clock)
         self._adopt(snapshot)
         self.proxy = ProxyServer(lambda: self._serving, self._reporter, self.clock)
+        self.grpc_edge = GrpcEdge(lambda: self._serving, self._reporter, self.clock)
+        self._grpc_server: grpc.aio.Server | None = None
         self.health = HealthChecker(
             lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng
         )
@@ -642,6 +657,8 @@ class Gateway:
             self._reporter.access = self.access_log
         self.loop_lag.start()
         self.gc_pauses.install()
+        grpc_port = await self._start_grpc(settings)
+
         self.peers.attach()
         await self.store.start()
         if self.watcher is not None:
@@ -657,6 +674,7 @@ class Gateway:
             _bound_port(admin_site),
             "https" if tls is not None else "http",
             "https" if settings.admin_tls is not None else "http",
+            grpc_port,
         )
         self.ready = True
         log.info(
@@ -667,6 +685,38 @@ class Gateway:
             self.listening.admin_url,
         )
         return self.listening
+
+    async def _start_grpc(self, settings: GatewaySettings) -> int | None:
+        """The gRPC listener, in this event loop beside the HTTP ones; None when not asked for.
+
+        Takes the data listener's TLS certificate when there is one. Changing `grpc_listen`
+        takes effect at the next restart, like the other listeners.
+        """
+        where = self._grpc_override or settings.grpc_listen
+        if where is None:
+            return None
+        host, port = where
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                ("grpc.max_receive_message_length", settings.max_body),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        server.add_generic_rpc_handlers((self.grpc_edge.handler,))
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if settings.tls is not None:
+            base = self.policy_path.parent
+            cert = _resolve(settings.tls[0], base).read_bytes()
+            key = _resolve(settings.tls[1], base).read_bytes()
+            bound = server.add_secure_port(target, grpc.ssl_server_credentials([(key, cert)]))
+        else:
+            bound = server.add_insecure_port(target)
+        if not bound:
+            raise OSError(f"cannot listen for gRPC on {target}")
+        await server.start()
+        self._grpc_server = server
+        return int(bound)
 
     def _tls_context(self, paths: tuple[str, str] | None) -> ssl.SSLContext | None:
         """A server TLS context (TLS 1.2+) from certificate and key paths, relative to the policy."""
@@ -685,6 +735,10 @@ class Gateway:
             await self.watcher.close()
         await self.health.close()
         await self.canary.close()
+        if self._grpc_server is not None:
+            # stop accepting; calls in flight get the drain timeout to finish
+            await self._grpc_server.stop(self.snapshot.settings.drain_timeout)
+            self._grpc_server = None
         await self.slo.close()
         await self.quality.close()
         for runner in self._runners:

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--policy", "-p", required=True, help="policy YAML file")
     run.add_argument("--listen", type=_parse_hostport, help="override gateway.listen (HOST:PORT)")
     run.add_argument("--admin-listen", type=_parse_hostport, help="override gateway.admin_listen")
+    run.add_argument(
+        "--grpc-listen",
+        type=_parse_hostport,
+        help="serve inference.GRPCInferenceService here (overrides gateway.grpc_listen)",
+    )
     run.add_argument("--log-level", default="info")
     run.add_argument("--audit-log", help="append audit entries (JSON lines) to this file")
     run.add_argument(
@@ -147,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 audit_log=args.audit_log,
                 watch=not args.no_watch,
                 reuse_port=args.reuse_port,
+                grpc_listen=args.grpc_listen,
             )
         )
     if args.command == "loadtest":
@@ -280,6 +286,9 @@ async def _supervise(args: argparse.Namespace) -> int:
         extra += ["--audit-log", args.audit_log]
     if args.no_watch:
         extra.append("--no-watch")
+    if args.grpc_listen:
+        host, port = args.grpc_listen
+        extra += ["--grpc-listen", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     base = Path(args.policy).parent
 
     def read_tokens(text: str) -> Mapping[str, str]:
@@ -356,6 +365,7 @@ async def _serve(
     audit_log: str | None = None,
     watch: bool = True,
     reuse_port: bool = False,
+    grpc_listen: tuple[str, int] | None = None,
 ) -> int:
     from gateway.app import Gateway, tune_gc
     from gateway.errors import PolicyError, StartupRefused
@@ -368,6 +378,7 @@ async def _serve(
             audit_log=audit_log,
             watch=watch,
             reuse_port=reuse_port,
+            grpc_listen=grpc_listen,
         )
     except (PolicyError, OSError) as e:
         return _refused(policy, e)
@@ -397,7 +408,8 @@ async def _serve(
         print(f"tailguard: {e.message}", file=sys.stderr)
         await gw.stop()
         return 2
-    print(f"tailguard listening on {where.url} (admin {where.admin_url})", flush=True)
+    grpc_note = f" grpc {where.grpc_address}" if where.grpc_port is not None else ""
+    print(f"tailguard listening on {where.url} (admin {where.admin_url}){grpc_note}", flush=True)
     tune_gc()
     await stop.wait()
     logging.getLogger("tailguard").info("stopping: draining in-flight requests")

@@ -282,6 +282,7 @@ def render_status(status: Mapping[str, Any]) -> str:
         (
             b.get("name"),
             e.get("url"),
+            e.get("grpc") or "-",
             e.get("region"),
             _endpoint_state(e),
             e.get("health"),
@@ -305,6 +306,7 @@ def render_status(status: Mapping[str, Any]) -> str:
             (
                 "BACKEND",
                 "ENDPOINT",
+                "GRPC",
                 "REGION",
                 "STATE",
                 "HEALTH",

@@ -298,6 +298,7 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
             endpoints.append(
                 {
                     "url": s.spec.url,
+                    "grpc": s.spec.grpc,
                     "region": s.spec.region,
                     "usable": usable,
                     "health": (

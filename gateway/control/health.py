@@ -16,11 +16,21 @@ from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.errors import AttemptFailed
-from gateway.policy.compile import BackendRuntime, EndpointState, Snapshot
+from gateway.policy.compile import (
+    BackendRuntime,
+    EndpointState,
+    HealthCheckSpec,
+    Snapshot,
+    model_from_path,
+)
+from gateway.proxy.grpc_wire import WireError, read_bool, string_field
 from gateway.proxy.transports import Transports
 from gateway.telemetry.catalog import Metrics
 
 log = logging.getLogger("tailguard.health")
+
+SERVER_READY = "/inference.GRPCInferenceService/ServerReady"
+MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 
 
 class HealthChecker:
@@ -105,18 +115,10 @@ class HealthChecker:
         """Probe every path of one endpoint once and record the verdict; True when all passed."""
         check = backend.health_check
         assert check is not None and state.health is not None
-        transport = self._transports.get(state.spec, backend.pool, backend.protocol)
-        ok = True
-        for path in check.paths:
-            try:
-                # a failed probe closes its connection: the next one tests a fresh one
-                status = await transport.get_status(path, check.config.timeout, check.expect)
-            except AttemptFailed:
-                ok = False
-                break
-            if status not in check.expect:
-                ok = False
-                break
+        if state.spec.has_http:
+            ok = await self._probe_http(backend, state, check)
+        else:
+            ok = await self._probe_grpc(backend, state, check)
         m = self._metrics
         url = state.spec.url
         m.health_checks.labels(backend.name, url, "pass" if ok else "fail").inc()
@@ -137,6 +139,45 @@ class HealthChecker:
                 )
                 m.ejected.labels(backend.name).set(len(backend.outlier.ejected(now)))
         return ok
+
+    async def _probe_http(
+        self, backend: BackendRuntime, state: EndpointState, check: HealthCheckSpec
+    ) -> bool:
+        transport = self._transports.get(state.spec, backend.pool, backend.protocol)
+        for path in check.paths:
+            try:
+                # a failed probe closes its connection: the next one tests a fresh one
+                status = await transport.get_status(path, check.config.timeout, check.expect)
+            except AttemptFailed:
+                return False
+            if status not in check.expect:
+                return False
+        return True
+
+    async def _probe_grpc(
+        self, backend: BackendRuntime, state: EndpointState, check: HealthCheckSpec
+    ) -> bool:
+        """The same checks over gRPC for an endpoint that has only a gRPC address.
+
+        `/v2/health/ready` is `ServerReady`, `/v2/models/<m>/ready` is `ModelReady`; any other
+        probe path (which only an HTTP server could answer) is taken as `ServerReady`.
+        """
+        transport = self._transports.grpc(state.spec, backend.pool)
+        for path in check.paths:
+            model = model_from_path(path)
+            if model is not None and path.endswith("/ready"):
+                method, body = MODEL_READY, string_field(1, model)
+            else:
+                method, body = SERVER_READY, b""
+            try:
+                reply = await transport.probe(method, body, check.config.timeout)
+                if not read_bool(reply):
+                    return False
+            except AttemptFailed:
+                return False
+            except WireError:
+                return False
+        return True
 
     async def _sweep_loop(self, backend_name: str) -> None:
         while True:

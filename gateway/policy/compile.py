@@ -41,7 +41,7 @@ from gateway.resilience.hedge import HedgeConfig, HedgeDelayEstimator, HedgePoli
 from gateway.resilience.outcome import RETRY_CONDITIONS, Outcome
 from gateway.resilience.outlier import Ejection, OutlierConfig, OutlierDetector
 from gateway.resilience.retry import BackoffConfig, RetryConfig, RetryPolicy
-from gateway.resilience.split import SplitEntry, WeightedSplit
+from gateway.resilience.split import SplitEntry, WeightedSplit, rendezvous_order
 from gateway.resilience.windows import LatencyWindow, PeakEwma
 from gateway.slo.budget import FastBurnConfig, SliKind, SloConfig
 from gateway.telemetry.config import (
@@ -73,6 +73,12 @@ class EndpointSpec:
     region: str
     weight: int
     drain: bool
+    grpc: str | None = None  # HOST:PORT of the endpoint's gRPC service, when it has one
+
+    @property
+    def has_http(self) -> bool:
+        """False for an endpoint known only by its gRPC address (its url is `grpc://...`)."""
+        return not self.url.startswith("grpc://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +124,8 @@ class BackendRuntime:
     """One backend's endpoints with their balancer, breakers, outlier detector and health state."""
 
     __slots__ = (
-        "balancer", "endpoints", "health_check", "latency", "name", "outlier", "pool", "protocol",
-        "states",
+        "balancer", "endpoints", "health_check", "latency", "name", "no_grpc", "no_http", "outlier",
+        "pool", "protocol", "states",
     )  # fmt: skip
 
     def __init__(
@@ -143,6 +149,13 @@ class BackendRuntime:
         self.pool = pool
         self.health_check = health_check
         self.latency = latency
+        # endpoints that cannot take a gRPC request (no grpc address), or an HTTP one (grpc only)
+        self.no_grpc = frozenset(i for i, e in enumerate(endpoints) if e.grpc is None)
+        self.no_http = frozenset(i for i, e in enumerate(endpoints) if not e.has_http)
+
+    def sticky_order(self, key: str) -> list[int]:
+        """Endpoint indices ranked for a sticky key (a Triton sequence id), first choice first."""
+        return rendezvous_order(key, [e.id for e in self.endpoints])
 
     def availability(self, now: float) -> list[bool]:
         """Which endpoints may take new traffic right now, in endpoint order."""
@@ -337,6 +350,7 @@ class GatewaySettings:
     quality_queue: int = 1024
     tls: tuple[str, str] | None = None  # (certificate, key) paths as written
     admin_tls: tuple[str, str] | None = None
+    grpc_listen: tuple[str, int] | None = None
     limits: ListenerLimits = ListenerLimits()
     body_timeout: float = 30.0
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
@@ -430,6 +444,7 @@ def compile_policy(
         quality_queue=gw.quality_queue,
         tls=(gw.tls.cert, gw.tls.key) if gw.tls else None,
         admin_tls=(gw.admin_tls.cert, gw.admin_tls.key) if gw.admin_tls else None,
+        grpc_listen=tuple(gw.grpc_listen) if gw.grpc_listen else None,  # type: ignore[arg-type]
         limits=ListenerLimits(
             header_timeout=gw.header_timeout,
             idle_timeout=gw.idle_timeout,
@@ -560,12 +575,13 @@ def _compile_backend(
 ) -> BackendRuntime:
     specs = tuple(
         EndpointSpec(
-            id=f"{name}/{e.url.rstrip('/')}",
+            id=f"{name}/{_endpoint_url(e.url, e.grpc)}",
             backend=name,
-            url=e.url.rstrip("/"),
+            url=_endpoint_url(e.url, e.grpc),
             region=e.region or local_region,
             weight=e.weight,
             drain=e.drain,
+            grpc=e.grpc,
         )
         for e in b.endpoints
     )
@@ -641,6 +657,14 @@ def _compile_backend(
         health_check=health_check,
         latency=old.latency if old is not None else LatencyWindow(),
     )
+
+
+def _endpoint_url(url: str | None, grpc: str | None) -> str:
+    """An endpoint's identity: its URL, or `grpc://HOST:PORT` when it has only a gRPC address."""
+    if url is not None:
+        return url.rstrip("/")
+    assert grpc is not None, "the policy model requires url or grpc"
+    return f"grpc://{grpc}"
 
 
 def _listener(

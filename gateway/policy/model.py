@@ -340,6 +340,8 @@ class GatewayModel(FrozenModel):
     region: Text = "local"
     listen: HostPort = ("127.0.0.1", 8080)
     admin_listen: HostPort = ("127.0.0.1", 9090)
+    # the gRPC listener (inference.GRPCInferenceService), off unless given
+    grpc_listen: HostPort | None = None
     max_body: PositiveSize = 4 << 20
     max_concurrency: Annotated[int, Strict(), Field(ge=1)] | None = None
     deadline_header: HeaderName | None = "x-tailguard-deadline-ms"
@@ -360,6 +362,12 @@ class GatewayModel(FrozenModel):
         same_host = host == ahost or host in _WILDCARD_HOSTS or ahost in _WILDCARD_HOSTS
         if port == aport and port != 0 and same_host:
             raise checks_failed((("admin_listen",), f"must differ from listen (port {port})"))
+        if self.grpc_listen is not None:
+            ghost, gport = self.grpc_listen
+            for name, (h, p) in (("listen", self.listen), ("admin_listen", self.admin_listen)):
+                same = h == ghost or h in _WILDCARD_HOSTS or ghost in _WILDCARD_HOSTS
+                if gport == p and gport != 0 and same:
+                    raise checks_failed((("grpc_listen",), f"must differ from {name} (port {p})"))
         if not 1024 <= self.max_header_size <= 1 << 20:
             raise checks_failed((("max_header_size",), "must be between 1KiB and 1MiB"))
         return self
@@ -390,11 +398,17 @@ class StateModel(FrozenModel):
 
 
 class EndpointModel(FrozenModel):
-    url: EndpointUrl
+    url: EndpointUrl | None = None
     region: Text | None = None
     weight: Annotated[int, Strict(), Field(ge=1, le=1000)] = 1
     grpc: GrpcAddress | None = None
     drain: Bool = False
+
+    @model_validator(mode="after")
+    def _an_address(self) -> EndpointModel:
+        if self.url is None and self.grpc is None:
+            raise checks_failed((("url",), "an endpoint needs url, grpc, or both"))
+        return self
 
 
 class PoolModel(FrozenModel):
@@ -502,12 +516,20 @@ class BackendModel(FrozenModel):
         seen: set[str] = set()
         problems: list[Problem] = []
         for k, e in enumerate(self.endpoints):
-            key = e.url.rstrip("/")
+            key = e.url.rstrip("/") if e.url is not None else f"grpc://{e.grpc}"
             if key in seen:
+                field, shown = ("url", e.url) if e.url is not None else ("grpc", e.grpc)
                 problems.append(
-                    (("endpoints", k, "url"), f"endpoint '{e.url}' is listed twice in this backend")
+                    (("endpoints", k, field), f"endpoint '{shown}' is listed twice in this backend")
                 )
             seen.add(key)
+            if e.url is None and self.protocol != "kserve-v2":
+                problems.append(
+                    (
+                        ("endpoints", k, "url"),
+                        "only kserve-v2 endpoints may have a grpc address alone",
+                    )
+                )
         if problems:
             raise checks_failed(*problems)
         return self

@@ -45,7 +45,14 @@ def protocol_for_path(path: str) -> str:
 
 
 def error_answer(protocol: str, err: TailguardError, request_id: str) -> LocalAnswer:
-    """The answer that tells a client of `protocol` what went wrong, and nothing more."""
+    """The answer that tells a client of `protocol` what went wrong, and nothing more.
+
+    On `grpc` the body is the message alone: the gRPC edge sends it as the status details,
+    with the code (`x-tailguard-error`) and the request id in trailing metadata.
+    """
+    headers = {ERROR_HEADER: err.code, **err.headers}
+    if protocol == "grpc":
+        return LocalAnswer(err.status, err.message.encode(), headers)
     if protocol == "kserve-v2":
         payload: object = {"error": err.message}
     elif protocol == "openai":
@@ -53,7 +60,7 @@ def error_answer(protocol: str, err: TailguardError, request_id: str) -> LocalAn
         payload = {"error": {"message": err.message, "type": kind, "param": None, "code": err.code}}
     else:
         payload = {"error": {"code": err.code, "message": err.message, "request_id": request_id}}
-    headers = {"Content-Type": "application/json", ERROR_HEADER: err.code, **err.headers}
+    headers["Content-Type"] = "application/json"
     return LocalAnswer(err.status, json.dumps(payload).encode(), headers)
 
 

@@ -27,8 +27,13 @@ from gateway.errors import (
     TailguardError,
     UpstreamUnavailable,
 )
-from gateway.policy.compile import IDEMPOTENT_METHODS, BackendRuntime, RouteRuntime
-from gateway.proxy.exchange import Exchange, ProxyRequest, json_body_problem
+from gateway.policy.compile import (
+    IDEMPOTENT_METHODS,
+    BackendRuntime,
+    EndpointSpec,
+    RouteRuntime,
+)
+from gateway.proxy.exchange import Exchange, GrpcCall, ProxyRequest, json_body_problem
 from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
 from gateway.proxy.transports import Transports
 from gateway.resilience.budget import TokenBudget
@@ -135,10 +140,16 @@ class AttemptRunner:
                 route.retry_budget.deposit()
             if route.hedge_budget is not None:
                 route.hedge_budget.deposit()
-        if ex.upstream_headers is None:
+        call = ex.request.grpc
+        if call is None and ex.upstream_headers is None:
             ex.upstream_headers = upstream_headers(ex.request, ex.snapshot.strip_headers)
-        if route.hedge is None or not (route.repeatable or ex.request.method in IDEMPOTENT_METHODS):
-            # a request that may not arrive twice is never hedged (the rule retries obey)
+        if (
+            route.hedge is None
+            or not (route.repeatable or ex.request.method in IDEMPOTENT_METHODS)
+            or (call is not None and call.single_shot)
+        ):
+            # a request that may not arrive twice is never hedged (the rule retries obey);
+            # nor is a stream or a step of a Triton sequence
             result = await self._sequential(ex, route, backend)
         else:
             result = await self._hedged(ex, route, backend)
@@ -159,12 +170,13 @@ class AttemptRunner:
     ) -> AttemptResult:
         tried: set[int] = set()
         last: AttemptResult | None = None
+        call = ex.request.grpc
         while True:
-            index = self._pick(backend, tried, None)
+            index = self._pick(backend, tried, None, ex)
             if index is None:
                 if last is not None:
                     return last
-                raise NoHealthyEndpoint(f"no usable endpoint in backend '{backend.name}'")
+                raise NoHealthyEndpoint(_no_endpoint(ex, backend))
             tried.add(index)
             result = await self._attempt(ex, route, backend, index)
             if result.acceptable:
@@ -172,6 +184,8 @@ class AttemptRunner:
                     self._discard(backend, last)
                 return result
             last = self._keep_most_informative(backend, last, result)
+            if call is not None and call.single_shot:
+                return last  # a stream or a sequence step goes to one endpoint, once
             delay = self._retry_delay(ex, route, result)
             if delay is None:
                 return last
@@ -190,7 +204,7 @@ class AttemptRunner:
         extra = 0
 
         def launch(delay: float, avoid_region: str | None) -> int | None:
-            index = self._pick(backend, tried, avoid_region)
+            index = self._pick(backend, tried, avoid_region, ex)
             if index is not None:
                 tried.add(index)
                 task = asyncio.ensure_future(self._attempt(ex, route, backend, index, delay))
@@ -199,7 +213,7 @@ class AttemptRunner:
 
         first = launch(0.0, None)
         if first is None:
-            raise NoHealthyEndpoint(f"no usable endpoint in backend '{backend.name}'")
+            raise NoHealthyEndpoint(_no_endpoint(ex, backend))
         first_task = next(iter(pending))
         first_region = backend.endpoints[first].region
         started = self._clock.now()
@@ -312,31 +326,45 @@ class AttemptRunner:
         now = clock.now()
         remaining = ex.deadline - now
         timeout = route.retry.try_timeout(remaining) if route.retry is not None else remaining
-        headers = (
-            ex.upstream_headers.copy()
-            if ex.upstream_headers is not None
-            else upstream_headers(ex.request, ex.snapshot.strip_headers)
-        )
-        header = self._deadline_header()
-        if header is not None:
-            headers[header] = str(max(1, int(timeout * 1000)))
+        req = ex.request
+        call = req.grpc
+        if call is None:
+            headers = (
+                ex.upstream_headers.copy()
+                if ex.upstream_headers is not None
+                else upstream_headers(ex.request, ex.snapshot.strip_headers)
+            )
+            header = self._deadline_header()
+            if header is not None:
+                headers[header] = str(max(1, int(timeout * 1000)))
+            transport = self._transports.get(spec, backend.pool, backend.protocol)
         ex.attempts += 1
         trace = ex.trace
-        span = trace.attempt_start(backend, spec, ex.attempts, headers, now) if trace else None
-        transport = self._transports.get(spec, backend.pool, backend.protocol)
+        span = (
+            trace.attempt_start(backend, spec, ex.attempts, headers if call is None else {}, now)
+            if trace is not None
+            else None
+        )
         state.outstanding += 1
         state.last_used = now
-        req = ex.request
         response: UpstreamResponse | None = None
         message = ""
         retry_after: float | None = None
         try:
-            async with asyncio.timeout(timeout):
-                response = await transport.send(req.method, req.path_qs, headers, req.body)
+            if call is not None and not call.stream:
+                # the call's own gRPC deadline bounds it (and tells the backend): no second timer
+                response = await self._grpc_call(ex, call, backend, spec, now, timeout)
+            else:
+                async with asyncio.timeout(timeout):
+                    if call is None:
+                        response = await transport.send(req.method, req.path_qs, headers, req.body)
+                    else:
+                        response = await self._grpc_call(ex, call, backend, spec, now, timeout)
             outcome = response.outcome
             if (
                 outcome is Outcome.STATUS_5XX
                 and backend.protocol != "http"
+                and call is None
                 and req.body
                 and json_body_problem(req.headers, req.body, full=True) is not None
             ):
@@ -372,6 +400,29 @@ class AttemptRunner:
         if not outcome.is_failure:
             ex.endpoint = spec.url
         return AttemptResult(index, outcome, response, message, retry_after)
+
+    async def _grpc_call(
+        self,
+        ex: Exchange,
+        call: GrpcCall,
+        backend: BackendRuntime,
+        spec: EndpointSpec,
+        now: float,
+        timeout: float,
+    ) -> UpstreamResponse:
+        """One gRPC attempt: the remaining budget travels upstream as the call's deadline.
+
+        A stream's deadline is the client's own (it may outlive the route's timeout, which
+        bounds only getting it started).
+        """
+        transport = self._transports.grpc(spec, backend.pool)
+        req = ex.request
+        if call.stream:
+            left = call.deadline - now if call.deadline is not None else None
+            return await transport.open_stream(
+                req.path_qs, req.body, call.rest, call.metadata, left
+            )
+        return await transport.unary(req.path_qs, req.body, call.metadata, timeout)
 
     def _finish(
         self, backend: BackendRuntime, index: int, outcome: Outcome, latency: float
@@ -414,12 +465,22 @@ class AttemptRunner:
     # --- decisions -----------------------------------------------------------------------
 
     def _pick(
-        self, backend: BackendRuntime, tried: set[int], avoid_region: str | None
+        self,
+        backend: BackendRuntime,
+        tried: set[int],
+        avoid_region: str | None,
+        ex: Exchange | None = None,
     ) -> int | None:
         """An endpoint for the next attempt; one whose breaker refuses is skipped, not waited on."""
         now = self._clock.now()
         states = backend.states
-        if len(states) == 1 and not tried:
+        call = ex.request.grpc if ex is not None else None
+        if call is not None and call.sequence is not None:
+            return self._pick_sticky(backend, tried, call.sequence, now)
+        # endpoints without an address for this request's protocol are never picked, not even
+        # in panic, nor as the last resort a retry may go back to
+        unfit = backend.no_grpc if call is not None else backend.no_http
+        if len(states) == 1 and not tried and not unfit:
             # the common single-endpoint case: no balancing to do when it is plainly usable
             only = states[0]
             outlier = backend.outlier
@@ -428,7 +489,11 @@ class AttemptRunner:
                 return 0
         available = backend.availability(now)
         outstanding = backend.loads(now)
-        refused: set[int] = set()
+        refused: set[int] = set(unfit) if unfit else set()
+        if len(refused) == len(states):
+            return None
+        for i in refused:
+            available[i] = False
         for _ in range(len(backend.states)):
             exclude = tried | refused if refused else tried
             pick = backend.balancer.pick(
@@ -448,6 +513,29 @@ class AttemptRunner:
             available[pick.index] = False
             if len(refused) == len(backend.states):
                 return None
+        return None
+
+    def _pick_sticky(
+        self, backend: BackendRuntime, tried: set[int], key: str, now: float
+    ) -> int | None:
+        """The endpoint a Triton sequence lives on: the first usable one in its hash order.
+
+        Ranked over every endpoint (not only the usable ones), so a sequence moves only when
+        its own endpoint cannot take it; panic (none usable) still goes to its first choice.
+        """
+        available = backend.availability(now)
+        fallback = None
+        for i in backend.sticky_order(key):
+            if i in tried or i in backend.no_grpc:
+                continue
+            if fallback is None:
+                fallback = i
+            breaker = backend.states[i].breaker
+            if available[i] and (breaker is None or breaker.allow(now)):
+                return i
+        if fallback is not None and not any(available):
+            self._metrics.panic.labels(backend.name).inc()
+            return fallback
         return None
 
     def _retry_delay(
@@ -483,6 +571,14 @@ class AttemptRunner:
         if result.outcome is Outcome.TIMEOUT:
             raise DeadlineExceeded(f"no answer in time: {result.message}" + _tried_note(ex))
         raise UpstreamUnavailable(f"{result.message}" + _tried_note(ex))
+
+
+def _no_endpoint(ex: Exchange, backend: BackendRuntime) -> str:
+    grpc = ex.request.grpc is not None
+    if len(backend.no_grpc if grpc else backend.no_http) == len(backend.states):
+        kind = "a grpc address" if grpc else "an HTTP url"
+        return f"no endpoint of backend '{backend.name}' has {kind}"
+    return f"no usable endpoint in backend '{backend.name}'"
 
 
 def _observe_first(

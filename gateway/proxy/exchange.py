@@ -7,7 +7,7 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +24,29 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcCall:
+    """What a gRPC request adds to `ProxyRequest` (whose `path_qs` is then the gRPC method).
+
+    `metadata` is what goes upstream (the client's, minus transport and gateway-only keys,
+    plus the request id); `deadline` the client's own (`grpc-timeout`) on the gateway's
+    clock, or None; `sequence` the Triton sequence id (such requests are never retried nor
+    hedged, and stick to one endpoint); `stream` marks `ModelStreamInfer`, whose later
+    messages `rest` yields (the body is the first one).
+    """
+
+    metadata: Sequence[tuple[str, str | bytes]]
+    deadline: float | None
+    sequence: str | None = None
+    stream: bool = False
+    rest: AsyncIterator[bytes] | None = None
+
+    @property
+    def single_shot(self) -> bool:
+        """True when the request may reach one endpoint once, and no other."""
+        return self.stream or self.sequence is not None
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyRequest:
     """The client's request as received: never modified after the edge builds it."""
 
@@ -36,6 +59,7 @@ class ProxyRequest:
     client_ip: str
     scheme: str
     received_at: float
+    grpc: GrpcCall | None = None
 
     def with_body(self, body: bytes) -> ProxyRequest:
         """The same request with its body read (the edge reads it after authentication)."""

@@ -14,7 +14,10 @@ never waits on the store.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.clock import Clock
 from gateway.errors import (
@@ -24,6 +27,7 @@ from gateway.errors import (
     TailguardError,
     UpstreamUnavailable,
 )
+from gateway.fallback import grpc_rules
 from gateway.fallback.cache import (
     KEPT_HEADERS,
     CacheConfig,
@@ -33,10 +37,12 @@ from gateway.fallback.cache import (
     decode,
     encode,
 )
-from gateway.fallback.rules import RuleRequest
+from gateway.fallback.rules import JSON_TYPE, RuleRequest, RuleSet
 from gateway.policy.compile import FallbackKind, FallbackStep, RouteRuntime
+from gateway.proxy.answers import ERROR_HEADER
 from gateway.proxy.attempts import AttemptResult, AttemptRunner
-from gateway.proxy.exchange import Exchange, LocalAnswer
+from gateway.proxy.exchange import Exchange, LocalAnswer, ProxyRequest
+from gateway.proxy.grpc_wire import WireError, without_field
 from gateway.proxy.pipeline import Answer, Handler
 from gateway.state.store import StateStore
 from gateway.telemetry.catalog import Metrics
@@ -143,13 +149,20 @@ class FallbackStage:
             return await nxt(ex)
         req = ex.request
         key = None
-        if config is not None:
+        call = req.grpc
+        if config is not None and not (call is not None and call.stream):
             scope = (
                 ex.identity.tenant if ex.identity is not None else "",
                 ex.split_backend or "",
             )
             key = cache_key(
-                route.name, config, req.method, req.path_qs, req.headers, req.body, scope=scope
+                route.name,
+                config,
+                req.method,
+                req.path_qs,
+                req.headers,
+                _cache_body(req),
+                scope=scope,
             )
             if key is not None and config.ttl > 0:
                 trace = ex.trace
@@ -259,6 +272,8 @@ class FallbackStage:
         if step.kind is FallbackKind.RULES:
             assert step.rules is not None
             req = ex.request
+            if req.grpc is not None:
+                return self._grpc_rule(ex, step.rules)
             rule = step.rules.answer(
                 RuleRequest(req.method, req.path, req.headers, req.body, self._clock.wall())
             )
@@ -269,6 +284,43 @@ class FallbackStage:
             ex.add_headers({"x-tailguard-fallback-rule": rule.rule})
             return LocalAnswer(rule.status, rule.body, dict(rule.headers))
         return await self._backup(ex, route, step)
+
+    def _grpc_rule(self, ex: Exchange, rules: RuleSet) -> LocalAnswer:
+        """A rule's answer to a gRPC call: an error answer as the matching gRPC status; for
+        `ModelInfer` (which the rules read as KServe v2 JSON) a JSON infer answer goes back
+        as a `ModelInferResponse`."""
+        req = ex.request
+        call = req.grpc
+        assert call is not None
+        if call.stream:
+            raise UpstreamUnavailable("rules do not answer streams")
+        infer = req.path_qs.endswith("/ModelInfer")
+        try:
+            view = grpc_rules.request_json(req.body) if infer else b""
+        except ValueError as e:
+            raise UpstreamUnavailable(str(e)) from None
+        headers = CIMultiDictProxy(CIMultiDict({**req.headers, "content-type": JSON_TYPE}))
+        rule = rules.answer(RuleRequest(req.method, req.path, headers, view, self._clock.wall()))
+        if rule is None:
+            raise UpstreamUnavailable("no rule matched")
+        kept = {k: v for k, v in rule.headers if k.lower() != "content-type"}
+        if rule.status >= 300:
+            body = grpc_rules.error_message(rule.body).encode()
+            kept[ERROR_HEADER] = "fallback_rule"
+        elif infer:
+            try:
+                body = grpc_rules.infer_response(rule.body, json.loads(view)["id"])
+            except grpc_rules.NotAnInferAnswer as e:
+                raise UpstreamUnavailable(f"rule '{rule.rule}': {e}") from None
+        else:
+            method = req.path_qs.rpartition("/")[2]
+            raise UpstreamUnavailable(
+                f"rule '{rule.rule}' answered {rule.status}, which gRPC {method} cannot carry"
+            )
+        ex.fallback = "rules"
+        ex.backend = ex.endpoint = None
+        ex.add_headers({"x-tailguard-fallback-rule": rule.rule})
+        return LocalAnswer(rule.status, body, kept)
 
     async def _backup(self, ex: Exchange, route: RouteRuntime, step: FallbackStep) -> Answer:
         assert step.backend is not None
@@ -295,6 +347,16 @@ class FallbackStage:
             raise UpstreamUnavailable(result.message or "answered with a failure")
         ex.fallback = "backend"
         return result
+
+
+def _cache_body(req: ProxyRequest) -> bytes:
+    """The body a cache key is made of: a gRPC request's own id (field 3) left out."""
+    if req.grpc is None:
+        return req.body
+    try:
+        return without_field(req.body, 3)
+    except WireError:
+        return req.body
 
 
 def _drop(result: AttemptResult) -> None:

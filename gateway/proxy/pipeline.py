@@ -141,7 +141,8 @@ class ExchangeReporter:
         route = ex.route
         route_name = route.name if route is not None else ""
         backend_name = ex.backend.name if ex.backend is not None else ""
-        m.child(m.requests, route_name, backend_name, code_class(status)).inc()
+        protocol = "http" if ex.request.grpc is None else "grpc"
+        m.child(m.requests, route_name, backend_name, code_class(status), protocol).inc()
         broken = ex.stream_outcome is not None and ex.stream_outcome is not Outcome.SUCCESS
         code = ex.error_code
         if code is None and broken:
@@ -167,7 +168,7 @@ class ExchangeReporter:
             self.access.write(ex, latency)
         if route is None:
             return
-        m.child(m.request_duration, route_name).observe(latency)
+        m.child(m.request_duration, route_name, protocol).observe(latency)
         if ex.first_byte_at:
             m.child(m.time_to_first_byte, route_name).observe(
                 ex.first_byte_at - ex.request.received_at
@@ -227,11 +228,16 @@ class RouteStage:
             if ex.identity is not None:
                 ex.trace.note("caller", tenant=ex.identity.tenant)
         route = ex.snapshot.route_for(req.method, req.path, req.headers)
+        call = req.grpc
         if route is None:
-            raise RouteNotFound(f"no route matches {req.method} {req.path}")
+            via = f" (gRPC {req.path_qs.rpartition('/')[2]})" if call is not None else ""
+            raise RouteNotFound(f"no route matches {req.method} {req.path}{via}")
         ex.route = route
-        ex.protocol = route.protocol
         sticky = req.headers.get(route.sticky_header) if route.sticky_header else None
+        if call is None:
+            ex.protocol = route.protocol
+        elif call.sequence is not None:
+            sticky = call.sequence  # a sequence's requests must all reach one model instance
         backend = ex.snapshot.backends[route.pick_backend(sticky, self._rng.random())]
         ex.backend = backend
         ex.split_backend = backend.name
@@ -240,6 +246,8 @@ class RouteStage:
             ex.trace.note(
                 "route", route=route.name, split_backend=backend.name, sticky=sticky is not None
             )
+        if call is not None and call.deadline is not None and call.deadline < ex.deadline:
+            ex.deadline = call.deadline  # the client's own deadline bounds the route's
         return await self._chains[route.name](ex)
 
 

@@ -58,6 +58,42 @@ def classify_status(status: int) -> Outcome:
     return Outcome.STATUS_5XX
 
 
+# gRPC statuses the caller caused (a bad request, an unknown model, a missing credential, a call
+# it cancelled itself): passed through, never counted against the backend.
+GRPC_CLIENT_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "UNIMPLEMENTED",
+        "CANCELLED",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "ALREADY_EXISTS",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+    }
+)
+
+
+def classify_grpc(code: str) -> Outcome:
+    """Map the gRPC status a backend answered with (its name, like "UNAVAILABLE") to an outcome.
+
+    As Triton means them: `UNAVAILABLE` (model not ready, queue full, server stopping) and
+    `INTERNAL`/`UNKNOWN`/`DATA_LOSS`/`ABORTED` are the backend's failures, like a 5xx;
+    `RESOURCE_EXHAUSTED` is a 429; `DEADLINE_EXCEEDED` a timeout. Transport failures
+    (refused, reset) never reach here: the transport classifies them itself.
+    """
+    if code == "OK":
+        return Outcome.SUCCESS
+    if code in GRPC_CLIENT_CODES:
+        return Outcome.CLIENT_ERROR
+    if code == "DEADLINE_EXCEEDED":
+        return Outcome.TIMEOUT
+    if code == "RESOURCE_EXHAUSTED":
+        return Outcome.STATUS_429
+    return Outcome.STATUS_5XX
+
+
 # Names used by `retries.on` in policies, mapped to the outcomes they cover.
 RETRY_CONDITIONS: dict[str, frozenset[Outcome]] = {
     "connect-failure": frozenset({Outcome.CONNECT_FAILURE}),

@@ -149,3 +149,18 @@ class WeightedSplit:
     def __repr__(self) -> str:
         inner = ", ".join(f"{e.backend}={e.weight:g}" for e in self._entries)
         return f"WeightedSplit({inner})"
+
+
+def rendezvous_order(key: str, ids: Sequence[str]) -> list[int]:
+    """Indices of `ids` ranked for `key` (highest random weight first): stable while `ids` are.
+
+    Removing one id moves only the keys ranked first on it, each to its next choice, so a
+    sequence stays on its endpoint as long as that endpoint is there and usable.
+    """
+    data = key.encode()
+    scores = []
+    for i, ident in enumerate(ids):
+        h = hashlib.blake2b(data, digest_size=8, key=ident.encode()[:64])
+        scores.append((int.from_bytes(h.digest(), "big"), i))
+    scores.sort(reverse=True)
+    return [i for _, i in scores]

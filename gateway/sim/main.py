@@ -31,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--control-port", type=int, help="a separate control listener that survives die")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve inference.GRPCInferenceService here (0 picks a free port)",
+    )
+    p.add_argument(
+        "--decoupled",
+        action="append",
+        metavar="MODEL",
+        help="a served model that streams one response per input element over gRPC",
+    )
     p.add_argument("--region", default="local")
     p.add_argument("--model", action="append", dest="models", metavar="NAME",
                    help="a model to serve (repeatable; default: classifier)")  # fmt: skip
@@ -131,6 +142,8 @@ async def serve(sim: SimServer) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     control = f" control {sim.control_url}" if sim.control_url != sim.url else ""
+    if sim.has_grpc:
+        control += f" grpc {sim.grpc_address}"
     print(
         f"sim {sim.name} listening on {sim.url}{control} "
         f"region {sim.region} models {','.join(sim.models)}",
@@ -158,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             control_port=args.control_port,
             seed=args.seed,
             faults=faults,
+            grpc_port=args.grpc_port,
+            decoupled=args.decoupled or (),
         )
     except ValueError as e:
         try:

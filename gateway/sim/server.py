@@ -26,7 +26,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -37,6 +37,9 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.sim import kserve, openai
 from gateway.sim.faults import FaultKind, Faults
 from gateway.sim.outputs import PROBS_NAME, Outputs
+
+if TYPE_CHECKING:
+    from gateway.sim.grpc import GrpcFrontend
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,9 @@ class SimStats:
     well a client reuses them). Control requests (`/_sim/`) are not counted.
     """
 
-    __slots__ = ("by_kind", "by_model", "connections", "faults", "in_flight", "last", "total")
+    __slots__ = (
+        "by_kind", "by_model", "by_sequence", "connections", "faults", "in_flight", "last", "total",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.in_flight = 0
@@ -81,6 +86,8 @@ class SimStats:
         self.last: SeenRequest | None = None
         self.by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)
         self.by_model: Counter[str] = Counter()
+        # Triton sequence ids seen over gRPC, with how many requests each carried
+        self.by_sequence: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
 
     def reset(self) -> None:
@@ -89,6 +96,7 @@ class SimStats:
         self.connections = 0
         self.by_kind = dict.fromkeys(KINDS, 0)
         self.by_model = Counter()
+        self.by_sequence = Counter()
         self.faults = Counter()
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,12 +146,23 @@ class SimServer:
         control_port: int | None = None,
         seed: int | None = None,
         faults: Faults | None = None,
+        grpc_port: int | None = None,
+        decoupled: Sequence[str] = (),
         outputs: Outputs | None = None,
     ) -> None:
         if isinstance(models, str) or not models:
             raise ValueError("models must be a non-empty list of model names")
         self.models: tuple[str, ...] = tuple(models)
         self._model_set = frozenset(self.models)
+        if isinstance(decoupled, str) or not set(decoupled) <= self._model_set:
+            raise ValueError("decoupled must list models the server serves")
+        # models that stream several responses per request over gRPC ModelStreamInfer
+        self.decoupled = frozenset(decoupled)
+        self._grpc: GrpcFrontend | None = None
+        if grpc_port is not None:
+            from gateway.sim.grpc import GrpcFrontend
+
+            self._grpc = GrpcFrontend(self, grpc_port)
         self.region = region
         self.host = host
         self.seed = seed
@@ -164,6 +183,7 @@ class SimServer:
         self._hangs: set[asyncio.Future[None]] = set()
         self._revive_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._grpc_stopping: asyncio.Task[None] | None = None
         self._chat_seq = 0
         # Answers that never change, serialized once.
         self._metadata = {m: _DUMP(kserve.model_metadata(m)).encode() for m in self.models}
@@ -187,6 +207,24 @@ class SimServer:
     def url(self) -> str:
         """`http://host:port`; known only after `start()` when the port was 0."""
         return self._url(self._port)
+
+    @property
+    def has_grpc(self) -> bool:
+        return self._grpc is not None
+
+    @property
+    def grpc_port(self) -> int:
+        """The bound gRPC port once started; raises when the server has no gRPC listener."""
+        if self._grpc is None:
+            raise RuntimeError(f"sim {self.name} was made without grpc_port")
+        return self._grpc.port
+
+    @property
+    def grpc_address(self) -> str:
+        """`host:port` of the gRPC listener, as a policy's `grpc:` takes it."""
+        if self._grpc is None:
+            raise RuntimeError(f"sim {self.name} was made without grpc_port")
+        return self._grpc.address
 
     @property
     def control_port(self) -> int:
@@ -257,6 +295,15 @@ class SimServer:
                 self._listener.close()
                 self._listener = None
                 raise
+        if self._grpc is not None:
+            try:
+                await self._grpc.start()
+            except BaseException:
+                for listener in (self._listener, self._control_listener):
+                    if listener is not None:
+                        listener.close()
+                self._listener = self._control_listener = None
+                raise
         self._ident = {"x-sim-name": self.name, "x-sim-region": self.region}
         self._started = self._alive = True
         return self._port
@@ -278,6 +325,10 @@ class SimServer:
         for listener in listeners:
             listener.close()
         self._release_hangs()
+        if self._grpc is not None:
+            if self._grpc_stopping is not None:
+                await self._grpc_stopping
+            await self._grpc.stop(grace)
         servers = [s for s in (self._web, self._control_web) if s is not None]
         await asyncio.sleep(0)  # let just-accepted connections reach their handlers
         for server in servers:
@@ -296,6 +347,8 @@ class SimServer:
         self._kill(spare=None)
         self._schedule_revive(for_)  # replaces any earlier self-revival
         await asyncio.sleep(0)  # let the resets' connection_lost callbacks run
+        if self._grpc_stopping is not None:
+            await self._grpc_stopping
 
     async def revive(self) -> None:
         """Listen again on the same port (SO_REUSEADDR); a no-op when alive.
@@ -316,6 +369,10 @@ class SimServer:
                 if e.errno != errno.EADDRINUSE or attempt == _REBIND_TRIES - 1:
                     raise
                 await asyncio.sleep(0.02)
+        if self._grpc is not None:
+            if self._grpc_stopping is not None:
+                await self._grpc_stopping
+            await self._grpc.start()
         self._alive = True
 
     async def __aenter__(self) -> SimServer:
@@ -365,11 +422,20 @@ class SimServer:
             self._listener.close()
             self._listener = None
         self._release_hangs()
+        if self._grpc is not None:
+            # every call in flight is cut, as a crashed server's would be
+            task = asyncio.ensure_future(self._grpc.stop(None))
+            self._grpc_stopping = task
+            task.add_done_callback(self._grpc_stopped)
         assert self._web is not None
         for conn in self._web.connections:
             transport = conn.transport
             if transport is not None and transport is not spare:
                 _reset_transport(transport)
+
+    def _grpc_stopped(self, task: asyncio.Task[None]) -> None:
+        if self._grpc_stopping is task:
+            self._grpc_stopping = None
 
     def _schedule_revive(self, after: float | None) -> None:
         self._cancel_revive()
@@ -802,5 +868,6 @@ class SimServer:
             "region": self.region,
             "alive": self._alive,
             "port": self._port,
+            **({"grpc_port": self._grpc.port} if self._grpc is not None else {}),
             **self.stats.to_dict(),
         }

@@ -50,14 +50,16 @@ class Metrics:
         # Updated on every request: lock-free families with the same exposition (see hot.py).
         self.requests = HotCounter(
             "tailguard_requests_total",
-            "Client requests answered, by route, backend that answered and status class.",
-            ["route", "backend", "code_class"],
+            "Client requests answered, by route, backend that answered, status class (a gRPC "
+            "status as its HTTP equivalent) and the client's protocol (http, grpc).",
+            ["route", "backend", "code_class", "protocol"],
             r,
         )
         self.request_duration = HotHistogram(
             "tailguard_request_duration_seconds",
-            "Time from request received to response headers sent (buffered: to body sent).",
-            ["route"],
+            "Time from request received to its answer's last byte sent, by the client's "
+            "protocol (http, grpc).",
+            ["route", "protocol"],
             LATENCY_BUCKETS,
             r,
         )
@@ -533,6 +535,10 @@ class LabelGuard:
             return value
         self._counter.inc()
         return OTHER_LABEL
+
+
+# The `protocol` label's values: how the client called.
+PROTOCOLS = ("http", "grpc")
 
 
 def code_class(status: int) -> str:

@@ -135,8 +135,9 @@ def test_status_prints_routes_backends_and_endpoints(
         ["stable", running.sim_url],
         ["candidate", running.sim_url],
     ]
-    assert endpoints[0][3:6] == ["serving", "unchecked", "closed"]
-    assert endpoints[1][5] == "none"  # no breaker configured
+    assert endpoints[0][2] == "-"  # no gRPC address
+    assert endpoints[0][4:7] == ["serving", "unchecked", "closed"]
+    assert endpoints[1][6] == "none"  # no breaker configured
 
     code, out, _ = ctl(capsys, running, "status", "--json")
     assert code == 0 and '"routes"' in out

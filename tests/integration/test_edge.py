@@ -497,7 +497,7 @@ async def test_body_read_errors_are_counted_like_every_answer(
         assert r.status == 413
     m = gw.metrics
     assert m.errors.labels("classify", "body_too_large")._value.get() == 1
-    assert m.requests.labels("classify", "clf", "4xx")._value.get() == 1  # type: ignore[attr-defined]
+    assert m.requests.labels("classify", "clf", "4xx", "http")._value.get() == 1  # type: ignore[attr-defined]
 
 
 # --- 7. slow clients hold no slot for long ------------------------------------------------

@@ -296,7 +296,10 @@ async def test_admin_port_serves_metrics_and_readiness(
         assert r.status == 200
     async with http.get(f"{gw.listening.admin_url}/metrics") as r:
         text = await r.text()
-    assert 'tailguard_requests_total{backend="clf",code_class="2xx",route="classify"} 1.0' in text
+    assert (
+        'tailguard_requests_total{backend="clf",code_class="2xx",protocol="http",route="classify"} 1.0'
+        in text
+    )
     assert "tailguard_upstream_attempt_duration_seconds_bucket" in text
     assert "tailguard_requests_in_flight 0.0" in text
     # the data port does not serve admin paths

@@ -70,7 +70,7 @@ STATUS: dict[str, Any] = {
             "name": "clf-v1",
             "protocol": "kserve-v2",
             "endpoints": [
-                endpoint("http://10.0.0.1:8000", in_flight=7),
+                endpoint("http://10.0.0.1:8000", in_flight=7, grpc="10.0.0.1:8001"),
                 endpoint(
                     "http://10.1.0.1:8000",
                     region="eu-west",
@@ -87,7 +87,7 @@ STATUS: dict[str, Any] = {
         {
             "name": "clf-v2",
             "protocol": "kserve-v2",
-            "endpoints": [endpoint("http://10.0.0.3:8000")],
+            "endpoints": [endpoint("grpc://10.0.0.3:8001", grpc="10.0.0.3:8001")],
         },
         {"name": "llm", "protocol": "openai", "endpoints": []},
     ],
@@ -134,19 +134,20 @@ def test_routes_table_shows_split_canary_weight_and_fallbacks() -> None:
 def test_endpoints_table_shows_health_breaker_ejection_load_and_latency() -> None:
     table = rows(render_status(STATUS), "BACKEND")
     assert table[0] == [
-        "BACKEND", "ENDPOINT", "REGION", "STATE", "HEALTH", "BREAKER", "EJECTED", "IN-FLIGHT",
-        "P50 ms", "P99 ms",
+        "BACKEND", "ENDPOINT", "GRPC", "REGION", "STATE", "HEALTH", "BREAKER", "EJECTED",
+        "IN-FLIGHT", "P50 ms", "P99 ms",
     ]  # fmt: skip
     assert table[1:] == [
-        ["clf-v1", "http://10.0.0.1:8000", "us-east", "serving", "healthy", "closed", "no", "7",
-         "4.3", "12.0"],
-        ["clf-v1", "http://10.1.0.1:8000", "eu-west", "ejected", "unhealthy", "open", "yes", "0",
-         "-", "-"],
+        ["clf-v1", "http://10.0.0.1:8000", "10.0.0.1:8001", "us-east", "serving", "healthy",
+         "closed", "no", "7", "4.3", "12.0"],
+        ["clf-v1", "http://10.1.0.1:8000", "-", "eu-west", "ejected", "unhealthy", "open", "yes",
+         "0", "-", "-"],
         # draining is what the operator did, so it is named before an ejection
-        ["clf-v1", "http://10.0.0.2:8000", "us-east", "draining", "healthy", "closed", "yes", "0",
-         "4.3", "12.0"],
-        ["clf-v2", "http://10.0.0.3:8000", "us-east", "serving", "healthy", "closed", "no", "0",
-         "4.3", "12.0"],
+        ["clf-v1", "http://10.0.0.2:8000", "-", "us-east", "draining", "healthy", "closed", "yes",
+         "0", "4.3", "12.0"],
+        # an endpoint known by its gRPC address alone
+        ["clf-v2", "grpc://10.0.0.3:8001", "10.0.0.3:8001", "us-east", "serving", "healthy",
+         "closed", "no", "0", "4.3", "12.0"],
     ]  # fmt: skip
 
 
@@ -154,7 +155,7 @@ def test_columns_line_up() -> None:
     lines = render_status(STATUS).splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("BACKEND "))
     table = lines[start : start + 5]
-    for header in ("ENDPOINT", "STATE", "IN-FLIGHT", "P99 ms"):
+    for header in ("ENDPOINT", "GRPC", "STATE", "IN-FLIGHT", "P99 ms"):
         col = table[0].index(header)
         for line in table[1:]:
             assert line[col - 2 : col] == "  " and line[col] != " ", (header, line)

@@ -120,6 +120,58 @@ def test_a_hedge_leaves_after_its_delay_and_the_loser_is_cancelled() -> None:
     run_virtual(main)
 
 
+def test_a_client_that_leaves_mid_race_cancels_the_first_attempt_and_the_hedges() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        run, net = runner(clock, {A: [Step(after=0.5)], B: [Step(after=0.5)]})
+        ex = exchange(snap, clock)
+        task = asyncio.ensure_future(run.run(ex, ex.route, ex.backend))  # type: ignore[arg-type]
+        await asyncio.sleep(0.080)  # the hedge left at 50 ms; both are in flight
+        assert ex.attempts == 2
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sum(net.by_url[u].cancelled for u in (A, B)) == 2
+
+    run_virtual(main)
+
+
+def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        for first, second in ((A, B), (B, A)):
+            run, net = runner(
+                clock, {first: [Step(after=0.100, status=503)], second: [Step(after=0.100)]}
+            )
+            start = clock.now()
+            ex = exchange(snap, clock)
+            result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            assert result.outcome is Outcome.SUCCESS
+            t_first = net.by_url[first].calls[0][2]
+            if t_first == start:
+                # the failing one went first (503 at 100 ms); the hedge of 50 ms answers at 150
+                assert clock.now() - start == pytest.approx(0.150)
+                assert ex.hedged and ex.attempts == 2
+            else:
+                # the good one went first and answers at 100 ms; the hedge (gone at 50 ms to the
+                # failing one) is cancelled
+                assert clock.now() - start == pytest.approx(0.100)
+                assert not ex.hedged and ex.attempts == 2
+                assert net.by_url[first].cancelled == 1
+
+    run_virtual(main)
+
+
 def test_a_post_is_never_hedged_unless_the_route_says_it_may_be() -> None:
     snap = snapshot_of(policy("    timeout: 1s\n    hedging: {delay: 50ms, budget: 100%}"))
 
