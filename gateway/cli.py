@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -44,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="gateway processes sharing the data port (SO_REUSEPORT); one admin API merges them",
+        # a container sets it in its environment (exec-form commands expand no variables)
+        default=os.environ.get("TAILGUARD_WORKERS") or "1",
+        help="gateway processes sharing the data port (SO_REUSEPORT); one admin API merges "
+        "them (default $TAILGUARD_WORKERS or 1)",
     )
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
