@@ -512,6 +512,11 @@ class Gateway:
         self.metrics.policy_info.info(
             {"source": self.snapshot.source, "sha256": self.snapshot.sha256, "version": __version__}
         )
+        # endpoints that left the policy leave the metric too
+        self.metrics.endpoint_info.clear()
+        for name, backend in self.snapshot.backends.items():
+            for state in backend.states:
+                self.metrics.endpoint_info.labels(name, state.spec.url, state.spec.region).set(1)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -146,6 +146,13 @@ class Metrics:
             ["backend", "endpoint"],
             registry=r,
         )
+        self.endpoint_info = Gauge(
+            "tailguard_endpoint_info",
+            "Endpoints of the serving policy and their region (always 1): join on backend and "
+            "endpoint to group any endpoint series by region.",
+            ["backend", "endpoint", "region"],
+            registry=r,
+        )
         self.health_checks = Counter(
             "tailguard_health_checks_total",
             "Active health checks by result.",
