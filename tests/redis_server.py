@@ -253,7 +253,8 @@ class ClusterSet:
     def start(self) -> None:
         cli = shutil.which("redis-cli")
         if cli is None:
-            raise RuntimeError("redis-cli is not on PATH")
+            missing_redis("redis-cli is not on PATH (Debian: redis-tools)")
+            raise AssertionError("unreachable")
         for n in self.nodes:
             n.start()
         subprocess.run(

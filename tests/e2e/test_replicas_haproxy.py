@@ -64,6 +64,12 @@ def haproxy_config(template: Path, listen: int, replicas: list[Replica]) -> str:
     return text[:start] + servers + text[end:]
 
 
+def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [binary, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 class Replica:
     """`tailguard run` on fixed ports, so that a restart comes back where HAProxy looks."""
 
@@ -104,9 +110,7 @@ class Replica:
     async def terminate(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        while self.proc.poll() is None:
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
+        return await asyncio.to_thread(self.proc.wait, 30)
 
 
 @pytest.fixture
@@ -162,7 +166,9 @@ async def test_replicas_behind_haproxy_survive_a_kill_and_a_restart(
     lb_port = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(haproxy_config(ROOT / "deploy" / "haproxy" / "haproxy.cfg", lb_port, replicas))
-    check = subprocess.run([haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True)
+    check = await asyncio.to_thread(
+        subprocess.run, [haproxy, "-c", "-f", str(cfg)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     lb: subprocess.Popen[bytes] | None = None
     connector = aiohttp.TCPConnector(limit=0)
@@ -172,8 +178,7 @@ async def test_replicas_behind_haproxy_survive_a_kill_and_a_restart(
                 r.start()
             for r in replicas:
                 await r.ready(http)
-            lb = subprocess.Popen([haproxy, "-db", "-f", str(cfg)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            lb = start_haproxy(haproxy, cfg)
             url = f"http://127.0.0.1:{lb_port}{INFER}"
             for _ in range(200):
                 try:
@@ -193,21 +198,17 @@ async def test_replicas_behind_haproxy_survive_a_kill_and_a_restart(
 
 
 async def run_scenario(http: aiohttp.ClientSession, url: str, replicas: list[Replica]) -> None:
-    duration, rate, limited_rate = 10.0, 120.0, 100.0
+    duration, rate, limited_rate = 10.0, 80.0, 60.0
     general: list[int] = []
     limited: list[int] = []
-    timeline: list[tuple[float, int]] = []
-    start = time.monotonic()
 
     async def one(k: int, tenant: str, out: list[int]) -> None:
         try:
             async with http.post(url, json=INFER_BODY, headers={"x-tenant": tenant}) as r:
                 await r.read()
                 out.append(r.status)
-                timeline.append((time.monotonic() - start, r.status))
         except aiohttp.ClientError:
             out.append(0)
-            timeline.append((time.monotonic() - start, 0))
 
     async def open_loop(rps: float, tenant_of: object, out: list[int]) -> float:
         tasks = []
@@ -261,12 +262,6 @@ async def run_scenario(http: aiohttp.ClientSession, url: str, replicas: list[Rep
         f"(failures {failures}); tenant limit: {allowed} passed, {expected:.0f} budgeted; "
         f"canary rollback followed by every live replica in {followed:.2f}s"
     )
-    import collections
-    per_second = collections.defaultdict(collections.Counter)
-    for t, st in timeline:
-        per_second[int(t)][st] += 1
-    for sec in sorted(per_second):
-        print("DBG", sec, dict(per_second[sec]))
     assert followed < 2.0
     assert ok >= 0.999 * len(general), failures
     assert set(limited) <= {200, 429}, {s: limited.count(s) for s in set(limited)}
