@@ -26,6 +26,7 @@ from gateway.control.canary import CanaryController
 from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
 from gateway.control.reloader import FileWatcher
+from gateway.control.switch import RouteSwitches
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import Snapshot, StateSettings, compile_policy
@@ -341,6 +342,11 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
+        self.switches = RouteSwitches(
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store,
+            self.peers.replica,
+        )  # fmt: skip
+        self.switches.sync(self.snapshot)
         self._observe = ObserveStage(self.metrics, self.clock, self.canary)
         self._authenticate = AuthenticateStage(self.metrics, self.clock)
         self._route = RouteStage(self.rng)
@@ -490,6 +496,7 @@ class Gateway:
         if model.state != self.model.state:
             log.warning("state store settings changed: they take effect at the next restart")
         self.canary.sync(snapshot)
+        self.switches.sync(snapshot)
         self._assemble(snapshot)
         self.snapshot = snapshot
         self.model = model
@@ -557,6 +564,7 @@ class Gateway:
         if self.watcher is not None:
             self.watcher.start()
         self.canary.start()
+        self.switches.start()
         self.health.sync()
         self.listening = Listening(
             host,
@@ -593,6 +601,7 @@ class Gateway:
             await self.watcher.close()
         await self.health.close()
         await self.canary.close()
+        await self.switches.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

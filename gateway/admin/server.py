@@ -92,6 +92,7 @@ def status_of(gateway: Gateway) -> dict[str, Any]:
                     if r.canary is not None
                     else None
                 ),
+                "switched_to": r.switched_to,
                 "fallback": [s.kind.value for s in r.fallback.steps] if r.fallback else [],
                 "rate_limit": (
                     {"rate_per_s": r.rate_limit.rate, "burst": r.rate_limit.burst}
@@ -229,6 +230,13 @@ def build_admin_app(gateway: Gateway) -> web.Application:
         route, action = request.match_info["route"], request.match_info["action"]
         return web.json_response(gateway.canary.act(route, action, actor))
 
+    async def switch(request: web.Request, actor: str) -> web.Response:
+        body = await _json(request)
+        to = body.get("to")
+        if "to" not in body or not (to is None or isinstance(to, str)):
+            raise ClientError('give {"to": BACKEND} or {"to": null} (back to the split)')
+        return web.json_response(gateway.switches.switch(request.match_info["route"], to, actor))
+
     async def reset_breaker(request: web.Request, actor: str) -> web.Response:
         body = await _json(request)
         backend, url = body.get("backend"), body.get("endpoint")
@@ -258,6 +266,7 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_post(
         "/admin/canary/{route}/{action:promote|pause|resume|rollback}", guarded(canary)
     )
+    app.router.add_post("/admin/routes/{route}/switch", guarded(switch))
     return app
 
 

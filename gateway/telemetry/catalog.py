@@ -266,6 +266,14 @@ class Metrics:
             registry=r,
         )
 
+        # --- blue/green ---
+        self.route_switched = Gauge(
+            "tailguard_route_switched",
+            "1 while an operator has switched all of a route's traffic to this backend.",
+            ["route", "backend"],
+            registry=r,
+        )
+
         # --- policy ---
         self.policy_info = Info(
             "tailguard_policy", "The policy currently serving: source and content hash.", registry=r

@@ -510,6 +510,18 @@ def route() -> dict[str, Any]:
                         width=12,
                     ),
                     Panel(
+                        "Switched to (blue/green)",
+                        [
+                            (
+                                f"max by (route, backend) (tailguard_route_switched{R})",
+                                "{{route}} → {{backend}}",
+                            )
+                        ],
+                        "short",
+                        width=12,
+                        description="1 while `tailguard ctl route switch` sends the whole route to this backend.",
+                    ),
+                    Panel(
                         "Concurrency limit",
                         [("sum by (route) (tailguard_admission_limit" + R + ")", "{{route}}")],
                         "short",
