@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,19 +107,113 @@ def test_dockerignore_lets_in_what_the_image_copies() -> None:
         assert (ROOT / path).exists(), path
 
 
-def test_workers_come_from_the_environment() -> None:
+def test_workers_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from gateway.cli import build_parser
 
-    old = os.environ.get("TAILGUARD_WORKERS")
-    os.environ["TAILGUARD_WORKERS"] = "3"
+    monkeypatch.setenv("TAILGUARD_WORKERS", "3")
+    assert build_parser().parse_args(["run", "-p", "x"]).workers == 3
+    assert build_parser().parse_args(["run", "-p", "x", "--workers", "2"]).workers == 2
+    # a worker inherits that environment; it must serve, not supervise workers of its own
+    monkeypatch.setenv("TAILGUARD_WORKER", "0")
+    assert build_parser().parse_args(["run", "-p", "x"]).workers == 1
+
+
+def image_contract() -> tuple[list[str], list[str], dict[str, str]]:
+    """ENTRYPOINT, CMD and ENV of the final stage, as the container runtime would read them."""
+    final = (DOCKER / "Dockerfile").read_text().split("\nFROM ")[-1]
+    joined = final.replace("\\\n", " ")
+    entry = json.loads(joined.split("\nENTRYPOINT ", 1)[1].splitlines()[0])
+    cmd = json.loads(joined.split("\nCMD ", 1)[1].splitlines()[0])
+    env_line = joined.split("\nENV ", 1)[1].splitlines()[0]
+    env = dict(item.split("=", 1) for item in env_line.split())
+    health = joined.split("\nHEALTHCHECK ", 1)[1].splitlines()[0]
+    env["_HEALTHCHECK"] = health.split(" CMD ", 1)[1]
+    return entry, cmd, env
+
+
+def test_the_image_command_serves_reloads_on_hup_and_drains_on_term(tmp_path: Path) -> None:
+    """What the container runs, run here: entrypoint + default command + environment."""
+    from tests.redis_server import free_port
+
+    entry, cmd, env = image_contract()
+    assert entry == ["tailguard", "run"]
+    port, admin = free_port(), free_port()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((ROOT / "policies" / "minimal.yaml").read_text())
+    args = [
+        a.replace("/etc/tailguard/policy.yaml", str(policy))
+        .replace("0.0.0.0:8080", f"127.0.0.1:{port}")
+        .replace("0.0.0.0:9090", f"127.0.0.1:{admin}")
+        for a in cmd
+    ]
+    health_url = env["TAILGUARD_HEALTH_URL"].replace(":9090", f":{admin}")
+    environ = {**os.environ, "TAILGUARD_WORKERS": "2", "TAILGUARD_HEALTH_URL": health_url}
+    tailguard = str(Path(sys.executable).parent / "tailguard")
+    proc = subprocess.Popen([tailguard, *entry[1:], *args], env=environ, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        assert build_parser().parse_args(["run", "-p", "x"]).workers == 3
-        assert build_parser().parse_args(["run", "-p", "x", "--workers", "2"]).workers == 2
+        health = json.loads(env["_HEALTHCHECK"])
+        assert health[0] == "python"
+        probe = [sys.executable, *health[1:]]
+        deadline = time.monotonic() + 60
+        while subprocess.run(probe, env=environ, capture_output=True).returncode != 0:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "HEALTHCHECK never passed"
+            time.sleep(0.2)
+        # /healthz answers while the supervisor runs; /readyz once every worker serves (and
+        # has its signal handlers: a SIGHUP before that would end a worker)
+        while not ready(admin):
+            assert time.monotonic() < deadline, "the workers never became ready"
+            time.sleep(0.2)
+        reloads = applied_reloads(admin)
+        proc.send_signal(signal.SIGHUP)  # reload: the supervisor passes it to both workers
+        deadline = time.monotonic() + 20
+        while applied_reloads(admin) < reloads + 2:
+            assert time.monotonic() < deadline, "SIGHUP did not reload every worker"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
     finally:
-        if old is None:
-            del os.environ["TAILGUARD_WORKERS"]
-        else:
-            os.environ["TAILGUARD_WORKERS"] = old
+        if proc.poll() is None:
+            proc.terminate()  # the supervisor stops its workers; SIGKILL would orphan them
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        # exactly one supervisor and two workers ran: nothing is left of them
+        leftover = run("pgrep", "-f", str(policy)).stdout.split()
+        assert leftover == [], leftover
+
+
+def ready(admin_port: int) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=5) as r:
+            return bool(r.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def applied_reloads(admin_port: int) -> float:
+    """Policy reloads applied, summed over the workers of the merged /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tailguard_policy_reloads_total"
+        and sample.labels.get("result") == "applied"
+    )
 
 
 def test_compose_file_follows_the_compose_specification(tmp_path: Path) -> None:
