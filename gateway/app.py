@@ -30,6 +30,7 @@ from gateway.control.health import HealthChecker
 from gateway.control.peers import PeerNotifier
 from gateway.control.reloader import FileWatcher, ReloadResult
 from gateway.control.slo import SloController
+from gateway.control.switch import RouteSwitches
 from gateway.errors import PolicyError, PolicyIssue, RouteNotFound, StartupRefused
 from gateway.fallback.rules import RuleSet, load_rules
 from gateway.policy.compile import GatewaySettings, Snapshot, StateSettings, compile_policy
@@ -359,6 +360,11 @@ class Gateway:
             self.peers.replica,
         )  # fmt: skip
         self.canary.sync(self.snapshot)
+        self.switches = RouteSwitches(
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store,
+            self.peers.replica,
+        )  # fmt: skip
+        self.switches.sync(self.snapshot)
         self.quality = QualityMonitor(
             lambda: self.snapshot, self.metrics, self.clock, self.rng, self.store,
             self.transports, self.audit, self.peers.replica, self.canary,
@@ -574,6 +580,7 @@ class Gateway:
         self.canary.sync(snapshot)
         self.slo.sync(snapshot)
         self.quality.sync(snapshot)
+        self.switches.sync(snapshot)
         self.contracts.forget()  # a reload may point a backend at another model server
         self._adopt(snapshot)
         self.model = model
@@ -601,6 +608,11 @@ class Gateway:
         self.metrics.policy_info.info(
             {"source": self.snapshot.source, "sha256": self.snapshot.sha256, "version": __version__}
         )
+        # endpoints that left the policy leave the metric too
+        self.metrics.endpoint_info.clear()
+        for name, backend in self.snapshot.backends.items():
+            for state in backend.states:
+                self.metrics.endpoint_info.labels(name, state.spec.url, state.spec.region).set(1)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -666,6 +678,7 @@ class Gateway:
         self.canary.start()
         self.slo.start()
         self.quality.start()
+        self.switches.start()
         self.health.sync()
         self.listening = Listening(
             host,
@@ -741,6 +754,7 @@ class Gateway:
             self._grpc_server = None
         await self.slo.close()
         await self.quality.close()
+        await self.switches.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

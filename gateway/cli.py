@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,17 @@ def _parse_hostport(value: str) -> tuple[str, int]:
         return parse_hostport(value)
     except PydanticCustomError as e:
         raise argparse.ArgumentTypeError(f"{value!r}: {e.message()}") from None
+
+
+def _workers_default() -> str:
+    """$TAILGUARD_WORKERS (a container sets it: exec-form commands expand no variables).
+
+    A worker inherits the supervisor's environment and must never supervise in turn: the
+    supervisor marks it with TAILGUARD_WORKER, and it serves alone.
+    """
+    if os.environ.get("TAILGUARD_WORKER") is not None:
+        return "1"
+    return os.environ.get("TAILGUARD_WORKERS") or "1"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="gateway processes sharing the data port (SO_REUSEPORT); one admin API merges them",
+        default=_workers_default(),
+        help="gateway processes sharing the data port (SO_REUSEPORT); one admin API merges "
+        "them (default $TAILGUARD_WORKERS or 1)",
     )
     run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
 
@@ -142,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
-        if args.workers > 1:
+        if args.workers > 1 and not args.reuse_port:
             return _run_loop(_supervise(args))
         return _run_loop(
             _serve(

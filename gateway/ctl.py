@@ -135,6 +135,10 @@ class AdminClient:
             return self.call("DELETE", path)
         return self.call("POST", path, json_body={"seconds": seconds})
 
+    def switch_route(self, route: str, to: str | None) -> dict[str, Any]:
+        path = f"/admin/routes/{urllib.parse.quote(route, safe='')}/switch"
+        return self.call("POST", path, json_body={"to": to})
+
     def apply_policy(self, text: str, *, dry_run: bool, persist: bool) -> dict[str, Any]:
         query = {"dry_run": _flag(dry_run), "persist": _flag(persist)}
         return self.call("POST", "/admin/policy", query=query, text=text)
@@ -271,7 +275,9 @@ def render_status(status: Mapping[str, Any]) -> str:
     routes = [
         (
             r.get("name"),
-            _split_text(r.get("split") or []),
+            f"all to {r['switched_to']} (switched)"
+            if r.get("switched_to")
+            else _split_text(r.get("split") or []),
             _canary_text(r.get("canary")),
             ", ".join(r.get("fallback") or []) or "-",
             r.get("timeout_s"),
@@ -536,6 +542,15 @@ def add_ctl_parser(sub: Any) -> None:
     c = _action(acts, "canary", "promote, pause, resume or roll back a route's canary")
     c.add_argument("route")
     c.add_argument("verb", choices=("promote", "pause", "resume", "rollback"))
+    rt = acts.add_parser("route", help="blue/green: switch a route to one backend and back")
+    rts = rt.add_subparsers(dest="route_action", required=True)
+    sw = _action(
+        rts, "switch", "send all of ROUTE's traffic to one backend (every replica follows)"
+    )
+    sw.add_argument("route")
+    to = sw.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", metavar="BACKEND", help="the backend to send everything to")
+    to.add_argument("--back", action="store_true", help="return the route to its policy split")
     pol = acts.add_parser("policy", help="apply or validate a policy file").add_subparsers(
         dest="policy_action", required=True
     )
@@ -659,6 +674,10 @@ def _ctl(client: AdminClient, args: argparse.Namespace, out: TextIO) -> int:
     elif action == "canary":
         d = client.canary(args.route, args.verb)
         out.write(f"canary of {d.get('route')}: {d.get('action')}: {d.get('reason')}\n")
+    elif action == "route":
+        r = client.switch_route(args.route, None if args.back else args.to)
+        where = f"backend {r.get('to')}" if r.get("to") else "its policy split"
+        out.write(f"route {r.get('route')} now sends all traffic to {where}\n")
     elif action == "policy":
         text = _read_policy(args.file)
         if args.policy_action == "validate":

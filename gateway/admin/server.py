@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from gateway.control.canary import CanaryController
     from gateway.control.reloader import ReloadResult
     from gateway.control.slo import SloController
+    from gateway.control.switch import RouteSwitches
     from gateway.policy.compile import Snapshot
     from gateway.quality.monitor import QualityMonitor
     from gateway.state.store import StateStore
@@ -66,6 +67,7 @@ class AdminTarget(Protocol):
     audit: AuditLog
     store: StateStore
     slo: SloController
+    switches: RouteSwitches
     quality: QualityMonitor
     policy_path: Path
     policy_text: str
@@ -279,6 +281,7 @@ def status_of(gateway: AdminTarget) -> dict[str, Any]:
                     if r.canary is not None
                     else None
                 ),
+                "switched_to": r.switched_to,
                 "fallback": [s.kind.value for s in r.fallback.steps] if r.fallback else [],
                 "rate_limit": (
                     {"rate_per_s": r.rate_limit.rate, "burst": r.rate_limit.burst}
@@ -501,6 +504,13 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
             raise ClientError('give {"seconds": N}: how long enforcement stays suspended')
         return web.json_response(gateway.slo.override(route, float(seconds), actor))
 
+    async def switch(request: web.Request, actor: str) -> web.Response:
+        body = await _json(request)
+        to = body.get("to")
+        if "to" not in body or not (to is None or isinstance(to, str)):
+            raise ClientError('give {"to": BACKEND} or {"to": null} (back to the split)')
+        return web.json_response(gateway.switches.switch(request.match_info["route"], to, actor))
+
     async def reset_breaker(request: web.Request, actor: str) -> web.Response:
         body = await _json(request)
         backend, url = body.get("backend"), body.get("endpoint")
@@ -596,6 +606,16 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
         ("DELETE", "/admin/quality/{route}/reference", quality_reference),
     ):
         app.router.add_route(method, path, guarded(handler), expect_handler=expect)
+    app.router.add_post("/admin/policy", guarded(put_policy))
+    app.router.add_put("/admin/policy", guarded(put_policy))
+    app.router.add_post("/admin/policy/validate", guarded(validate_policy))
+    app.router.add_post("/admin/reload", guarded(reload))
+    app.router.add_post("/admin/endpoints/{action:drain|undrain}", guarded(drain))
+    app.router.add_post("/admin/breakers/reset", guarded(reset_breaker))
+    app.router.add_post(
+        "/admin/canary/{route}/{action:promote|pause|resume|rollback}", guarded(canary)
+    )
+    app.router.add_post("/admin/routes/{route}/switch", guarded(switch))
     return app
 
 

@@ -4,6 +4,11 @@ Polling the file's size and modification time twice a second needs no platform w
 costs a `stat` per file per tick. An editor that writes a file in several steps may be seen
 half-written: that reload is rejected like any invalid policy (the last good one keeps
 serving) and the next tick sees the finished file and reloads again.
+
+The watched path is stat'ed through symlinks and the signature includes the inode: a
+Kubernetes ConfigMap volume updates `policy.yaml -> ..data/policy.yaml` by renaming a new
+`..data` symlink over the old one, so the path stays the same while the file behind it is a
+new one, possibly of the same size and with the same modification time.
 """
 
 from __future__ import annotations
@@ -18,18 +23,18 @@ from pathlib import Path
 
 log = logging.getLogger("tailguard.reloader")
 
-Signature = tuple[tuple[str, int, int], ...]
+Signature = tuple[tuple[str, int, int, int], ...]
 
 
 def signature(paths: Iterable[Path]) -> Signature:
-    """(path, mtime_ns, size) of each file; a missing file reads as (-1, -1)."""
+    """(path, inode, mtime_ns, size) of the file each path leads to; missing reads as -1s."""
     out = []
     for p in paths:
         try:
             st = os.stat(p)
-            out.append((str(p), st.st_mtime_ns, st.st_size))
+            out.append((str(p), st.st_ino, st.st_mtime_ns, st.st_size))
         except OSError:
-            out.append((str(p), -1, -1))
+            out.append((str(p), -1, -1, -1))
     return tuple(out)
 
 

@@ -288,6 +288,9 @@ class RouteRuntime:
     priority_tenants: frozenset[str] | None = None
     # an adaptive hedge delay's recent first attempts, per backend this route may call
     hedge_delays: Mapping[str, HedgeDelayEstimator] = field(default_factory=dict)
+    # blue/green: an operator sent all of this route's traffic to one backend (runtime
+    # state, set by gateway.control.switch on every snapshot, like the canary's weight)
+    switched_to: str | None = None
 
     def set_canary_weight(self, weight: float) -> None:
         """Give the canary `weight` percent and the other backends the rest, in their ratio.
@@ -309,6 +312,8 @@ class RouteRuntime:
 
     def pick_backend(self, sticky_key: str | None, rnd: float) -> str:
         """The backend for one request: hashed on the sticky key when there is one."""
+        if self.switched_to is not None:
+            return self.switched_to
         if len(self.backends) == 1:
             return self.backends[0]
         if sticky_key is not None:

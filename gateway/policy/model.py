@@ -59,6 +59,8 @@ from gateway.policy.units import (
 )
 from gateway.resilience.hedge import DEFAULT_TARGET_OF_BUDGET
 from gateway.resilience.outcome import RETRY_CONDITIONS
+from gateway.state.target import URL_PATTERN as REDIS_URL_PATTERN
+from gateway.state.target import parse_redis_url
 
 __all__ = [
     "AT_KEY",
@@ -277,8 +279,10 @@ def _grpc_address(value: str) -> str:
 
 
 def _redis_url(value: str) -> str:
-    if not re.match(r"^(redis|rediss|unix)://\S+$", value):
-        raise _error("redis_url", "expected a Redis URL like redis://127.0.0.1:6379/0")
+    try:
+        parse_redis_url(value)
+    except ValueError as e:
+        raise _error("redis_url", str(e)) from None
     return value
 
 
@@ -314,9 +318,7 @@ EndpointUrl = Annotated[
 GrpcAddress = Annotated[
     str, AfterValidator(_grpc_address), _pattern(r"^\S+:\d{1,5}$", examples=["10.0.0.1:8001"])
 ]
-RedisUrl = Annotated[
-    str, AfterValidator(_redis_url), _pattern(r"^(redis|rediss|unix)://\S+$")
-]  # fmt: skip
+RedisUrl = Annotated[str, AfterValidator(_redis_url), _pattern(REDIS_URL_PATTERN)]
 RetryCondition = Annotated[
     str,
     BeforeValidator(_retry_condition),

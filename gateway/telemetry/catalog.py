@@ -211,6 +211,13 @@ class Metrics:
             ["backend", "endpoint"],
             registry=r,
         )
+        self.endpoint_info = Gauge(
+            "tailguard_endpoint_info",
+            "Endpoints of the serving policy and their region (always 1): join on backend and "
+            "endpoint to group any endpoint series by region.",
+            ["backend", "endpoint", "region"],
+            registry=r,
+        )
         self.health_checks = Counter(
             "tailguard_health_checks_total",
             "Active health checks by result.",
@@ -487,6 +494,13 @@ class Metrics:
             "Cyclic garbage collector pauses, by generation collected.",
             ["generation"],
             buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        # --- blue/green ---
+        self.route_switched = Gauge(
+            "tailguard_route_switched",
+            "1 while an operator has switched all of a route's traffic to this backend.",
+            ["route", "backend"],
             registry=r,
         )
 

@@ -319,7 +319,12 @@ def test_state_store() -> None:
     assert issues(text) == ["p.yaml:9:8: state.url: required when store is redis"]
     text = GOOD + "state: {store: redis, url: 'http://x'}\n"
     assert issues(text) == [
-        "p.yaml:9:28: state.url: expected a Redis URL like redis://127.0.0.1:6379/0"
+        "p.yaml:9:28: state.url: expected a Redis URL like redis://127.0.0.1:6379/0, "
+        "redis+sentinel://s1:26379,s2:26379/mymaster or redis+cluster://n1:6379,n2:6379"
+    ]
+    text = GOOD + "state: {store: redis, url: 'redis+sentinel://s1,s2:26379'}\n"
+    assert issues(text) == [
+        "p.yaml:9:28: state.url: name the master: redis+sentinel://HOST:PORT,…/SERVICE[/DB]"
     ]
     policy = load_policy_text(GOOD + "state: {store: redis, url: 'redis://r:6379/0'}\n")
     assert policy.state.url == "redis://r:6379/0"

@@ -26,8 +26,12 @@ def test_every_alert_has_a_runbook(alert: str) -> None:
     assert "tailguard status" in text and "tailguard ctl" in text
 
 
+# Runbooks for situations rather than alerts (see tests/unit/test_runbooks.py).
+SITUATIONS = {"region-loss", "redis-loss", "bad-policy-push", "canary-rollback", "overload"}
+
+
 def test_every_runbook_names_a_real_alert() -> None:
-    files = sorted(RUNBOOKS.glob("*.md"))
+    files = sorted(p for p in RUNBOOKS.glob("*.md") if p.stem not in SITUATIONS)
     assert files
     for path in files:
         assert path.stem in ALERT_NAMES, f"{path.name} is not the runbook of any generated alert"
