@@ -52,7 +52,9 @@ log = logging.getLogger("tailguard.slo")
 
 MAX_TICK = 1.0
 MIN_TICK = 0.05
-STORE_CHUNK = 900  # keys per store call: a full refresh is a few round trips, not one huge one
+# Keys per store call: a full refresh is a few round trips, not one huge one. A multiple of
+# three, so a bucket's good, bad and blame counts always travel in one call.
+STORE_CHUNK = 900
 _PRIORITY_WORDS = {v: k for k, v in PRIORITY_NAMES.items()}
 
 
@@ -316,19 +318,26 @@ class SloController:
         for name, slo in list(self._slos.items()):
             budget = slo.budget
             pending = budget.take_pending()
+            # buckets whose counts the store has taken: never sent twice, even when a later
+            # call of this round fails (a reply lost to a timeout can still double a chunk)
+            applied: set[tuple[str, int]] = set()
             try:
                 for ring in (FINE, COARSE):
                     mine = [p for p in pending if p.ring == ring]
-                    items = [
-                        (self._key(slo, ring, p.n, field), amount)
-                        for p in mine
-                        for field, amount in (("g", p.good), ("b", p.bad), ("c", p.blame))
-                    ]
                     # a bucket is kept as long as the ring that reads it spans, and a little
-                    totals = await self._add(items, budget.width(ring) * (budget.size(ring) + 2))
-                    for k, p in enumerate(mine):
-                        g, b, c = totals[3 * k : 3 * k + 3]
-                        budget.adopt(BucketCounts(ring, p.n, g, b, c))
+                    ttl = budget.width(ring) * (budget.size(ring) + 2)
+                    for i in range(0, len(mine), STORE_CHUNK // 3):
+                        chunk = mine[i : i + STORE_CHUNK // 3]
+                        items = [
+                            (self._key(slo, ring, p.n, field), amount)
+                            for p in chunk
+                            for field, amount in (("g", p.good), ("b", p.bad), ("c", p.blame))
+                        ]
+                        totals = await self._store.add_counts(items, ttl)
+                        for k, p in enumerate(chunk):
+                            applied.add((ring, p.n))
+                            g, b, c = totals[3 * k : 3 * k + 3]
+                            budget.adopt(BucketCounts(ring, p.n, g, b, c))
                 buckets = (
                     budget.all_buckets(now)
                     if name in self._refresh
@@ -339,7 +348,7 @@ class SloController:
                 keys = [self._key(slo, r, n, f) for r, n in buckets for f in ("g", "b", "c")]
                 values = await self._get(keys)
             except StoreUnavailable:
-                budget.restore_pending(pending)
+                budget.restore_pending(p for p in pending if (p.ring, p.n) not in applied)
                 self._refresh.add(name)
                 return
             for k, (ring, n) in enumerate(buckets):
@@ -347,12 +356,6 @@ class SloController:
                 if g or b or c:
                     budget.adopt(BucketCounts(ring, n, g, b, c))
             self._refresh.discard(name)
-
-    async def _add(self, items: list[tuple[str, int]], ttl: float) -> list[int]:
-        out: list[int] = []
-        for i in range(0, len(items), STORE_CHUNK):
-            out.extend(await self._store.add_counts(items[i : i + STORE_CHUNK], ttl))
-        return out
 
     async def _get(self, keys: list[str]) -> list[int]:
         out: list[int] = []
