@@ -136,7 +136,7 @@ async def test_bad_canary_is_rolled_back_within_two_intervals(
     sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw, _, candidate = await start(
-        sims, gateway, Faults(latency=Latency(kind="fixed", ms=5), error_rate=0.1)
+        sims, gateway, Faults(latency=Latency(kind="fixed", ms=5), error_rate=0.5)
     )
     load = StickyLoad(http, gw)
     await asyncio.sleep(0.1)
