@@ -372,8 +372,9 @@ class Gateway:
         )  # fmt: skip
         self.quality.sync(snapshot)
         self.slo = SloController(
-            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store, self.canary
-        )
+            lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store, self.canary,
+            self.peers.replica,
+        )  # fmt: skip
         self.slo.sync(snapshot)
         self._observe = ObserveStage()
         self._reporter = ExchangeReporter(

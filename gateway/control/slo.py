@@ -85,6 +85,7 @@ class SloController:
         audit: AuditLog,
         store: StateStore,
         canary: CanaryController,
+        replica: str,
     ) -> None:
         self._current = current
         self._m = metrics
@@ -92,6 +93,7 @@ class SloController:
         self._audit = audit
         self._store = store
         self._canary = canary
+        self.replica = replica  # this replica's share of each shared counter is under its name
         self._policy = ErrorBudgetPolicy()
         self._slos: dict[str, _Slo] = {}
         self._by_route: dict[str, tuple[_Slo, ...]] = {}
@@ -307,7 +309,7 @@ class SloController:
     # --- replicas --------------------------------------------------------------------------
 
     async def share(self) -> None:
-        """Add this replica's new counts to the shared totals and read the others' back."""
+        """Write this replica's counts of changed buckets as its share; read the totals back."""
         store = self._store
         if not store.shared:
             return
@@ -317,13 +319,10 @@ class SloController:
         now = self._clock.wall()
         for name, slo in list(self._slos.items()):
             budget = slo.budget
-            pending = budget.take_pending()
-            # buckets whose counts the store has taken: never sent twice, even when a later
-            # call of this round fails (a reply lost to a timeout can still double a chunk)
-            applied: set[tuple[str, int]] = set()
+            changed = budget.take_changed()
             try:
                 for ring in (FINE, COARSE):
-                    mine = [p for p in pending if p.ring == ring]
+                    mine = [p for p in changed if p.ring == ring]
                     # a bucket is kept as long as the ring that reads it spans, and a little
                     ttl = budget.width(ring) * (budget.size(ring) + 2)
                     for i in range(0, len(mine), STORE_CHUNK // 3):
@@ -333,9 +332,9 @@ class SloController:
                             for p in chunk
                             for field, amount in (("g", p.good), ("b", p.bad), ("c", p.blame))
                         ]
-                        totals = await self._store.add_counts(items, ttl)
+                        totals = await self._store.put_counts(items, self.replica, ttl)
                         for k, p in enumerate(chunk):
-                            applied.add((ring, p.n))
+                            budget.stored(p)
                             g, b, c = totals[3 * k : 3 * k + 3]
                             budget.adopt(BucketCounts(ring, p.n, g, b, c))
                 buckets = (
@@ -343,12 +342,14 @@ class SloController:
                     if name in self._refresh
                     else budget.recent_buckets(now, 3 * self.tick_interval + 1.0)
                 )
-                done = {(p.ring, p.n) for p in pending}
+                done = {(p.ring, p.n) for p in changed}
                 buckets = [b for b in buckets if b not in done]
                 keys = [self._key(slo, r, n, f) for r, n in buckets for f in ("g", "b", "c")]
                 values = await self._get(keys)
             except StoreUnavailable:
-                budget.restore_pending(p for p in pending if (p.ring, p.n) not in applied)
+                # a share whose reply was lost may be stored or not; sending every share of
+                # this round again is harmless, since each replica writes absolute counts
+                budget.changed_again(changed)
                 self._refresh.add(name)
                 return
             for k, (ring, n) in enumerate(buckets):
@@ -360,14 +361,15 @@ class SloController:
     async def _get(self, keys: list[str]) -> list[int]:
         out: list[int] = []
         for i in range(0, len(keys), STORE_CHUNK):
-            out.extend(await self._store.get_counts(keys[i : i + STORE_CHUNK]))
+            out.extend(await self._store.sum_counts(keys[i : i + STORE_CHUNK]))
         return out
 
     @staticmethod
     def _key(slo: _Slo, ring: str, n: int, field: str) -> str:
-        # the bucket width is part of the key: a changed window never mixes two bucketings
+        # the bucket width is part of the key: a changed window never mixes two bucketings;
+        # the SLO's name is the hash tag, so one call's keys share a Redis Cluster slot
         width_us = round(slo.budget.width(ring) * 1e6)
-        return f"slo:{slo.config.name}:{ring}{width_us}:{n}:{field}"
+        return f"slo:{{{slo.config.name}}}:{ring}{width_us}:{n}:{field}"
 
     async def step(self) -> None:
         await self.share()

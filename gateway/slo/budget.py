@@ -14,11 +14,14 @@ covering the whole compliance window. Memory is fixed (about 2,900 buckets per S
 `record` is O(1); `status` walks each ring once. A window's sum covers the buckets it
 spans, the current (partial) bucket included, so it may read up to one bucket short.
 
-Replicas share their counts through the state store by bucket: `take_pending` hands the
-controller what this process counted since it last asked, `adopt` takes a bucket's totals
-across replicas back (plus what was counted here meanwhile), and `restore_pending` keeps
-counts whose upload failed for the next try. `now` must then be wall time, the same on
-every replica, so that bucket numbers agree.
+Replicas share their counts through the state store by bucket, each replica writing its
+own absolute counts (never increments): an upload whose reply was lost is simply sent again,
+and a store that took it twice holds the same numbers. `take_changed` hands the controller
+this process's own counts of the buckets that changed since it last asked, `stored` records
+what the store holds for this replica once an upload succeeded, `changed_again` marks the
+buckets of a failed upload for the next try, and `adopt` takes a bucket's totals across
+replicas back (plus what was counted here since the store last heard from this replica).
+`now` must then be wall time, the same on every replica, so that bucket numbers agree.
 """
 
 from __future__ import annotations
@@ -349,8 +352,8 @@ class SloBudget:
     """One SLO's counts and the questions asked of them; see the module docstring."""
 
     __slots__ = (
-        "_cn", "_coarse", "_cs", "_fine", "_fn", "_fs", "_hi", "_lo", "_pending", "_windows",
-        "config", "sharing",
+        "_changed", "_cn", "_coarse", "_cs", "_fine", "_fn", "_fs", "_hi", "_lo", "_own",
+        "_stored", "_windows", "config", "sharing",
     )  # fmt: skip
 
     def __init__(self, config: SloConfig, *, sharing: bool = False) -> None:
@@ -361,8 +364,11 @@ class SloBudget:
         self.sharing = sharing
         self._fine = _Ring(config.fine_width, FINE_BUCKETS + 1)
         self._coarse = _Ring(config.coarse_width, COARSE_BUCKETS + 1)
-        # (ring, bucket) -> [good, bad, blame] counted here and not yet shared
-        self._pending: dict[tuple[str, int], list[int]] = {}
+        # (ring, bucket) -> [good, bad, blame] counted by this replica, while sharing; what the
+        # store holds of them; and the buckets counted in since the last upload
+        self._own: dict[tuple[str, int], list[int]] = {}
+        self._stored: dict[tuple[str, int], tuple[int, int, int]] = {}
+        self._changed: set[tuple[str, int]] = set()
         fine: list[tuple[str, int]] = []
         coarse: list[tuple[str, int]] = []
         for w in BURN_WINDOWS:
@@ -402,8 +408,8 @@ class SloBudget:
             fine.good[fs] += 1
             coarse.good[cs] += 1
         if self.sharing:
-            self._add_pending((FINE, self._fn), bad, blame)
-            self._add_pending((COARSE, self._cn), bad, blame)
+            self._add_own((FINE, self._fn), bad, blame)
+            self._add_own((COARSE, self._cn), bad, blame)
 
     def _advance(self, now: float) -> bool:
         """Make the buckets of `now` current; False for an event older than the current ones."""
@@ -430,12 +436,13 @@ class SloBudget:
             ring.bad[s] += b
             ring.blame[s] += c
             if self.sharing:
-                self._add_pending((name, n), bad, blame)
+                self._add_own((name, n), bad, blame)
 
-    def _add_pending(self, key: tuple[str, int], bad: bool, blame: bool) -> None:
-        p = self._pending.get(key)
+    def _add_own(self, key: tuple[str, int], bad: bool, blame: bool) -> None:
+        p = self._own.get(key)
         if p is None:
-            p = self._pending[key] = [0, 0, 0]
+            p = self._own[key] = [0, 0, 0]
+        self._changed.add(key)
         if bad:
             p[1] += 1
             if blame:
@@ -495,43 +502,56 @@ class SloBudget:
 
     # --- sharing between replicas ----------------------------------------------------------
 
-    def take_pending(self) -> list[BucketCounts]:
-        """What was counted here since the last call; the caller adds it to the shared totals."""
-        out = [BucketCounts(r, n, *p) for (r, n), p in self._pending.items()]
-        self._pending = {}
+    def take_changed(self) -> list[BucketCounts]:
+        """This replica's own counts of each bucket counted in since the last call.
+
+        Absolute counts, not increments: the caller writes them as this replica's share of
+        each bucket, then reports back with `stored` (written) or `changed_again` (failed or
+        unknown). Buckets their ring no longer spans are forgotten here, which keeps memory
+        bounded through a long outage of the store.
+        """
+        self._forget_old()
+        own = self._own
+        out = [BucketCounts(r, n, *own[r, n]) for r, n in self._changed if (r, n) in own]
+        self._changed = set()
         return out
 
-    def restore_pending(self, items: Iterable[BucketCounts]) -> None:
-        """Give back counts whose upload failed; they go with the next `take_pending`.
-
-        Counts of buckets their ring no longer spans are dropped: no window reads them any
-        more, so a long outage of the store keeps memory bounded.
-        """
+    def changed_again(self, items: Iterable[BucketCounts]) -> None:
+        """Buckets whose upload failed, or may have: they go with the next `take_changed`."""
         for item in items:
-            ring = self._ring(item.ring)
-            if item.n <= ring.newest - ring.size:
-                continue
-            p = self._pending.setdefault((item.ring, item.n), [0, 0, 0])
-            p[0] += item.good
-            p[1] += item.bad
-            p[2] += item.blame
+            if (item.ring, item.n) in self._own:
+                self._changed.add((item.ring, item.n))
+
+    def stored(self, item: BucketCounts) -> None:
+        """The store now holds `item` as this replica's share of its bucket."""
+        self._stored[item.ring, item.n] = (item.good, item.bad, item.blame)
 
     def adopt(self, item: BucketCounts) -> None:
-        """Take a bucket's totals across replicas (this one's shared counts included).
+        """Take a bucket's totals across replicas (this one's stored share included).
 
-        Counts made here since they were uploaded are added on top: they are not in the
-        shared totals yet. A count never goes down: a store that lost its data (a Redis
-        restarted without persistence) does not make this replica forget what it counted.
-        A bucket older than its ring's span is ignored.
+        Counts made here since the store last took this replica's share are added on top.
+        A count never goes down: a store that lost its data (a Redis restarted without
+        persistence) does not make this replica forget what it counted. A bucket older than
+        its ring's span is ignored.
         """
         ring = self._ring(item.ring)
         s = ring.slot(item.n)
         if s is None:
             return
-        p = self._pending.get((item.ring, item.n)) or (0, 0, 0)
-        ring.good[s] = max(ring.good[s], item.good + p[0])
-        ring.bad[s] = max(ring.bad[s], item.bad + p[1])
-        ring.blame[s] = max(ring.blame[s], item.blame + p[2])
+        key = (item.ring, item.n)
+        own = self._own.get(key) or (0, 0, 0)
+        sent = self._stored.get(key) or (0, 0, 0)
+        ring.good[s] = max(ring.good[s], item.good - sent[0] + own[0])
+        ring.bad[s] = max(ring.bad[s], item.bad - sent[1] + own[1])
+        ring.blame[s] = max(ring.blame[s], item.blame - sent[2] + own[2])
+
+    def _forget_old(self) -> None:
+        for key in list(self._own):
+            ring = self._ring(key[0])
+            if key[1] <= ring.newest - ring.size:
+                del self._own[key]
+                self._stored.pop(key, None)
+                self._changed.discard(key)
 
     def recent_buckets(self, now: float, span: float) -> list[tuple[str, int]]:
         """(ring, bucket) pairs covering the last `span` seconds (at least two per ring)."""

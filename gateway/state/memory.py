@@ -33,6 +33,7 @@ class MemoryStore:
         self._values: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._buckets: OrderedDict[tuple[str, float, float], TokenBucket] = OrderedDict()
         self._handlers: dict[str, list[MessageHandler]] = {}
+        self._shares: OrderedDict[str, tuple[float, dict[str, int]]] = OrderedDict()
 
     def available(self) -> bool:
         return True
@@ -94,16 +95,31 @@ class MemoryStore:
                 return True
         return False
 
-    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+    async def put_counts(
+        self, items: Sequence[tuple[str, int]], member: str, ttl: float
+    ) -> list[int]:
         out = []
-        for key, amount in items:
-            total = _int(await self.get(key)) + amount
-            await self.set(key, str(total).encode(), ttl)
-            out.append(total)
+        expires = self._clock.now() + ttl
+        for key, count in items:
+            shares = self._live_shares(key) or {}
+            shares[member] = count
+            self._shares[key] = (expires, shares)
+            self._shares.move_to_end(key)
+            out.append(sum(shares.values()))
+        _trim(self._shares, self._capacity)
         return out
 
-    async def get_counts(self, keys: Sequence[str]) -> list[int]:
-        return [_int(await self.get(key)) for key in keys]
+    async def sum_counts(self, keys: Sequence[str]) -> list[int]:
+        return [sum((self._live_shares(key) or {}).values()) for key in keys]
+
+    def _live_shares(self, key: str) -> dict[str, int] | None:
+        item = self._shares.get(key)
+        if item is None:
+            return None
+        if item[0] <= self._clock.now():
+            del self._shares[key]
+            return None
+        return item[1]
 
     async def publish(self, channel: str, message: bytes) -> None:
         # one process has no peers; local subscribers already know what they published
@@ -117,13 +133,6 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._handlers.clear()
-
-
-def _int(value: bytes | None) -> int:
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0
 
 
 def _trim(lru: OrderedDict[K, V], capacity: int) -> None:

@@ -84,6 +84,32 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, string.format('%.17g', tokens), string.format('%.17g', wait)}
 """
 
+# Counters shared as one hash per key, a field per replica holding its absolute count
+# (idempotent: a share sent twice is stored once); each returns the keys' sums, summed
+# server-side so that reading thousands of buckets is one command, not thousands.
+_PUT_COUNTS = """
+local member = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local out = {}
+for i, k in ipairs(KEYS) do
+  redis.call('HSET', k, member, ARGV[i + 2])
+  redis.call('PEXPIRE', k, ttl)
+  local s = 0
+  for _, v in ipairs(redis.call('HVALS', k)) do s = s + (tonumber(v) or 0) end
+  out[i] = s
+end
+return out
+"""
+_SUM_COUNTS = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  local s = 0
+  for _, v in ipairs(redis.call('HVALS', k)) do s = s + (tonumber(v) or 0) end
+  out[i] = s
+end
+return out
+"""
+
 # Connections to Redis per replica; calls beyond this many wait for one to come free.
 MAX_CONNECTIONS = 256
 
@@ -272,6 +298,8 @@ class RedisStore:
         self._redis = self._clients.commands()
         self._take_script = self._redis.register_script(_TAKE)
         self._lease_script = self._redis.register_script(_LEASE)
+        self._put_counts_script = self._redis.register_script(_PUT_COUNTS)
+        self._sum_counts_script = self._redis.register_script(_SUM_COUNTS)
         self._down_until = 0.0
         self._was_up = True
         self._handlers: dict[str, list[MessageHandler]] = {}
@@ -399,40 +427,35 @@ class RedisStore:
 
     # --- counters -------------------------------------------------------------------------
 
-    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
+    async def put_counts(
+        self, items: Sequence[tuple[str, int]], member: str, ttl: float
+    ) -> list[int]:
         if not items:
             return []
-        self._check("add_counts")
+        self._check("put_counts")
         ttl_ms = max(1, int(ttl * 1000))
         try:
             async with asyncio.timeout(self._timeout):
-                pipe = self._redis.pipeline(transaction=False)
-                for key, amount in items:
-                    pipe.incrby(self._prefix + key, amount)
-                    pipe.pexpire(self._prefix + key, ttl_ms)
-                replies = await pipe.execute()
+                sums = await self._put_counts_script(
+                    keys=[self.key(k) for k, _ in items],
+                    args=[member, ttl_ms, *(count for _, count in items)],
+                )
         except (RedisError, OSError, TimeoutError) as e:
-            raise self._failed("add_counts", e) from None
+            raise self._failed("put_counts", e) from None
         self._ok()
-        return [int(v) for v in replies[::2]]
+        return [int(v) for v in sums]
 
-    async def get_counts(self, keys: Sequence[str]) -> list[int]:
+    async def sum_counts(self, keys: Sequence[str]) -> list[int]:
         if not keys:
             return []
-        self._check("get_counts")
+        self._check("sum_counts")
         try:
             async with asyncio.timeout(self._timeout):
-                values = await self._redis.mget([self._prefix + k for k in keys])
+                sums = await self._sum_counts_script(keys=[self.key(k) for k in keys])
         except (RedisError, OSError, TimeoutError) as e:
-            raise self._failed("get_counts", e) from None
+            raise self._failed("sum_counts", e) from None
         self._ok()
-        out = []
-        for v in values:
-            try:
-                out.append(int(v) if v is not None else 0)
-            except (TypeError, ValueError):
-                out.append(0)  # not a counter this gateway wrote: count it as empty
-        return out
+        return [int(v) for v in sums]
 
     # --- broadcast ------------------------------------------------------------------------
 
@@ -494,6 +517,8 @@ class RedisStore:
             async with asyncio.timeout(_CONTROL_TIMEOUT):
                 await self._redis.script_load(_TAKE)
                 await self._redis.script_load(_LEASE)
+                await self._redis.script_load(_PUT_COUNTS)
+                await self._redis.script_load(_SUM_COUNTS)
         if self._handlers and self._subscriber is None:
             self._subscriber = asyncio.ensure_future(self._listen())
 

@@ -61,16 +61,23 @@ class StateStore(Protocol):
         """Take `cost` tokens from the bucket `key` atomically (refilled at `rate` per second)."""
         ...
 
-    async def add_counts(self, items: Sequence[tuple[str, int]], ttl: float) -> list[int]:
-        """Add each amount to its integer key (INCRBY); returns the new totals, in order.
+    async def put_counts(
+        self, items: Sequence[tuple[str, int]], member: str, ttl: float
+    ) -> list[int]:
+        """Set `member`'s share of each counter key; returns each key's sum over all members.
 
-        Each key expires `ttl` seconds after its last addition. Not atomic across keys, but
-        each addition is: replicas adding to the same key never lose a count.
+        Idempotent: a member writes its absolute count, so sending the same items again
+        (after a reply was lost) changes nothing. Each key expires `ttl` seconds after its
+        last write. Atomic. The keys of one call must share a hash tag (`{tag}` in each
+        name) so that a Redis Cluster holds them in one slot.
         """
         ...
 
-    async def get_counts(self, keys: Sequence[str]) -> list[int]:
-        """The integer value of each key, 0 for a missing one, in order (one round trip)."""
+    async def sum_counts(self, keys: Sequence[str]) -> list[int]:
+        """Each key's sum over all members, 0 for a missing one, in order (one round trip).
+
+        The keys of one call must share a hash tag, as for `put_counts`.
+        """
         ...
 
     async def publish(self, channel: str, message: bytes) -> None: ...

@@ -17,6 +17,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.clock import FakeClock
 from gateway.sim.faults import Faults
+from gateway.slo.budget import BucketCounts
 from tests.integration.conftest import INFER_BODY, SimFactory
 from tests.redis_server import RedisServer
 
@@ -133,5 +134,30 @@ async def test_counts_made_while_redis_is_down_are_shared_once_it_is_back(
             assert isinstance(gw.clock, FakeClock)
             gw.clock.advance(1.0)  # past state.retry_after: the store is tried again
             await gw.slo.step()
-    assert seen(two) == (30, 0)  # the 30 counted during the outage reached the others
+    # one's whole share reached the others again: the 30 counted during the outage and the
+    # 10 the emptied store had lost (each replica writes its absolute count per bucket)
+    assert seen(two) == (40, 0)
     assert seen(one) == (40, 0)  # and the replica forgot nothing it had counted
+
+
+async def test_a_share_sent_again_after_a_lost_reply_is_not_counted_twice(
+    sims: SimFactory, replicas: Replicas, http: aiohttp.ClientSession, redis_url: str
+) -> None:
+    sim = await sims()
+    one, two = await replicas(
+        POLICY.format(redis=redis_url, prefix=f"s{os.urandom(4).hex()}:", url=sim.url)
+    )
+    await send(http, one, 10)
+    await one.slo.step()
+    # as after a timeout whose write Redis did apply: the replica cannot tell, so every
+    # bucket of that round goes again
+    budget = one.slo._slos["avail"].budget
+    assert isinstance(one.clock, FakeClock)
+    budget.changed_again(
+        BucketCounts(ring, n, 0, 0, 0) for ring, n in budget.recent_buckets(one.clock.wall(), 0)
+    )
+    await one.slo.step()
+    await one.slo.step()
+    await two.slo.step()
+    assert seen(two) == (10, 0)
+    assert seen(one) == (10, 0)

@@ -42,6 +42,8 @@ routes:
     timeout: 2s
     rate_limit: {{key: header, header: x-tenant, rate: {rate}/s, burst: {burst}, on_store_error: local}}
     canary: {{backend: candidate, steps: [10, 50], interval: 1h}}
+slos:
+  avail: {{routes: [classify], availability: {{objective: 99%}}}}
 """
 RATE, BURST = 2.0, 20
 
@@ -202,6 +204,21 @@ async def test_master_failover_under_load(
     allowed, elapsed = await burst_allowed(http, pair, "after", 60)
     expected = BURST + RATE * elapsed
     assert expected * 0.9 - 1 <= allowed <= expected * 1.1 + 1, (allowed, expected)
+
+    # SLO budgets are shared again: each replica's whole share, the outage's counts
+    # included, reaches the other (one slot per SLO in a cluster)
+    for gw in (a, b, a):
+        await gw.slo.step()
+    own = [
+        sum(
+            gw.metrics.slo_events.labels("avail", "classify", e)._value.get()
+            for e in ("good", "bad")
+        )
+        for gw in pair
+    ]
+    totals = [gw.slo.state()["slos"][0]["total"] for gw in pair]  # type: ignore[index]
+    assert own[0] > 0 and own[1] > 0
+    assert totals == [sum(own), sum(own)], (totals, own)
 
     # canary decisions are shared again: an operator rollback on one replica reaches the other
     a.canary.act("classify", "rollback", "test")

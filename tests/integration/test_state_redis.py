@@ -184,18 +184,28 @@ async def test_the_lua_bucket_refills_caps_at_burst_and_expires(redis_url: str) 
         await store.close()
 
 
-async def test_counters_add_atomically_across_stores_and_expire(redis_url: str) -> None:
+async def test_counter_shares_sum_across_stores_are_idempotent_and_expire(
+    redis_url: str,
+) -> None:
     a, b = store_for(redis_url, timeout=2.0), store_for(redis_url, timeout=2.0)
     a._prefix = b._prefix = f"cnt{os.urandom(4).hex()}:"
     try:
-        # two replicas adding to the same keys at once never lose a count
+        # two replicas writing their shares at once, each many times over: the sums hold
+        # each share once, however often it was sent
         await asyncio.gather(
-            *(s.add_counts([("k", 1), ("j", 2)], ttl=5.0) for s in (a, b) for _ in range(20))
+            *(
+                s.put_counts([("k", 10 * n), ("j", 20 * n)], member, ttl=5.0)
+                for s, member, n in ((a, "one", 1), (b, "two", 2))
+                for _ in range(20)
+            )
         )
-        assert await a.get_counts(["k", "j", "none"]) == [40, 80, 0]
-        assert await b.add_counts([("k", 0)], ttl=0.2) == [40]
+        assert await a.sum_counts(["k", "j", "none"]) == [30, 60, 0]
+        assert await b.put_counts([("k", 25)], "two", ttl=0.2) == [35]
         await asyncio.sleep(0.3)
-        assert await a.get_counts(["k", "j"]) == [0, 80]
+        assert await a.sum_counts(["k", "j"]) == [0, 60]
+        # a field the gateway did not write counts as nothing
+        await a._redis.hset(a.key("j"), "junk", "not a number")
+        assert await b.sum_counts(["j"]) == [60]
     finally:
         await a.close()
         await b.close()

@@ -121,23 +121,29 @@ def test_blame_is_counted_for_bad_events_only() -> None:
     assert b2.status(T0).short_blame == 0
 
 
-def test_pending_counts_are_taken_once_and_restored_on_failure() -> None:
+def test_changed_buckets_are_handed_over_once_with_absolute_counts() -> None:
     b = SloBudget(config(), sharing=True)
     b.record(T0, bad=True)
     b.record(T0 + 0.5, bad=False)
-    taken = b.take_pending()
+    taken = b.take_changed()
     assert {(t.ring, t.good, t.bad) for t in taken} == {("f", 1, 1), ("c", 1, 1)}
-    assert b.take_pending() == []
-    b.restore_pending(taken)
+    assert b.take_changed() == []
+    # the upload failed: the same buckets go again, with what was counted since on top,
+    # as absolute counts (so a store that did take the first try holds the same numbers)
+    b.changed_again(taken)
     b.record(T0 + 0.6, bad=False)
-    again = {t.ring: (t.good, t.bad) for t in b.take_pending()}
+    again = {t.ring: (t.good, t.bad) for t in b.take_changed()}
     assert again == {"f": (2, 1), "c": (2, 1)}
+    b.record(T0 + 0.7, bad=False)
+    assert {t.ring: (t.good, t.bad) for t in b.take_changed()} == {"f": (3, 1), "c": (3, 1)}
 
 
 def test_adopting_shared_totals_keeps_what_was_counted_since() -> None:
     b = SloBudget(config(), sharing=True)
     b.record(T0, bad=True)
-    taken = b.take_pending()
+    taken = b.take_changed()
+    for t in taken:
+        b.stored(t)
     b.record(T0 + 1, bad=False)  # counted while the upload was under way
     fine = next(t for t in taken if t.ring == "f")
     # the store says: 7 good and 3 bad across replicas (this replica's 1 bad included)
@@ -148,12 +154,26 @@ def test_adopting_shared_totals_keeps_what_was_counted_since() -> None:
     assert st.window_status("5m").total == 11  # 10 shared + 1 not yet uploaded
     assert st.window_status("5m").bad == 3
     assert st.total == 11
+    # adopting the same totals again changes nothing: nothing is counted twice
+    b.adopt(BucketCounts("f", fine.n, 7, 3, 0))
+    b.adopt(BucketCounts("c", coarse.n, 7, 3, 0))
+    assert b.status(T0 + 1).total == 11
+
+
+def test_buckets_the_rings_no_longer_span_are_forgotten() -> None:
+    b = SloBudget(config(), sharing=True)
+    b.record(T0, bad=True)
+    b.take_changed()
+    b.changed_again(BucketCounts(r, n, 0, 1, 0) for r, n in b.recent_buckets(T0, 0))
+    b.record(T0 + 40 * 86400.0, bad=False)  # far past both rings' spans
+    taken = b.take_changed()
+    assert {t.n for t in taken} == {int((T0 + 40 * 86400.0) // b.width(t.ring)) for t in taken}
 
 
 def test_a_budget_without_sharing_keeps_nothing_pending() -> None:
     b = SloBudget(config())
     b.record(T0, bad=True)
-    assert b.take_pending() == []
+    assert b.take_changed() == []
 
 
 def test_recent_buckets_cover_the_span_in_both_rings() -> None:

@@ -70,14 +70,17 @@ async def test_a_cost_above_burst_can_never_pass() -> None:
     assert not r.allowed and r.retry_after == math.inf
 
 
-async def test_counters_add_up_and_expire_after_their_last_addition() -> None:
+async def test_counters_sum_each_members_share_and_expire_after_their_last_write() -> None:
     clock = FakeClock()
     store = MemoryStore(clock)
-    assert await store.add_counts([("a", 2), ("b", 0), ("a", 3)], ttl=10.0) == [2, 0, 5]
-    assert await store.get_counts(["a", "b", "missing"]) == [5, 0, 0]
+    assert await store.put_counts([("a", 2), ("b", 0)], "r1", ttl=10.0) == [2, 0]
+    assert await store.put_counts([("a", 3)], "r2", ttl=10.0) == [5]
+    # a share written again (its reply was lost) is not counted twice
+    assert await store.put_counts([("a", 3)], "r2", ttl=10.0) == [5]
+    assert await store.sum_counts(["a", "b", "missing"]) == [5, 0, 0]
     clock.advance(9.0)
-    assert await store.add_counts([("a", 1)], ttl=10.0) == [6]
+    assert await store.put_counts([("a", 4)], "r1", ttl=10.0) == [7]
     clock.advance(9.0)
-    assert await store.get_counts(["a", "b"]) == [6, 0]
+    assert await store.sum_counts(["a", "b"]) == [7, 0]
     clock.advance(1.5)
-    assert await store.get_counts(["a"]) == [0]
+    assert await store.sum_counts(["a"]) == [0]
