@@ -73,18 +73,24 @@ def start_haproxy(binary: str, cfg: Path) -> subprocess.Popen[bytes]:
 class Replica:
     """`tailguard run` on fixed ports, so that a restart comes back where HAProxy looks."""
 
-    def __init__(self, policy: Path) -> None:
+    def __init__(self, policy: Path, log: Path) -> None:
         self.policy = policy
+        self.log = log  # stderr of every run, so a replica that exits says why
         self.port, self.admin_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--policy", str(self.policy),
-             "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
-             "--log-level", "warning", "--no-watch"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-        )  # fmt: skip
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--policy", str(self.policy),
+                 "--listen", f"127.0.0.1:{self.port}",
+                 "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                 "--log-level", "warning", "--no-watch"],
+                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT,
+            )  # fmt: skip
+
+    def said(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
 
     @property
     def admin(self) -> str:
@@ -98,9 +104,11 @@ class Replica:
                         return
             except aiohttp.ClientError:
                 pass
-            assert self.proc is not None and self.proc.poll() is None, "replica exited"
+            assert self.proc is not None and self.proc.poll() is None, (
+                f"replica exited ({self.proc.returncode if self.proc else None}):\n{self.said()}"
+            )
             await asyncio.sleep(0.05)
-        raise AssertionError("replica did not become ready")
+        raise AssertionError(f"replica did not become ready:\n{self.said()}")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -162,7 +170,7 @@ async def test_replicas_behind_haproxy_survive_a_kill_and_a_restart(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(redis=redis.url, stable=stable.url, candidate=candidate.url,
                                     rate=RATE, burst=BURST))  # fmt: skip
-    replicas = [Replica(policy) for _ in range(3)]
+    replicas = [Replica(policy, tmp_path / f"replica-{k}.log") for k in range(3)]
     lb_port = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(haproxy_config(ROOT / "deploy" / "haproxy" / "haproxy.cfg", lb_port, replicas))
