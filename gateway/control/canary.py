@@ -17,13 +17,13 @@ Published times are wall-clock: monotonic clocks of two hosts have nothing in co
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
 
 from gateway.clock import Clock
+from gateway.control.tasks import BackgroundTasks, Ticker
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import RouteRuntime, Snapshot
 from gateway.resilience.canary import CanaryAnalysis, CanaryDecision, CanaryPhase, CanarySide
@@ -57,8 +57,8 @@ class CanaryController:
         self._analyses: dict[str, CanaryAnalysis] = {}
         # (sequence, replica) of the shared state each analysis stands for; newer wins
         self._versions: dict[str, tuple[int, str]] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._pending = BackgroundTasks()
+        self._ticker = Ticker(self.step, lambda: TICK, log, "canary analysis tick")
         self.decisions: list[dict[str, object]] = []  # recent, for the admin API
         self._held: set[str] = set()  # routes whose rollout the error-budget policy paused
 
@@ -242,9 +242,7 @@ class CanaryController:
         assert isinstance(start, float)
         state["interval_start"] = start - self._clock.now() + self._clock.wall()
         payload = {"by": self._replica, "seq": seq, "clock": "wall", **state}
-        task = asyncio.ensure_future(self._put(f"canary:{route}", json.dumps(payload).encode()))
-        self._pending.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._put(f"canary:{route}", json.dumps(payload).encode()))
 
     async def _put(self, key: str, value: bytes) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -317,26 +315,12 @@ class CanaryController:
             if leads and analysis is not None and analysis.due(now):
                 self._decided(route, analysis, analysis.evaluate(now), "canary-analysis")
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            try:
-                await self.step()
-            except Exception:
-                log.exception("canary analysis tick failed")
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        self._ticker.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._ticker.close()
+        await self._pending.drain()
 
 
 __all__ = ["CanaryController"]

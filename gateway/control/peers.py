@@ -9,13 +9,13 @@ counted as detected; what it acts on, as enforced. A replica ignores its own mes
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 from collections.abc import Callable
 
 from gateway.clock import Clock
+from gateway.control.tasks import BackgroundTasks
 from gateway.errors import StoreUnavailable
 from gateway.policy.compile import Snapshot
 from gateway.state.store import StateStore
@@ -45,7 +45,7 @@ class PeerNotifier:
         self._m = metrics
         self._clock = clock
         self.replica = replica or os.urandom(8).hex()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = BackgroundTasks()
 
     def enabled(self) -> bool:
         s = self._current().settings.state
@@ -63,9 +63,7 @@ class PeerNotifier:
         message = json.dumps(
             {"replica": self.replica, "backend": backend, "endpoint": endpoint_id, "event": event}
         ).encode()
-        task = asyncio.ensure_future(self._publish(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._publish(message))
 
     async def _publish(self, message: bytes) -> None:
         try:
@@ -101,8 +99,7 @@ class PeerNotifier:
                 return
 
     async def close(self) -> None:
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._pending.drain()
 
 
 __all__ = ["CHANNEL", "EVENTS", "PeerNotifier"]

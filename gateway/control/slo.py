@@ -19,14 +19,13 @@ a reload when the SLO's definition is unchanged.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.clock import Clock
 from gateway.control.canary import CanaryController
+from gateway.control.tasks import Ticker
 from gateway.errors import BudgetShed, ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import PRIORITY_NAMES, Snapshot
 from gateway.resilience.outcome import Outcome
@@ -102,8 +101,8 @@ class SloController:
         self._overrides: dict[str, float] = {}  # route -> wall time the override ends
         self._statuses: dict[str, SloStatus] = {}
         self._refresh: set[str] = set()  # SLOs to read in full from the store at the next share
-        self._task: asyncio.Task[None] | None = None
         self.tick_interval = MAX_TICK
+        self._ticker = Ticker(self.step, lambda: self.tick_interval, log, "SLO tick")
         self.actions: list[dict[str, object]] = []  # recent, for the admin API
 
     # --- snapshot --------------------------------------------------------------------------
@@ -375,24 +374,11 @@ class SloController:
         await self.share()
         self.tick()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.tick_interval)
-            try:
-                await self.step()
-            except Exception:
-                log.exception("SLO tick failed")
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        self._ticker.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._ticker.close()
 
 
 __all__ = ["SloController"]

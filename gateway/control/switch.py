@@ -12,13 +12,13 @@ switch holds on the replica that was asked only. Every switch goes to the audit 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Callable
 
 from gateway.clock import Clock
+from gateway.control.tasks import BackgroundTasks, Ticker
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import RouteRuntime, Snapshot
 from gateway.state.store import StateStore
@@ -57,8 +57,8 @@ class RouteSwitches:
         self._targets: dict[str, str] = {}
         # (sequence, replica) of the switch state each route stands at; newer wins
         self._versions: dict[str, tuple[int, str]] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._pending = BackgroundTasks()
+        self._ticker = Ticker(self.step, lambda: TICK, log, "route switch tick")
 
     # --- applying ------------------------------------------------------------------------
 
@@ -135,9 +135,7 @@ class RouteSwitches:
         if not self._store.shared:
             return
         payload = json.dumps({"seq": seq, "by": self._replica, "to": backend}).encode()
-        task = asyncio.ensure_future(self._put(_key(route), payload))
-        self._pending.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._put(_key(route), payload))
 
     async def _put(self, key: str, value: bytes) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -187,26 +185,13 @@ class RouteSwitches:
             if raw is not None:
                 self._follow(route, raw)
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            try:
-                await self.step()
-            except Exception:
-                log.exception("route switch tick failed")
-
     def start(self) -> None:
-        if self._task is None and self._store.shared:
-            self._task = asyncio.ensure_future(self._loop())
+        if self._store.shared:
+            self._ticker.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._ticker.close()
+        await self._pending.drain()
 
 
 __all__ = ["RouteSwitches"]

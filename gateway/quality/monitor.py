@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.clock import Clock
+from gateway.control.tasks import BackgroundTasks, Ticker
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.quality.config import WINDOW_SLICES
 from gateway.quality.drift import DriftScore, DriftStat, compare
@@ -132,8 +133,8 @@ class QualityMonitor:
         self._captures: dict[Key, Capture] = {}
         self._scores: dict[Key, list[DriftScore]] = {}
         self._exported: dict[Key, set[tuple[str, str]]] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._pending = BackgroundTasks()
+        self._ticker = Ticker(self.step, lambda: TICK, log, "quality worker turn")
         self._next_score = 0.0
         self._next_sync = 0.0
         self.processed = 0
@@ -375,9 +376,7 @@ class QualityMonitor:
             {"by": ref.by, "at": ref.at, "source": ref.source, "profile": ref.profile.to_json()},
             separators=(",", ":"),
         ).encode()
-        task = asyncio.ensure_future(self._put(f"quality-ref:{key[0]}:{key[1]}", payload))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._put(f"quality-ref:{key[0]}:{key[1]}", payload))
 
     async def _put(self, key: str, value: bytes) -> None:
         with contextlib.suppress(StoreUnavailable):
@@ -493,24 +492,10 @@ class QualityMonitor:
             self._next_sync = now + SYNC_EVERY
             await self.sync_store()
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            try:
-                await self.step()
-            except Exception:
-                log.exception("quality worker turn failed")
-
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        self._ticker.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._ticker.close()
         await self.shadow.close()
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._pending.drain()

@@ -65,7 +65,7 @@ class Replica:
 
     async def settle(self) -> None:
         # let the fire-and-forget state write land before the other replica reads it
-        await asyncio.gather(*self.canary._pending)
+        await self.canary._pending.drain()
 
     async def close(self) -> None:
         await self.canary.close()
