@@ -13,13 +13,13 @@ new one, possibly of the same size and with the same modification time.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway.control.tasks import Ticker
 
 log = logging.getLogger("tailguard.reloader")
 
@@ -49,36 +49,24 @@ class FileWatcher:
     ) -> None:
         self._paths = paths
         self._on_change = on_change
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
         self._seen: Signature = signature(paths())
+        self._ticker = Ticker(self._check, lambda: interval, log, "reload after a file change")
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        self._ticker.start()
 
     def mark_seen(self) -> None:
         """Forget changes up to now (after a reload made by other means)."""
         self._seen = signature(self._paths())
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            now = signature(self._paths())
-            if now == self._seen:
-                continue
+    async def _check(self) -> None:
+        now = signature(self._paths())
+        if now != self._seen:
             self._seen = now
-            try:
-                await self._on_change()
-            except Exception:
-                log.exception("reload after a file change failed")
+            await self._on_change()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._ticker.close()
 
 
 __all__ = ["FileWatcher", "ReloadResult", "signature"]
