@@ -23,9 +23,11 @@ INFER = "/v2/models/classifier/infer"
 
 
 def limited_policy(sim_url: str, redis_url: str, prefix: str, rate: str, burst: int) -> str:
+    # a generous store timeout: this is about one shared budget, not about a slow Redis (a
+    # call that timed out on a loaded test host would be decided on local state)
     return f"""
 version: 1
-state: {{store: redis, url: "{redis_url}", key_prefix: "{prefix}", timeout: 50ms}}
+state: {{store: redis, url: "{redis_url}", key_prefix: "{prefix}", timeout: 1s}}
 backends:
   clf:
     protocol: kserve-v2
@@ -118,13 +120,16 @@ async def test_two_gateway_processes_enforce_one_rate_limit(
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(k)))
-    elapsed = time.monotonic() - start
+    sent = time.monotonic() - start
     await asyncio.gather(*tasks)
+    answered = time.monotonic() - start
     allowed = statuses.count(200)
-    expected = burst + rate * elapsed
     assert statuses.count(429) + allowed == n
-    # one budget: each replica alone would have let about twice as many through
-    assert abs(allowed - expected) <= 0.05 * expected, (allowed, expected)
+    # one budget: the bucket refilled for at least as long as requests were sent and at most
+    # until the last answer; each replica alone would have let about twice as many through
+    low, high = burst + rate * sent, burst + rate * answered
+    assert 0.95 * low <= allowed <= 1.05 * high, (allowed, low, high)
+    assert allowed < 1.5 * low  # two budgets would let about 2 x low through
 
 
 CACHED_AND_LIMITED = """
