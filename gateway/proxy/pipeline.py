@@ -128,8 +128,14 @@ class ExchangeReporter:
         m = self._m
         if sent_before:
             m.child(m.inter_token, route.name).observe(gap)
+            return
+        cell = m.child(m.time_to_first_token, route.name)
+        trace = ex.trace
+        exemplar = trace.exemplar if trace is not None else None
+        if exemplar is None:
+            cell.observe(gap)
         else:
-            m.child(m.time_to_first_token, route.name).observe(gap)
+            cell.observe_traced(gap, exemplar)
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -159,7 +165,9 @@ class ExchangeReporter:
             self._failures.count(route_name, f"backend answered {status}")
         latency = self._clock.now() - ex.request.received_at
         trace = ex.trace
+        exemplar = None
         if trace is not None:
+            exemplar = trace.exemplar
             if self.tracer is not None:
                 self.tracer.end(ex)
             if trace.decisions is not None and self.explanations is not None:
@@ -168,11 +176,17 @@ class ExchangeReporter:
             self.access.write(ex, latency)
         if route is None:
             return
-        m.child(m.request_duration, route_name, protocol).observe(latency)
-        if ex.first_byte_at:
-            m.child(m.time_to_first_byte, route_name).observe(
-                ex.first_byte_at - ex.request.received_at
-            )
+        duration = m.child(m.request_duration, route_name, protocol)
+        ttfb = ex.first_byte_at - ex.request.received_at if ex.first_byte_at else None
+        if exemplar is None:
+            duration.observe(latency)
+            if ttfb is not None:
+                m.child(m.time_to_first_byte, route_name).observe(ttfb)
+        else:
+            # a sampled trace: its id rides on the bucket, so a slow bucket links to it
+            duration.observe_traced(latency, exemplar)
+            if ttfb is not None:
+                m.child(m.time_to_first_byte, route_name).observe_traced(ttfb, exemplar)
         body = ex.request.body
         if body:
             m.child(m.request_body_size, route_name).observe(len(body))

@@ -109,3 +109,46 @@ async def test_service_data_and_infrastructure_metrics_and_the_access_log(
     assert len({x["request_id"] for x in lines}) == 5
     assert lines[3]["error"] == "bad_request" and lines[3]["attempts"] == 0
     assert lines[4]["route"] == "chat" and lines[4]["bytes_out"] > 0
+
+
+CHANGES_POLICY = """
+version: 1
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: "{a}", region: west}}, {{url: "{b}", region: west}}]
+    outlier_detection: {{consecutive_failures: 2, max_ejection_percent: 50%}}
+    circuit_breaker: {{window_calls: 4, minimum_calls: 2, failure_rate: 50%, open_for: 30s}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+    idempotent: true
+    retries: {{attempts: 2, on: [5xx], backoff: {{base: 1ms, max: 2ms}}}}
+"""
+
+
+async def test_breaker_opens_and_ejections_are_recent_state_changes(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    good = await sims(models=["classifier"], name="good")
+    bad = await sims(models=["classifier"], name="bad")
+    bad.faults = bad.faults.replace(error_rate=1.0, error_status=503)
+    gw = await gateway(CHANGES_POLICY.format(a=good.url, b=bad.url))
+    assert gw.listening is not None
+    for _ in range(20):
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer", json=INFER_BODY
+        ) as r:
+            assert r.status == 200  # retried onto the good endpoint
+    async with http.get(f"{gw.listening.admin_url}/admin/status") as r:
+        changes = (await r.json())["recent_changes"]
+    about_bad = [c for c in changes if c.get("endpoint") == bad.url]
+    kinds = {(c["kind"], c.get("state")) for c in about_bad}
+    assert ("breaker", "open") in kinds, changes
+    assert ("ejection", "ejected") in kinds, changes
+    ejected = next(c for c in about_bad if c["kind"] == "ejection")
+    assert ejected["region"] == "west" and ejected["backend"] == "clf"
+    assert "consecutive" in ejected["what"]
+    assert all(c.get("endpoint") != good.url for c in changes)
+    assert all(isinstance(c["time"], float) for c in changes)
