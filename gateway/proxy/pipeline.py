@@ -29,6 +29,7 @@ from gateway.telemetry.catalog import LabelGuard, Metrics, code_class
 from gateway.telemetry.config import DEFAULT_MAX_LABEL_VALUES
 from gateway.telemetry.explain import EXPLAIN_HEADER, Explanations
 from gateway.telemetry.logs import FailureSummary
+from gateway.telemetry.models import ModelMetrics
 from gateway.telemetry.tracing import RequestTrace
 
 log = logging.getLogger("tailguard.proxy")
@@ -115,6 +116,8 @@ class ExchangeReporter:
         self._failures = FailureSummary(log, clock)
         self._slo = slo
         self.tenants = LabelGuard(metrics, "tenant", DEFAULT_MAX_LABEL_VALUES)
+        # the data and model layers (tensors, tokens, finish reasons), bounded by model
+        self.models = ModelMetrics(metrics, DEFAULT_MAX_LABEL_VALUES)
         # the access log and the tracer, when the policy turns them on (see gateway.app)
         self.access: AccessWriter | None = None
         self.tracer: ExchangeTracer | None = None
@@ -192,6 +195,8 @@ class ExchangeReporter:
             m.child(m.request_body_size, route_name).observe(len(body))
         if ex.identity is not None:
             m.child(m.tenant_requests, route_name, self.tenants(ex.identity.tenant)).inc()
+        if route.protocol in MODEL_PROTOCOLS:
+            self.models.observe(ex, route)
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)
         tap = self._quality
@@ -212,6 +217,8 @@ class ExchangeReporter:
 
 # What the access metrics call an exchange whose client went away before its answer.
 CLIENT_CLOSED = 499
+# Route protocols whose bodies feed the data and model layers of the metrics.
+MODEL_PROTOCOLS = frozenset({"kserve-v2", "openai"})
 
 
 class RouteStage:

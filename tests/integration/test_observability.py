@@ -152,3 +152,71 @@ async def test_breaker_opens_and_ejections_are_recent_state_changes(
     assert "consecutive" in ejected["what"]
     assert all(c.get("endpoint") != good.url for c in changes)
     assert all(isinstance(c["time"], float) for c in changes)
+
+
+MODELS_POLICY = """
+version: 1
+telemetry: {{max_label_values: 3}}
+backends:
+  clf: {{protocol: kserve-v2, endpoints: [{{url: "{a}"}}]}}
+  chat: {{protocol: openai, endpoints: [{{url: "{a}"}}]}}
+routes:
+  - {{name: classify, match: {{path_prefix: /v2/models/}}, split: [{{backend: clf, weight: 100}}]}}
+  - {{name: chat, match: {{path_prefix: /v1/}}, split: [{{backend: chat, weight: 100}}]}}
+"""
+
+
+async def test_model_and_data_layers_with_the_model_label_bounded(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=["classifier"])
+    gw = await gateway(MODELS_POLICY.format(a=sim.url))
+    assert gw.listening is not None
+    base = gw.listening.url
+    # a client inventing model names: 40 of them, two requests each
+    usage = {"input": 0, "output": 0}
+    for i in range(80):
+        async with http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": f"made-up-{i % 40}", "messages": [{"role": "user", "content": "a b"}]},
+        ) as r:
+            assert r.status == 200
+            answer = await r.json()
+            usage["input"] += answer["usage"]["prompt_tokens"]
+            usage["output"] += answer["usage"]["completion_tokens"]
+    for _ in range(3):
+        async with http.post(f"{base}/v2/models/classifier/infer", json=INFER_BODY) as r:
+            assert r.status == 200
+
+    s = samples(gw)
+    models = {
+        dict(labels)["model"] for (name, labels) in s if name == "tailguard_model_tokens_total"
+    }
+    # the first three names seen are kept, every later one is "other"
+    assert models == {"made-up-0", "made-up-1", "made-up-2", "other"}
+    folds = s[("tailguard_metric_label_folds_total", (("label", "model"),))]
+    assert folds == 2 * 37 + 3  # each request naming a model past the limit, KServe's included
+    tokens = {
+        kind: sum(
+            v
+            for (name, labels), v in s.items()
+            if name == "tailguard_model_tokens_total" and dict(labels)["kind"] == kind
+        )
+        for kind in ("input", "output")
+    }
+    assert tokens == usage
+    reasons = sum(v for (n, _), v in s.items() if n == "tailguard_model_finish_reasons_total")
+    assert reasons == 80
+    assert sum(v for (n, _), v in s.items() if n == "tailguard_prompt_tokens_count") == 80
+    # the KServe model arrived after the limit was reached: its tensors are under "other"
+    tensors = {
+        (d["model"], d["side"], d["datatype"], d["shape"]): v
+        for (name, labels), v in s.items()
+        if name == "tailguard_tensors_total"
+        for d in [dict(labels)]
+    }
+    sent = INFER_BODY["inputs"][0]
+    shape = "x".join(str(d) for d in sent["shape"])
+    assert tensors[("other", "input", sent["datatype"], shape)] == 3
+    assert tensors[("other", "output", "FP32", shape)] == 3  # read through the gzip coding
+    assert len({k[0] for k in tensors}) == 1
