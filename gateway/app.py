@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import ssl
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +66,7 @@ from gateway.state.store import StateStore
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import BREAKER_STATE_VALUE, Metrics
+from gateway.telemetry.changes import StateChanges
 from gateway.telemetry.explain import Explanations
 from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
 from gateway.telemetry.tracing import Tracing
@@ -74,8 +74,6 @@ from gateway.telemetry.tracing import Tracing
 log = logging.getLogger("tailguard")
 
 REGION_ENV = "TAILGUARD_REGION"
-# state changes the status page lists
-RECENT_CHANGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +325,9 @@ class Gateway:
         self.clock = clock or MonotonicClock()
         self.rng = rng or random.Random()
         self.metrics = Metrics()
+        # recent state changes for the status page: breakers, health, ejections, drains,
+        # canary steps, reloads (made first: compiling the policy may move a breaker)
+        self.changes = StateChanges(self.clock)
         self._listen_override = listen
         self._admin_override = admin_listen
         self.audit = AuditLog(audit_log, self.clock)
@@ -354,11 +355,13 @@ class Gateway:
         self.store = make_store(self.snapshot.settings.state, self.clock, self.metrics)
         self.peers = PeerNotifier(self.store, lambda: self.snapshot, self.metrics, self.clock)
         self.runner.on_ejection = lambda b, e: self.peers.notify(b, e, "ejected")
+        self.runner.changes = self.changes
         self.caches = ResponseCaches(self.store, self.metrics, self.clock)
         self.canary = CanaryController(
             lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store,
             self.peers.replica,
         )  # fmt: skip
+        self.canary.changes = self.changes
         self.canary.sync(self.snapshot)
         self.switches = RouteSwitches(
             lambda: self.snapshot, self.metrics, self.clock, self.audit, self.store,
@@ -385,8 +388,6 @@ class Gateway:
         self.loop_lag = LoopLagProbe(self.metrics)
         self.gc_pauses = GcPauseProbe(self.metrics)
         self.access_log: AccessLog | None = None
-        # recent state changes for the status page: breaker moves, drains, reloads
-        self.changes: deque[dict[str, object]] = deque(maxlen=RECENT_CHANGES)
         # tracing is set up once, from the policy the gateway starts with (a restart changes it)
         self.tracing: Tracing | None = None
         tracing = snapshot.settings.telemetry.tracing
@@ -408,8 +409,9 @@ class Gateway:
         self.grpc_edge = GrpcEdge(lambda: self._serving, self._reporter, self.clock)
         self._grpc_server: grpc.aio.Server | None = None
         self.health = HealthChecker(
-            lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng
-        )
+            lambda: self.snapshot, self.transports, self.metrics, self.clock, self.rng,
+            changes=self.changes,
+        )  # fmt: skip
         self.ready = False
         self.listening: Listening | None = None
         self._runners: list[web.BaseRunner] = []
@@ -460,6 +462,7 @@ class Gateway:
         self._serving = self._assemble(snapshot)
         telemetry = snapshot.settings.telemetry
         self._reporter.tenants.set_limit(telemetry.max_label_values)
+        self._reporter.models.set_limit(telemetry.max_label_values)
         if self.access_log is not None and telemetry.access_log is not None:
             self.access_log.set_sample(telemetry.access_log.sample)
 
@@ -473,11 +476,12 @@ class Gateway:
         self.metrics.breaker_state.labels(backend, url).set(BREAKER_STATE_VALUE[new.name.lower()])
         log.warning("breaker of %s (%s): %s -> %s", url, backend, old.name, new.name)
         if hasattr(self, "changes"):
-            self.changes.append(
-                {
-                    "time": self.clock.wall(),
-                    "what": f"breaker of {url} ({backend}): {old.name.lower()} -> {new.name.lower()}",
-                }
+            self.changes.record(
+                "breaker",
+                f"breaker of {url} ({backend}): {old.name.lower()} -> {new.name.lower()}",
+                backend=backend,
+                endpoint=url,
+                state=new.name.lower(),
             )
         if new is BreakerState.OPEN and hasattr(self, "peers"):
             self.peers.notify(backend, endpoint, "breaker-open")
@@ -524,11 +528,11 @@ class Gateway:
             endpoint=url,
         )
         state.admin_drain = drained
-        self.changes.append(
-            {
-                "time": self.clock.wall(),
-                "what": f"{'drain' if drained else 'undrain'} {url} ({backend}) by {actor}",
-            }
+        self.changes.record(
+            "drain",
+            f"{'drain' if drained else 'undrain'} {url} ({backend}) by {actor}",
+            backend=backend,
+            endpoint=url,
         )
         log.warning("%s %s of backend %s", "draining" if drained else "undraining", url, backend)
 
@@ -598,9 +602,7 @@ class Gateway:
             changes=list(changes),
         )
         log.info("policy %s applied by %s: %s", snapshot.sha256[:12], actor, ", ".join(changes))
-        self.changes.append(
-            {"time": self.clock.wall(), "what": f"policy {snapshot.sha256[:12]} applied by {actor}"}
-        )
+        self.changes.record("policy", f"policy {snapshot.sha256[:12]} applied by {actor}")
         for note in snapshot.notes:
             log.warning("policy note: %s", note)
         return result

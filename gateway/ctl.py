@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -243,7 +244,17 @@ def _canary_text(canary: Mapping[str, Any] | None) -> str:
         parts.append(str(canary["phase"]))
     if canary.get("failed_checks"):
         parts.append(f"({canary['failed_checks']} failed checks)")
+    last = canary.get("last_verdict")
+    if isinstance(last, Mapping) and last.get("verdict"):
+        parts.append(f"last {last['verdict']}")
     return " ".join(parts)
+
+
+def _clock_time(value: object) -> str:
+    """A wall-clock time (Unix seconds) as the UTC time of day; '?' when there is none."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return time.strftime("%H:%M:%SZ", time.gmtime(value))
+    return "?"
 
 
 def _endpoint_state(e: Mapping[str, Any]) -> str:
@@ -259,6 +270,10 @@ def _endpoint_state(e: Mapping[str, Any]) -> str:
 
 def _ms(value: object) -> str:
     return "-" if value is None else f"{float(value):.1f}"  # type: ignore[arg-type]
+
+
+# state changes `tailguard status` lists (the newest; the admin API keeps more)
+RECENT_SHOWN = 10
 
 
 def render_status(status: Mapping[str, Any]) -> str:
@@ -333,6 +348,22 @@ def render_status(status: Mapping[str, Any]) -> str:
     slo = status.get("slo")
     if isinstance(slo, Mapping) and slo.get("slos"):
         parts += ["", render_slos(slo)]
+    changes = list(status.get("recent_changes") or [])[-RECENT_SHOWN:]
+    if changes:
+        parts += ["", "recent state changes:"]
+        parts += [f"  {_clock_time(c.get('time'))} {c.get('what')}" for c in changes]
+    verdicts = [
+        (r.get("name"), r["canary"]["last_verdict"])
+        for r in status.get("routes") or []
+        if isinstance(r.get("canary"), Mapping)
+        and isinstance(r["canary"].get("last_verdict"), Mapping)
+    ]
+    if verdicts:
+        parts += ["", "last canary verdicts:"]
+        parts += [
+            f"  {name}: {v.get('verdict')} at {_clock_time(v.get('time'))}: {v.get('reason')}"
+            for name, v in verdicts
+        ]
     decisions = status.get("canary_decisions") or []
     if decisions:
         parts += ["", "recent canary decisions:"]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import hdrs, web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from gateway.errors import ClientError, RouteNotFound, TailguardError
 from gateway.policy.units import parse_duration
@@ -396,9 +396,11 @@ def build_admin_app(gateway: AdminTarget) -> web.Application:
     async def expect(request: web.Request) -> web.StreamResponse | None:
         return await continue_if(request, actor_of(request))
 
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(gateway.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(request: web.Request) -> web.Response:
+        # OpenMetrics (with the latency exemplars) for a scraper that asks for it
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encode(gateway.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

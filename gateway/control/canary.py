@@ -26,10 +26,17 @@ from gateway.clock import Clock
 from gateway.control.tasks import BackgroundTasks, Ticker
 from gateway.errors import ClientError, RouteNotFound, StoreUnavailable
 from gateway.policy.compile import RouteRuntime, Snapshot
-from gateway.resilience.canary import CanaryAnalysis, CanaryDecision, CanaryPhase, CanarySide
+from gateway.resilience.canary import (
+    CanaryAnalysis,
+    CanaryDecision,
+    CanaryPhase,
+    CanarySide,
+    Verdict,
+)
 from gateway.state.store import StateStore
 from gateway.telemetry.audit import AuditLog
 from gateway.telemetry.catalog import Metrics
+from gateway.telemetry.changes import StateChanges
 
 log = logging.getLogger("tailguard.canary")
 
@@ -61,6 +68,11 @@ class CanaryController:
         self._ticker = Ticker(self.step, lambda: TICK, log, "canary analysis tick")
         self.decisions: list[dict[str, object]] = []  # recent, for the admin API
         self._held: set[str] = set()  # routes whose rollout the error-budget policy paused
+        # per route, the analysis's latest verdict (pass, fail, wait) with its reason and wall
+        # time; shared with the replicas that follow
+        self._last: dict[str, dict[str, object]] = {}
+        # recent state changes (the status page); set by the composition root
+        self.changes: StateChanges | None = None
 
     # --- snapshot ------------------------------------------------------------------------
 
@@ -133,6 +145,7 @@ class CanaryController:
                 "step": a.step,
                 "failed_checks": a.failed_checks,
                 "interval": {"canary": canary.to_dict(), "baseline": baseline.to_dict()},
+                "last_verdict": self._last.get(name),
             }
         return out
 
@@ -164,8 +177,24 @@ class CanaryController:
         self._m.canary_verdicts.labels(route.name, decision.action.value).inc()
         self._apply(route, analysis)
         self.decisions = [*self.decisions[-49:], entry]
-        if decision.weight_before != decision.weight_after:
+        if decision.verdict is not None:
+            # `at` is the gateway's monotonic clock; `time` is what a person (or a replica)
+            # can read
+            self._last[route.name] = {
+                "verdict": decision.verdict.value,
+                "action": decision.action.value,
+                "reason": decision.reason,
+                "time": self._clock.wall() - self._clock.now() + decision.at,
+            }
+        moved = decision.weight_before != decision.weight_after
+        if moved:
             log.warning("canary of %s: %s", route.name, decision.reason)
+        if self.changes is not None and (moved or decision.verdict is not Verdict.WAIT):
+            self.changes.record(
+                "canary", f"canary of {route.name}: {decision.action.value}: {decision.reason}",
+                route=route.name, action=decision.action.value,
+                weight=decision.weight_after, phase=decision.phase.value,
+            )  # fmt: skip
         self._share(route.name, analysis)
         return entry
 
@@ -242,6 +271,8 @@ class CanaryController:
         assert isinstance(start, float)
         state["interval_start"] = start - self._clock.now() + self._clock.wall()
         payload = {"by": self._replica, "seq": seq, "clock": "wall", **state}
+        if route in self._last:
+            payload["last_verdict"] = self._last[route]
         self._pending.spawn(self._put(f"canary:{route}", json.dumps(payload).encode()))
 
     async def _put(self, key: str, value: bytes) -> None:
@@ -291,6 +322,11 @@ class CanaryController:
             return
         current = self._analyses.get(route.name)
         self._versions[route.name] = version
+        last = data.get("last_verdict")
+        if isinstance(last, dict) and isinstance(last.get("verdict"), str):
+            self._last[route.name] = {
+                k: last.get(k) for k in ("verdict", "action", "reason", "time")
+            }
         self._analyses[route.name] = restored
         self._apply(route, restored)
         if current is None or (current.phase, current.weight) != (restored.phase, restored.weight):

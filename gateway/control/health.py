@@ -26,6 +26,7 @@ from gateway.policy.compile import (
 from gateway.proxy.grpc_wire import WireError, read_bool, string_field
 from gateway.proxy.transports import Transports
 from gateway.telemetry.catalog import Metrics
+from gateway.telemetry.changes import StateChanges
 
 log = logging.getLogger("tailguard.health")
 
@@ -43,7 +44,10 @@ class HealthChecker:
         metrics: Metrics,
         clock: Clock,
         rng: random.Random,
+        *,
+        changes: StateChanges | None = None,
     ) -> None:
+        self._changes = changes
         self._current = current
         self._transports = transports
         self._metrics = metrics
@@ -123,12 +127,13 @@ class HealthChecker:
         url = state.spec.url
         m.health_checks.labels(backend.name, url, "pass" if ok else "fail").inc()
         if state.health.record(ok):
-            log.warning(
-                "endpoint %s of %s is now %s",
-                url,
-                backend.name,
-                "healthy" if state.health.healthy else "unhealthy",
-            )
+            verdict = "healthy" if state.health.healthy else "unhealthy"
+            log.warning("endpoint %s of %s is now %s", url, backend.name, verdict)
+            if self._changes is not None:
+                self._changes.record(
+                    "health", f"{url} ({backend.name}, {state.spec.region}) is now {verdict}",
+                    backend=backend.name, endpoint=url, region=state.spec.region, state=verdict,
+                )  # fmt: skip
         m.endpoint_healthy.labels(backend.name, url).set(1 if state.health.healthy else 0)
         if ok and backend.outlier is not None:
             now = self._clock.now()
@@ -137,6 +142,12 @@ class HealthChecker:
                 log.info(
                     "endpoint %s of %s un-ejected by a passing health check", url, backend.name
                 )
+                if self._changes is not None:
+                    self._changes.record(
+                        "ejection", f"{url} ({backend.name}) un-ejected by a passing health check",
+                        backend=backend.name, endpoint=url, region=state.spec.region,
+                        state="unejected",
+                    )  # fmt: skip
                 m.ejected.labels(backend.name).set(len(backend.outlier.ejected(now)))
         return ok
 
@@ -196,4 +207,16 @@ class HealthChecker:
                 log.warning(
                     "ejected %s (%s) until +%.0fs", ejection.endpoint, reason, ejection.until - now
                 )
+                if self._changes is not None:
+                    spec = next(
+                        (s.spec for s in backend.states if s.spec.id == ejection.endpoint), None
+                    )
+                    url = spec.url if spec is not None else ejection.endpoint
+                    self._changes.record(
+                        "ejection",
+                        f"{url} ({backend_name}) ejected for {ejection.until - now:.0f}s "
+                        f"({reason.replace('_', ' ')})",
+                        backend=backend_name, endpoint=url, state="ejected", reason=reason,
+                        region=spec.region if spec is not None else None,
+                    )  # fmt: skip
             self._metrics.ejected.labels(backend_name).set(len(backend.outlier.ejected(now)))

@@ -41,6 +41,7 @@ from gateway.resilience.hedge import HedgeDelayEstimator
 from gateway.resilience.outcome import Outcome
 from gateway.resilience.retry import parse_retry_after
 from gateway.telemetry.catalog import Metrics
+from gateway.telemetry.changes import StateChanges
 
 log = logging.getLogger("tailguard.proxy")
 
@@ -123,6 +124,8 @@ class AttemptRunner:
         self._deadline_header = deadline_header
         # told (backend, endpoint id) of every ejection this replica enforces, to tell peers
         self.on_ejection: Callable[[str, str], None] | None = None
+        # recent state changes (the status page); set by the composition root
+        self.changes: StateChanges | None = None
 
     async def run(
         self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
@@ -444,6 +447,15 @@ class AttemptRunner:
             )
             m.ejections.labels(backend.name, ejection.reason.value).inc()
             m.outliers_detected.labels(backend.name, ejection.reason.value).inc()
+            if self.changes is not None:
+                reason = ejection.reason.value.replace("_", " ")
+                self.changes.record(
+                    "ejection",
+                    f"{state.spec.url} ({backend.name}) ejected for "
+                    f"{ejection.until - self._clock.now():.0f}s ({reason})",
+                    backend=backend.name, endpoint=state.spec.url, region=state.spec.region,
+                    state="ejected", reason=ejection.reason.value,
+                )  # fmt: skip
             if self.on_ejection is not None:
                 self.on_ejection(backend.name, state.spec.id)
 

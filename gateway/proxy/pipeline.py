@@ -29,6 +29,7 @@ from gateway.telemetry.catalog import LabelGuard, Metrics, code_class
 from gateway.telemetry.config import DEFAULT_MAX_LABEL_VALUES
 from gateway.telemetry.explain import EXPLAIN_HEADER, Explanations
 from gateway.telemetry.logs import FailureSummary
+from gateway.telemetry.models import ModelMetrics
 from gateway.telemetry.tracing import RequestTrace
 
 log = logging.getLogger("tailguard.proxy")
@@ -115,6 +116,8 @@ class ExchangeReporter:
         self._failures = FailureSummary(log, clock)
         self._slo = slo
         self.tenants = LabelGuard(metrics, "tenant", DEFAULT_MAX_LABEL_VALUES)
+        # the data and model layers (tensors, tokens, finish reasons), bounded by model
+        self.models = ModelMetrics(metrics, DEFAULT_MAX_LABEL_VALUES)
         # the access log and the tracer, when the policy turns them on (see gateway.app)
         self.access: AccessWriter | None = None
         self.tracer: ExchangeTracer | None = None
@@ -128,8 +131,14 @@ class ExchangeReporter:
         m = self._m
         if sent_before:
             m.child(m.inter_token, route.name).observe(gap)
+            return
+        cell = m.child(m.time_to_first_token, route.name)
+        trace = ex.trace
+        exemplar = trace.exemplar if trace is not None else None
+        if exemplar is None:
+            cell.observe(gap)
         else:
-            m.child(m.time_to_first_token, route.name).observe(gap)
+            cell.observe_traced(gap, exemplar)
 
     def begin(self, ex: Exchange) -> None:
         self._m.in_flight.inc()
@@ -159,7 +168,9 @@ class ExchangeReporter:
             self._failures.count(route_name, f"backend answered {status}")
         latency = self._clock.now() - ex.request.received_at
         trace = ex.trace
+        exemplar = None
         if trace is not None:
+            exemplar = trace.exemplar
             if self.tracer is not None:
                 self.tracer.end(ex)
             if trace.decisions is not None and self.explanations is not None:
@@ -168,16 +179,24 @@ class ExchangeReporter:
             self.access.write(ex, latency)
         if route is None:
             return
-        m.child(m.request_duration, route_name, protocol).observe(latency)
-        if ex.first_byte_at:
-            m.child(m.time_to_first_byte, route_name).observe(
-                ex.first_byte_at - ex.request.received_at
-            )
+        duration = m.child(m.request_duration, route_name, protocol)
+        ttfb = ex.first_byte_at - ex.request.received_at if ex.first_byte_at else None
+        if exemplar is None:
+            duration.observe(latency)
+            if ttfb is not None:
+                m.child(m.time_to_first_byte, route_name).observe(ttfb)
+        else:
+            # a sampled trace: its id rides on the bucket, so a slow bucket links to it
+            duration.observe_traced(latency, exemplar)
+            if ttfb is not None:
+                m.child(m.time_to_first_byte, route_name).observe_traced(ttfb, exemplar)
         body = ex.request.body
         if body:
             m.child(m.request_body_size, route_name).observe(len(body))
         if ex.identity is not None:
             m.child(m.tenant_requests, route_name, self.tenants(ex.identity.tenant)).inc()
+        if route.protocol in MODEL_PROTOCOLS:
+            self.models.observe(ex, route)
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)
         tap = self._quality
@@ -198,6 +217,8 @@ class ExchangeReporter:
 
 # What the access metrics call an exchange whose client went away before its answer.
 CLIENT_CLOSED = 499
+# Route protocols whose bodies feed the data and model layers of the metrics.
+MODEL_PROTOCOLS = frozenset({"kserve-v2", "openai"})
 
 
 class RouteStage:

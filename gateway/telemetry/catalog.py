@@ -34,6 +34,8 @@ TOKEN_GAP_BUCKETS = (
 )  # fmt: skip
 # Request bodies: a small JSON prompt up to the largest accepted tensor payload.
 SIZE_BUCKETS = tuple(float(1 << k) for k in range(6, 27, 2))  # 64 B .. 64 MiB
+# Prompt sizes in tokens: a one-line question up to a long-context window.
+TOKEN_BUCKETS = tuple(float(1 << k) for k in range(4, 18))  # 16 .. 128 Ki tokens
 
 
 class Metrics:
@@ -128,6 +130,37 @@ class Metrics:
             "Label values folded into 'other' because a label reached its limit, by label.",
             ["label"],
             registry=r,
+        )
+        # `model` comes from request data (the path, the body's "model"): bounded by LabelGuard
+        self.tensors = HotCounter(
+            "tailguard_tensors_total",
+            "KServe v2 tensors by route, model, side (input: the request's; output: the "
+            "answer's), datatype and shape (dimensions joined by 'x'; 'other' past the limit).",
+            ["route", "model", "side", "datatype", "shape"],
+            r,
+        )
+        self.prompt_tokens = HotHistogram(
+            "tailguard_prompt_tokens",
+            "OpenAI routes: prompt size in tokens, as the backend's usage counted it, by model.",
+            ["route", "model"],
+            TOKEN_BUCKETS,
+            r,
+        )
+
+        # --- model: what backends answer ---
+        self.model_tokens = HotCounter(
+            "tailguard_model_tokens_total",
+            "OpenAI routes: tokens the backends reported in their usage, by route, requested "
+            "model and kind (input, output).",
+            ["route", "model", "kind"],
+            r,
+        )
+        self.finish_reasons = HotCounter(
+            "tailguard_model_finish_reasons_total",
+            "OpenAI routes: answer choices by finish reason (stop, length, tool_calls, "
+            "content_filter, function_call, other) and requested model.",
+            ["route", "model", "reason"],
+            r,
         )
 
         # --- upstream attempts (the backend's view) ---
@@ -564,6 +597,13 @@ _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
 
+# Finish reasons an OpenAI answer may give; anything else a body says becomes "other".
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+# KServe v2 tensor datatypes; anything else becomes "other".
+TENSOR_DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+     "FP16", "FP32", "FP64", "BF16", "BYTES"}
+)  # fmt: skip
 # Label values the quality code uses; anything else a body says becomes "other".
 QUALITY_PROBLEMS = frozenset(
     {"request_not_json", "request_not_object", "response_not_json", "response_not_object"}

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 # fold into OTHER_LABEL.
 DEFAULT_MAX_LABEL_VALUES = 100
 OTHER_LABEL = "other"
+# The exemplar label that names a sampled request's trace on latency histogram buckets
+# (the name Grafana's exemplar links read by default).
+EXEMPLAR_LABEL = "trace_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,7 @@ class TelemetrySettings:
 
 __all__ = [
     "DEFAULT_MAX_LABEL_VALUES",
+    "EXEMPLAR_LABEL",
     "OTHER_LABEL",
     "AccessLogConfig",
     "ExplainConfig",

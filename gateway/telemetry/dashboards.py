@@ -140,11 +140,30 @@ def _panel_json(panel: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         if panel.kind == "timeseries"
         else {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
         "targets": [
-            {"datasource": DATASOURCE, "expr": expr, "legendFormat": legend, "refId": chr(65 + i)}
+            {
+                "datasource": DATASOURCE,
+                "expr": expr,
+                "legendFormat": legend,
+                "refId": chr(65 + i),
+                # sampled requests' trace ids ride on these buckets: show them as points
+                **({"exemplar": True} if _has_exemplars(expr) else {}),
+            }
             for i, (expr, legend) in enumerate(panel.exprs)
         ],
     }
     return out
+
+
+# histograms whose buckets carry trace-id exemplars (see gateway/proxy/pipeline.py)
+EXEMPLAR_FAMILIES = (
+    "tailguard_request_duration_seconds_bucket",
+    "tailguard_time_to_first_byte_seconds_bucket",
+    "tailguard_stream_time_to_first_token_seconds_bucket",
+)
+
+
+def _has_exemplars(expr: str) -> bool:
+    return any(f in expr for f in EXEMPLAR_FAMILIES)
 
 
 def _variable(name: str, label: str, query: str) -> dict[str, Any]:
@@ -1099,6 +1118,30 @@ def runtime() -> dict[str, Any]:
                         [(f"sum by (label) (increase(tailguard_metric_label_folds_total{RATE}))", "{{label}}")],
                         "short",
                         width=8,
+                    ),
+                ],
+            ),
+            Row(
+                "What models are sent and answer",
+                [
+                    Panel(
+                        "KServe tensors by model, side, datatype and shape",
+                        [(f"sum by (model, side, datatype, shape) (rate(tailguard_tensors_total{rq}{RATE}))", "{{model}} {{side}} {{datatype}} {{shape}}")],
+                        "ops",
+                        width=6,
+                    ),
+                    Panel("Prompt tokens p99", [(q("tailguard_prompt_tokens", "model"), "{{model}}")], "short", width=6),
+                    Panel(
+                        "Tokens by model and kind",
+                        [(f"sum by (model, kind) (rate(tailguard_model_tokens_total{rq}{RATE}))", "{{model}} {{kind}}")],
+                        "short",
+                        width=6,
+                    ),
+                    Panel(
+                        "Finish reasons by model",
+                        [(f"sum by (model, reason) (rate(tailguard_model_finish_reasons_total{rq}{RATE}))", "{{model}} {{reason}}")],
+                        "ops",
+                        width=6,
                     ),
                 ],
             ),

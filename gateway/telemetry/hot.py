@@ -18,10 +18,13 @@ from collections.abc import Iterator, Sequence
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
+    Exemplar,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+
+from gateway.telemetry.config import EXEMPLAR_LABEL
 
 
 class CounterCell:
@@ -43,17 +46,33 @@ class CounterCell:
 
 
 class HistogramCell:
-    __slots__ = ("_bounds", "counts", "sum")
+    __slots__ = ("_bounds", "counts", "exemplars", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        # per bucket, the latest traced observation: (trace id, value); made on the first one
+        self.exemplars: list[tuple[str, float] | None] | None = None
 
     def observe(self, value: float) -> None:
         # `le` buckets are inclusive: a value equal to a bound belongs to that bucket
         self.counts[bisect_left(self._bounds, value)] += 1
         self.sum += value
+
+    def observe_traced(self, value: float, trace_id: str) -> None:
+        """`observe`, keeping `trace_id` as the bucket's exemplar (the latest one wins).
+
+        The caller passes only sampled traces: an exemplar must name a trace the tracing
+        backend has, or the link from the slow bucket leads nowhere.
+        """
+        i = bisect_left(self._bounds, value)
+        self.counts[i] += 1
+        self.sum += value
+        exemplars = self.exemplars
+        if exemplars is None:
+            exemplars = self.exemplars = [None] * len(self.counts)
+        exemplars[i] = (trace_id, value)
 
     @property
     def count(self) -> int:
@@ -125,12 +144,19 @@ class HotHistogram:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, cell in list(self._cells.items()):
             running = 0
-            buckets = []
+            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
             for bound, n in zip(self.buckets, cell.counts, strict=False):
                 running += n
                 buckets.append((_le(bound), running))
             running += cell.counts[-1]
             buckets.append(("+Inf", running))
+            exemplars = cell.exemplars
+            if exemplars is not None:
+                # only the OpenMetrics exposition shows them; the classic text one drops them
+                for i, kept in enumerate(exemplars):
+                    if kept is not None:
+                        le, count = buckets[i][0], buckets[i][1]
+                        buckets[i] = (le, count, Exemplar({EXEMPLAR_LABEL: kept[0]}, kept[1]))
             family.add_metric(list(values), buckets, cell.sum)
         yield family
 

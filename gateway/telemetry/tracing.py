@@ -336,6 +336,12 @@ class RequestTrace:
     def trace_id(self) -> str | None:
         return f"{self.span.trace_id:032x}" if self.span is not None else None
 
+    @property
+    def exemplar(self) -> str | None:
+        """The trace id for latency exemplars: only a sampled trace, which the backend has."""
+        span = self.span
+        return f"{span.trace_id:032x}" if span is not None and span.sampled else None
+
     def note(self, decision: str, /, **detail: Any) -> None:
         """A decision, for the decision trace (when asked) and as an event on the server span."""
         if self.decisions is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.app import Gateway
+from gateway.ctl import render_status
 from gateway.sim import SimServer
 from gateway.sim.faults import Faults, Latency
 from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
@@ -169,9 +171,25 @@ async def test_bad_canary_is_rolled_back_within_two_intervals(
 
     assert gw.listening is not None
     async with http.get(f"{gw.listening.admin_url}/admin/status") as r:
-        canary = (await r.json())["routes"][0]["canary"]
+        status = await r.json()
+    canary = status["routes"][0]["canary"]
     assert canary["backend"] == "candidate"
     assert canary["phase"] == "rolled-back" and canary["weight"] == 0.0
+    # the last verdict, its reason and when (wall clock, as the rollback's audit entry says)
+    last = canary["last_verdict"]
+    assert last["verdict"] == "fail" and last["action"] == "rollback"
+    assert last["reason"] == checks[-1]["reason"]
+    rollback_at = gw.clock.wall() - gw.clock.now() + float(checks[-1]["at"])  # type: ignore[arg-type]
+    assert abs(last["time"] - rollback_at) < 1e-3
+    # the hold and the rollback are state changes (after the test's pause and resume); waits
+    # are not
+    steps = [c for c in status["recent_changes"] if c["kind"] == "canary"]
+    assert [c["action"] for c in steps] == ["pause", "resume", "hold", "rollback"]
+    assert steps[-1]["weight"] == 0.0
+    assert "last fail" in render_status(status)
+    assert f"classify: fail at {time.strftime('%H:%M:%SZ', time.gmtime(last['time']))}" in (
+        render_status(status)
+    )
 
 
 async def test_good_canary_is_promoted_through_every_step(

@@ -109,3 +109,114 @@ async def test_service_data_and_infrastructure_metrics_and_the_access_log(
     assert len({x["request_id"] for x in lines}) == 5
     assert lines[3]["error"] == "bad_request" and lines[3]["attempts"] == 0
     assert lines[4]["route"] == "chat" and lines[4]["bytes_out"] > 0
+
+
+CHANGES_POLICY = """
+version: 1
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: "{a}", region: west}}, {{url: "{b}", region: west}}]
+    outlier_detection: {{consecutive_failures: 2, max_ejection_percent: 50%}}
+    circuit_breaker: {{window_calls: 4, minimum_calls: 2, failure_rate: 50%, open_for: 30s}}
+routes:
+  - name: classify
+    match: {{model: classifier}}
+    split: [{{backend: clf, weight: 100}}]
+    idempotent: true
+    retries: {{attempts: 2, on: [5xx], backoff: {{base: 1ms, max: 2ms}}}}
+"""
+
+
+async def test_breaker_opens_and_ejections_are_recent_state_changes(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    good = await sims(models=["classifier"], name="good")
+    bad = await sims(models=["classifier"], name="bad")
+    bad.faults = bad.faults.replace(error_rate=1.0, error_status=503)
+    gw = await gateway(CHANGES_POLICY.format(a=good.url, b=bad.url))
+    assert gw.listening is not None
+    for _ in range(20):
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer", json=INFER_BODY
+        ) as r:
+            assert r.status == 200  # retried onto the good endpoint
+    async with http.get(f"{gw.listening.admin_url}/admin/status") as r:
+        changes = (await r.json())["recent_changes"]
+    about_bad = [c for c in changes if c.get("endpoint") == bad.url]
+    kinds = {(c["kind"], c.get("state")) for c in about_bad}
+    assert ("breaker", "open") in kinds, changes
+    assert ("ejection", "ejected") in kinds, changes
+    ejected = next(c for c in about_bad if c["kind"] == "ejection")
+    assert ejected["region"] == "west" and ejected["backend"] == "clf"
+    assert "consecutive" in ejected["what"]
+    assert all(c.get("endpoint") != good.url for c in changes)
+    assert all(isinstance(c["time"], float) for c in changes)
+
+
+MODELS_POLICY = """
+version: 1
+telemetry: {{max_label_values: 3}}
+backends:
+  clf: {{protocol: kserve-v2, endpoints: [{{url: "{a}"}}]}}
+  chat: {{protocol: openai, endpoints: [{{url: "{a}"}}]}}
+routes:
+  - {{name: classify, match: {{path_prefix: /v2/models/}}, split: [{{backend: clf, weight: 100}}]}}
+  - {{name: chat, match: {{path_prefix: /v1/}}, split: [{{backend: chat, weight: 100}}]}}
+"""
+
+
+async def test_model_and_data_layers_with_the_model_label_bounded(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=["classifier"])
+    gw = await gateway(MODELS_POLICY.format(a=sim.url))
+    assert gw.listening is not None
+    base = gw.listening.url
+    # a client inventing model names: 40 of them, two requests each
+    usage = {"input": 0, "output": 0}
+    for i in range(80):
+        async with http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": f"made-up-{i % 40}", "messages": [{"role": "user", "content": "a b"}]},
+        ) as r:
+            assert r.status == 200
+            answer = await r.json()
+            usage["input"] += answer["usage"]["prompt_tokens"]
+            usage["output"] += answer["usage"]["completion_tokens"]
+    for _ in range(3):
+        async with http.post(f"{base}/v2/models/classifier/infer", json=INFER_BODY) as r:
+            assert r.status == 200
+
+    s = samples(gw)
+    models = {
+        dict(labels)["model"] for (name, labels) in s if name == "tailguard_model_tokens_total"
+    }
+    # the first three names seen are kept, every later one is "other"
+    assert models == {"made-up-0", "made-up-1", "made-up-2", "other"}
+    folds = s[("tailguard_metric_label_folds_total", (("label", "model"),))]
+    assert folds == 2 * 37 + 3  # each request naming a model past the limit, KServe's included
+    tokens = {
+        kind: sum(
+            v
+            for (name, labels), v in s.items()
+            if name == "tailguard_model_tokens_total" and dict(labels)["kind"] == kind
+        )
+        for kind in ("input", "output")
+    }
+    assert tokens == usage
+    reasons = sum(v for (n, _), v in s.items() if n == "tailguard_model_finish_reasons_total")
+    assert reasons == 80
+    assert sum(v for (n, _), v in s.items() if n == "tailguard_prompt_tokens_count") == 80
+    # the KServe model arrived after the limit was reached: its tensors are under "other"
+    tensors = {
+        (d["model"], d["side"], d["datatype"], d["shape"]): v
+        for (name, labels), v in s.items()
+        if name == "tailguard_tensors_total"
+        for d in [dict(labels)]
+    }
+    sent = INFER_BODY["inputs"][0]
+    shape = "x".join(str(d) for d in sent["shape"])
+    assert tensors[("other", "input", sent["datatype"], shape)] == 3
+    assert tensors[("other", "output", "FP32", shape)] == 3  # read through the gzip coding
+    assert len({k[0] for k in tensors}) == 1

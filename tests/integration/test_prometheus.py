@@ -10,10 +10,7 @@ except under CI=true, where it must be there).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,8 +22,7 @@ import pytest
 from gateway.app import Gateway
 from gateway.sim.faults import Faults
 from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
-from tests.prometheus_tools import require
-from tests.redis_server import free_port
+from tests.prometheus_tools import Prometheus, require
 
 pytestmark = pytest.mark.slow
 
@@ -54,64 +50,6 @@ slos:
 """
 
 
-class Prometheus:
-    def __init__(self, binary: str, workdir: Path, target: str, rules: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = workdir / "prometheus.yml"
-        config.write_text(
-            textwrap.dedent(
-                f"""\
-                global: {{scrape_interval: {round(SCRAPE * 1000)}ms, evaluation_interval: {round(SCRAPE * 1000)}ms}}
-                rule_files: ["{rules}"]
-                scrape_configs:
-                  - job_name: tailguard
-                    static_configs: [{{targets: ["{target}"]}}]
-                """
-            )
-        )
-        self.log = (workdir / "prometheus.log").open("w")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def get(self, http: aiohttp.ClientSession, path: str, **params: str) -> Any:
-        async with http.get(self.url + path, params=params) as r:
-            assert r.status == 200, await r.text()
-            return (await r.json())["data"]
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for _ in range(200):
-            assert self.proc.poll() is None, "prometheus exited; see prometheus.log"
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.url}/-/ready") as r:
-                    if r.status == 200:
-                        return
-            await asyncio.sleep(0.1)
-        raise AssertionError("prometheus did not become ready")
-
-    async def alert_state(self, http: aiohttp.ClientSession, name: str) -> str | None:
-        data = await self.get(http, "/api/v1/alerts")
-        states = [a["state"] for a in data["alerts"] if a["labels"].get("alertname") == name]
-        return "firing" if "firing" in states else (states[0] if states else None)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
 async def prometheus_for(tmp_path: Path) -> AsyncIterator[Any]:
     binary = require("prometheus")
@@ -120,7 +58,7 @@ async def prometheus_for(tmp_path: Path) -> AsyncIterator[Any]:
     def start(gw: Gateway, rules: Path) -> Prometheus:
         assert gw.listening is not None
         target = f"{gw.listening.admin_host}:{gw.listening.admin_port}"
-        p = Prometheus(binary, tmp_path, target, rules)
+        p = Prometheus(binary, tmp_path, target, rules=rules, scrape=SCRAPE)
         started.append(p)
         return p
 

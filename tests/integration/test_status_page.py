@@ -43,7 +43,7 @@ routes:
 """
 
 
-async def test_the_page_shows_an_endpoint_down_within_five_seconds_of_its_death(
+async def test_the_page_shows_a_region_dying_and_coming_back(
     sims: SimFactory, gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
@@ -86,7 +86,24 @@ async def test_the_page_shows_an_endpoint_down_within_five_seconds_of_its_death(
             assert await page.get_attribute(f'tr[data-endpoint="{a.url}"]', "data-state") == "up"
             region = await page.text_content(f'tr[data-endpoint="{b.url}"] td:nth-child(3)')
             assert region == "west"
+            # the region's death is in the recent changes, naming the endpoint and its region
+            went = f'#changes li[data-kind="health"][data-endpoint="{b.url}"]'
+            await page.wait_for_selector(f'{went}[data-state="unhealthy"]', timeout=5_000)
+            text = await page.text_content(f'{went}[data-state="unhealthy"]')
+            assert text is not None and "west" in text and "unhealthy" in text
             await page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
+            # and so is its return
+            await b.revive()
+            await page.wait_for_selector(
+                f'tr[data-endpoint="{b.url}"][data-state="up"]', timeout=10_000
+            )
+            await page.wait_for_selector(f'{went}[data-state="healthy"]', timeout=5_000)
+            # newest first: the return is listed above the death
+            states = await page.eval_on_selector_all(
+                went, "items => items.map((li) => li.dataset.state)"
+            )
+            assert states[:2] == ["healthy", "unhealthy"]
+            await page.screenshot(path=str(tmp_path / "status-page-back.png"), full_page=True)
         finally:
             await browser.close()
     assert (tmp_path / "status-page.png").stat().st_size > 1000

@@ -262,3 +262,28 @@ def test_sparkline_levels() -> None:
 
     rates = [None, 0.1, 0.9, 2, 5, 10, 20, 50, 1000]
     assert burn_sparkline([{"burn_rate": r} for r in rates]) == "·▁▂▃▄▅▆▇█"
+
+
+def test_the_last_canary_verdict_shows_with_its_reason_and_time() -> None:
+    route = STATUS["routes"][0]
+    last = {"verdict": "fail", "action": "hold", "reason": "canary error rate 9% > 1%",
+            "time": 1_700_000_000.0}  # fmt: skip
+    status = {
+        **STATUS,
+        "routes": [{**route, "canary": {**route["canary"], "last_verdict": last}}],
+    }
+    text = render_status(status)
+    table = rows(text, "ROUTE")
+    assert table[1][2] == "clf-v2 25% progressing (1 failed checks) last fail"
+    assert "last canary verdicts:\n  classify: fail at 22:13:20Z: canary error rate 9% > 1%" in text
+
+
+def test_recent_state_changes_are_listed_newest_last() -> None:
+    changes = [
+        {"time": 1_700_000_000.0 + i, "kind": "health", "what": f"change {i}"} for i in range(12)
+    ]
+    text = render_status({**STATUS, "recent_changes": changes})
+    listed = text.split("recent state changes:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert listed[0] == "  22:13:22Z change 2" and listed[-1] == "  22:13:31Z change 11"
+    assert len(listed) == 10
+    assert "recent state changes" not in render_status({**STATUS, "recent_changes": []})

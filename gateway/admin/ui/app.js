@@ -98,12 +98,18 @@ function render(status, slo) {
     const s = windowStats(r.name);
     const canary = r.canary
       ? `${r.canary.backend} ${r.canary.weight ?? "?"}% · ${r.canary.phase ?? ""}` +
-        ` · step ${r.canary.step ?? "?"}${r.canary.last_verdict ? " · " + r.canary.last_verdict : ""}`
+        ` · step ${r.canary.step ?? "?"}`
+      : "";
+    const last = r.canary && r.canary.last_verdict;
+    const verdict = last
+      ? el("div", { class: "verdict", "data-verdict": last.verdict },
+          pill(last.verdict, last.verdict === "pass" ? "ok" : last.verdict === "fail" ? "down" : "warn"),
+          ` ${clock(last.time)} · ${last.reason}`)
       : "";
     return el("tr", { "data-route": r.name },
       el("td", {}, r.name),
       el("td", {}, r.split.map((x) => `${x.backend} ${x.weight}%`).join(", ")),
-      el("td", {}, canary),
+      el("td", { class: "canary" }, canary, verdict),
       el("td", {}, s ? s.rate.toFixed(2) : "–"),
       el("td", {}, s ? (100 * s.errors).toFixed(1) + "%" : "–"),
       el("td", {}, s && s.p99 !== null ? (s.p99 === Infinity ? "> 30 s" : "≤ " + s.p99 * 1000 + " ms") : "–"),
@@ -139,7 +145,12 @@ function render(status, slo) {
 
   const changes = status.recent_changes || [];
   document.getElementById("changes").replaceChildren(...changes.slice().reverse().map((c) =>
-    el("li", {}, `${new Date(c.time * 1000).toLocaleTimeString()} · ${c.what}`)));
+    el("li", { "data-kind": c.kind || "", "data-endpoint": c.endpoint || "", "data-state": c.state || "" },
+      `${clock(c.time)} · ${c.what}`)));
+}
+
+function clock(seconds) {
+  return typeof seconds === "number" ? new Date(seconds * 1000).toLocaleTimeString() : "?";
 }
 
 function fmt(x) {

@@ -49,3 +49,26 @@ def test_label_count_is_checked() -> None:
         assert "takes labels" in str(e)
     else:
         raise AssertionError("a wrong label count must be refused")
+
+
+def test_traced_observations_become_exemplars_in_openmetrics_only() -> None:
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    hot = CollectorRegistry()
+    h = HotHistogram("x_seconds", "doc", ["route"], BUCKETS, hot)
+    cell = h.labels("a")
+    cell.observe(0.005)
+    cell.observe_traced(0.05, "a" * 32)
+    cell.observe_traced(0.07, "b" * 32)  # the same bucket: the latest wins
+    cell.observe_traced(5.0, "c" * 32)
+    assert "trace_id" not in generate_latest(hot).decode()
+    family = next(text_string_to_metric_families(openmetrics(hot).decode()))
+    kept = {
+        s.labels["le"]: (s.exemplar.labels["trace_id"], s.exemplar.value)
+        for s in family.samples
+        if s.exemplar is not None
+    }
+    assert kept == {"0.1": ("b" * 32, 0.07), "10.0": ("c" * 32, 5.0)}
+    counts = {s.labels["le"]: s.value for s in family.samples if s.name == "x_seconds_bucket"}
+    assert counts["0.01"] == 1 and counts["0.1"] == 3 and counts["+Inf"] == 4
