@@ -145,8 +145,6 @@ def test_quality_drift_detects_the_shift_the_shadow_and_the_canary(tmp_path: Pat
     canary = summary["canary"]
     assert canary["phase"] == "rolled-back" and canary["decided_at"] <= 4.0
     assert "output" in canary["reason"], canary
-    after_shift = next(p for p in results["phases"] if p["name"] == "after-shift")
-    assert after_shift["measured"]["outcomes"] == {"ok": 1000}
     # the text report has the same findings
     assert "quality (the first replica's admin API" in r.stdout
     assert "PASS  drift classify/stable input.INPUT0.value" in r.stdout
