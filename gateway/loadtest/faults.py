@@ -1,4 +1,5 @@
-"""Timeline actions: what a scenario does to its backends, its gateway and its Redis, and when.
+"""Timeline actions: what a scenario does to its backends, its traffic, its gateway and its
+Redis, and when.
 
 Each action is one async function in the `ACTIONS` registry, under the name a scenario
 writes in `do:`; adding an action is adding one function (and its parameters in
@@ -9,6 +10,10 @@ Sims are reached through `SimHandle`: `LocalSim` wraps a `SimServer` this proces
 `RemoteSim` drives one elsewhere through its control API. A failed action (a sim that
 cannot listen again, a reload the gateway refused) does not stop the run: it is recorded
 with its reason, shown in the report, and the scenario's SLOs judge the consequences.
+
+The operator's actions (`capture`, `switch`, `switch-back`) go through the gateway's admin
+API with the very client `tailguard ctl` uses (`gateway.ctl.AdminClient`), asked of the
+first replica: what the scenario proves is what an operator would get.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from typing import Protocol
 
 import aiohttp
 
-from gateway.loadtest.scenario import ActionModel, ScenarioModel, SimModel
+from gateway.ctl import AdminClient, AdminRefused, AdminUnreachable
+from gateway.loadtest.scenario import ActionModel, ScenarioModel, SimModel, SimOutputsModel
 from gateway.sim import Faults, Latency, SimControl, SimControlError, SimServer
+from gateway.sim.outputs import Outputs
 
 __all__ = [
     "ACTIONS",
@@ -36,6 +43,7 @@ __all__ = [
     "RemoteSim",
     "SimHandle",
     "base_faults",
+    "base_outputs",
     "run_timeline",
 ]
 
@@ -51,8 +59,11 @@ class SimHandle(Protocol):
 
     spec: SimModel
     faults: Faults
+    outputs: Outputs
 
     async def apply(self, faults: Faults) -> None: ...
+
+    async def set_outputs(self, outputs: Outputs) -> None: ...
 
     async def die(self) -> None: ...
 
@@ -75,6 +86,13 @@ def base_faults(spec: SimModel) -> Faults:
     )
 
 
+def base_outputs(spec: SimOutputsModel | None) -> Outputs:
+    """What a sim's classifier answers at the start (nothing extra without `outputs`)."""
+    if spec is None:
+        return Outputs()
+    return Outputs(classes=spec.classes, bias=spec.bias, disagree_rate=spec.disagree)
+
+
 def _served(stats: Mapping[str, object]) -> int:
     by_kind = stats.get("by_kind")
     total = stats.get("total")
@@ -89,9 +107,13 @@ class LocalSim:
         self.spec = spec
         self.server = server
         self.faults = server.faults
+        self.outputs = server.outputs
 
     async def apply(self, faults: Faults) -> None:
         self.server.faults = self.faults = faults
+
+    async def set_outputs(self, outputs: Outputs) -> None:
+        self.server.outputs = self.outputs = outputs
 
     async def die(self) -> None:
         await self.server.die()
@@ -113,6 +135,7 @@ class RemoteSim:
         self.spec = spec
         self.control = control
         self.faults = Faults()
+        self.outputs = base_outputs(spec.outputs)
 
     async def _call(self, what: Awaitable[object]) -> None:
         try:
@@ -123,6 +146,10 @@ class RemoteSim:
     async def apply(self, faults: Faults) -> None:
         await self._call(self.control.set_faults(faults))
         self.faults = faults
+
+    async def set_outputs(self, outputs: Outputs) -> None:
+        await self._call(self.control.set_outputs(**outputs.to_dict()))
+        self.outputs = outputs
 
     async def die(self) -> None:
         await self._call(self.control.die())
@@ -183,6 +210,10 @@ class FaultContext:
     redis_stop: Callable[[], Awaitable[None]] | None = None
     redis_start: Callable[[], Awaitable[None]] | None = None
     neighbour: NoisyNeighbour | None = None
+    # the first replica's admin API, through the client `tailguard ctl` uses
+    admin: AdminClient | None = None
+    # moves generated inputs: (request or None for all, mean, stddev) -> requests changed
+    shift_inputs: Callable[[str | None, float | None, float | None], Sequence[str]] | None = None
 
     def targets(self, action: ActionModel) -> list[SimHandle]:
         return [self.sims[s.name] for s in self.scenario.sims_for(action) if s.name in self.sims]
@@ -278,6 +309,81 @@ async def _reset(action: ActionModel, ctx: FaultContext) -> str:
 async def _heal(action: ActionModel, ctx: FaultContext) -> str:
     names = await _each(ctx, action, lambda s: ctx.base.get(s.spec.name, Faults()))
     return "faults cleared on " + ", ".join(names)
+
+
+@_action("outputs")
+async def _outputs(action: ActionModel, ctx: FaultContext) -> str:
+    targets = ctx.targets(action)
+
+    async def one(sim: SimHandle) -> None:
+        o = sim.outputs
+        bias = o.bias if action.bias is None else action.bias
+        rate = o.disagree_rate if action.disagree is None else action.disagree
+        try:
+            new = Outputs(classes=o.classes, bias=bias, disagree_rate=rate)
+        except ValueError as e:
+            raise ActionError(f"sim {sim.spec.name}: {e}") from None
+        await sim.set_outputs(new)
+
+    await asyncio.gather(*(one(s) for s in targets))
+    what = []
+    if action.bias is not None:
+        what.append("bias " + ", ".join(f"{b:g}" for b in action.bias))
+    if action.disagree is not None:
+        what.append(f"{action.disagree * 100:g}% disagreeing")
+    return f"outputs {'; '.join(what)} on " + ", ".join(s.spec.name for s in targets)
+
+
+@_action("shift-inputs")
+async def _shift_inputs(action: ActionModel, ctx: FaultContext) -> str:
+    if ctx.shift_inputs is None:
+        raise ActionError("this run's traffic has no generated inputs")
+    names = ctx.shift_inputs(action.request, action.mean, action.stddev)
+    if not names:
+        raise ActionError("no request with generated inputs matched")
+    what = []
+    if action.mean is not None:
+        what.append(f"mean {action.mean:g}")
+    if action.stddev is not None:
+        what.append(f"stddev {action.stddev:g}")
+    return f"inputs now {', '.join(what)} on " + ", ".join(names)
+
+
+async def _admin(ctx: FaultContext, call: Callable[[AdminClient], dict[str, object]]) -> None:
+    if ctx.admin is None:
+        raise ActionError("this run did not start the gateway: no admin API to ask")
+    client = ctx.admin
+    try:
+        # the ctl client blocks: keep it off the loop that sends the traffic
+        await asyncio.to_thread(call, client)
+    except (AdminRefused, AdminUnreachable) as e:
+        raise ActionError(f"the gateway refused: {e}") from None
+
+
+@_action("capture")
+async def _capture(action: ActionModel, ctx: FaultContext) -> str:
+    assert action.route is not None  # the model requires it for this action
+    route, backend = action.route, action.backend
+    duration = None if action.for_ is None else f"{action.for_:g}s"
+    await _admin(ctx, lambda c: c.quality_capture(route, backend, duration))
+    over = "the current window" if duration is None else f"the next {duration}"
+    return f"drift reference of {route}{f'/{backend}' if backend else ''} from {over}"
+
+
+@_action("switch")
+async def _switch(action: ActionModel, ctx: FaultContext) -> str:
+    assert action.route is not None and action.to is not None  # required for this action
+    route, to = action.route, action.to
+    await _admin(ctx, lambda c: c.switch_route(route, to))
+    return f"route {route}: all traffic to {to}"
+
+
+@_action("switch-back")
+async def _switch_back(action: ActionModel, ctx: FaultContext) -> str:
+    assert action.route is not None  # the model requires it for this action
+    route = action.route
+    await _admin(ctx, lambda c: c.switch_route(route, None))
+    return f"route {route}: back to its split"
 
 
 @_action("reload")

@@ -1,8 +1,10 @@
 """The PNG report of a run, drawn from results.json alone (so it can be redrawn later).
 
 Stacked panels share the time axis: latency percentiles per second (log scale), success
-ratio per second, the burn rate of each policy SLO (when the policy has SLOs), and where
-the traffic went (share per region, then per backend — or
+ratio per second, the burn rate of each policy SLO (when the policy has SLOs), the
+gateway's quality findings (when its policy has quality, shadow or canary sections: drift
+scores per feature as a multiple of their thresholds, shadow agreement, canary weight and
+verdict), and where the traffic went (share per region, then per backend — or
 per sim when there is one backend). Every timeline action is a dashed vertical line
 with its label; every phase is a shaded span named with its verdict. matplotlib is an
 optional dependency (`pip install tailguard[loadtest]`): it is imported here only, with
@@ -65,14 +67,23 @@ def write_report(results: Mapping[str, Any], path: Path) -> tuple[Path | None, s
     )  # fmt: skip
     slo_series = series.get("slo") or {}
     has_slo = any(any(v is not None for v in s["burn"]) for s in slo_series.values())
+    quality = series.get("quality") or {}
+    drift_lines = _drift_lines(quality)
     panels = [("latency", 3.0), ("success", 2.0)]
     if has_slo:
         panels.append(("slo", 2.0))
+    if drift_lines:
+        panels.append(("drift", 2.4))
+    if quality.get("shadow"):
+        panels.append(("shadow", 1.6))
+    if quality.get("canary"):
+        panels.append(("canary", 1.4))
     panels += [("region", 1.6), (split_kind, 1.6)]
     fig, axes = plt.subplots(
-        len(panels), 1, sharex=True, figsize=(13, 12.5 if has_slo else 10.5),
+        len(panels), 1, sharex=True, figsize=(13, 1.0 + 1.05 * sum(h for _, h in panels)),
         gridspec_kw={"height_ratios": [h for _, h in panels]},
     )  # fmt: skip
+    ax_of = {kind: ax for (kind, _), ax in zip(panels, axes, strict=True)}
     passed = bool(results["passed"])
     verdict = "PASS" if passed else "FAIL"
     fig.suptitle(
@@ -138,6 +149,8 @@ def write_report(results: Mapping[str, Any], path: Path) -> tuple[Path | None, s
         burn_ax.grid(True, alpha=0.25)
         burn_ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
 
+    _draw_quality(ax_of, quality, drift_lines, results.get("quality") or {})
+
     for ax, (kind, _) in zip(axes[-2:], panels[-2:], strict=True):
         shares = _shares(series.get(kind, {}), sent)
         if shares:
@@ -182,3 +195,84 @@ def write_report(results: Mapping[str, Any], path: Path) -> tuple[Path | None, s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path, None
+
+
+_MAX_DRIFT_LINES = 8
+
+
+def _drift_lines(quality: Mapping[str, Any]) -> list[tuple[str, list[float], float]]:
+    """Per route, backend and feature: its score as a multiple of its threshold at each
+    sample (the largest over its statistics), the features that came closest first."""
+    lines = []
+    for route, backends in (quality.get("drift") or {}).items():
+        for backend, features in backends.items():
+            for feature, stats in features.items():
+                ratios: list[float] = []
+                for k in range(len(quality["t"])):
+                    best = math.nan
+                    for cell in stats.values():
+                        v, limit = cell["values"][k], cell.get("threshold")
+                        if v is not None and limit:
+                            best = v / limit if math.isnan(best) else max(best, v / limit)
+                    ratios.append(best)
+                peak = max((r for r in ratios if not math.isnan(r)), default=math.nan)
+                if not math.isnan(peak):
+                    lines.append((f"{route}/{backend} {feature}", ratios, peak))
+    lines.sort(key=lambda x: -x[2])
+    return lines[:_MAX_DRIFT_LINES]
+
+
+def _draw_quality(
+    ax_of: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    drift_lines: Sequence[tuple[str, list[float], float]],
+    summary: Mapping[str, Any],
+) -> None:
+    times = quality.get("t", [])
+    if "drift" in ax_of:
+        ax = ax_of["drift"]
+        for i, (label, ratios, _) in enumerate(drift_lines):
+            ax.plot(times, ratios, marker=".", linewidth=1.4, label=label,
+                    color=_PALETTE[i % len(_PALETTE)])  # fmt: skip
+        ax.axhline(1.0, color=_FAIL, linestyle=":", linewidth=1.0)
+        ax.text(0.995, 1.0, "threshold ", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8, color=_FAIL)  # fmt: skip
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel("score / threshold")
+        ax.set_title("drift per feature (largest of PSI, KS, JS over its threshold; above 1: "
+                     "drifted)", fontsize=9, loc="left", color="#444")  # fmt: skip
+        ax.grid(True, alpha=0.25)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    routes = summary.get("routes", {})
+    if "shadow" in ax_of:
+        ax = ax_of["shadow"]
+        for i, (route, sh) in enumerate(quality["shadow"].items()):
+            pct = [math.nan if v is None else v * 100.0 for v in sh["agreement"]]
+            overall = (routes.get(route, {}).get("shadow") or {}).get("agreement")
+            label = route + ("" if overall is None else f" ({overall * 100:.1f}% overall)")
+            ax.plot(times, pct, marker=".", linewidth=1.4, label=label,
+                    color=_PALETTE[i % len(_PALETTE)])  # fmt: skip
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("agreement (%)")
+        ax.set_title("shadow answers agreeing with the primary's (each second)", fontsize=9,
+                     loc="left", color="#444")  # fmt: skip
+        ax.grid(True, alpha=0.25)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
+    if "canary" in ax_of:
+        ax = ax_of["canary"]
+        verdicts = []
+        for i, (route, c) in enumerate(quality["canary"].items()):
+            weight = [math.nan if v is None else float(v) for v in c["weight"]]
+            ax.step(times, weight, where="post", linewidth=1.6, label=route,
+                    color=_PALETTE[i % len(_PALETTE)])  # fmt: skip
+            final = routes.get(route, {}).get("canary") or {}
+            if final:
+                at = f" at {final['decided_at']:g}s" if "decided_at" in final else ""
+                verdicts.append(f"{route}: {final.get('phase')}{at}")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("canary weight (%)")
+        ax.set_title("canary weight · " + "; ".join(verdicts), fontsize=9, loc="left",
+                     color="#444")  # fmt: skip
+        ax.grid(True, alpha=0.25)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)

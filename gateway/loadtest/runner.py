@@ -3,9 +3,11 @@
 The order of a run: start a private Redis (`redis: true`), start each sim in this
 process on a free port (sims with a `url` run elsewhere), render the policy template
 into `<out>/policy.yaml`, start the gateway as a subprocess (so its CPU is apart from the
-generator's) and wait for its readiness, let health checks settle for `warmup`, then
-send the traffic while the timeline acts and sim counters are read at every phase
-boundary. With a `target`, the gateway is one that already runs: nothing is started
+generator's; `replicas` of them, traffic spread round-robin) and wait for their
+readiness, let health checks settle for `warmup`, then send the traffic while the
+timeline acts, sim counters are read at every phase boundary, and, when the policy has
+quality, shadow or canary sections, the first replica's admin API is read every second
+(`gateway.loadtest.quality`). With a `target`, the gateway is one that already runs: nothing is started
 but the sims the scenario owns.
 
 Measuring and judging are pure (`measure`, `judge`, `per_second`): records in, numbers
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -36,6 +39,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from gateway.ctl import AdminClient, AdminClientConfig
 from gateway.errors import PolicyError, PolicyIssue
 from gateway.loadtest.faults import (
     ActionError,
@@ -46,7 +50,16 @@ from gateway.loadtest.faults import (
     RemoteSim,
     SimHandle,
     base_faults,
+    base_outputs,
     run_timeline,
+)
+from gateway.loadtest.quality import (
+    QualitySample,
+    judge_quality,
+    quality_lines,
+    quality_series,
+    quality_summary,
+    wants_quality,
 )
 from gateway.loadtest.scenario import (
     PhaseModel,
@@ -363,6 +376,7 @@ class GatewayProcess:
     """`tailguard run` in a subprocess on free ports; `reload` rewrites its policy and SIGHUPs."""
 
     def __init__(self, policy_file: Path, log_file: Path) -> None:
+        # replicas of one run share the policy file: a reload rewrites it for all of them
         self.policy_file = policy_file
         self.log_file = log_file
         self.proc: asyncio.subprocess.Process | None = None
@@ -561,6 +575,7 @@ async def _start_sims(
             server = SimServer(
                 models=spec.models, region=spec.region, name=spec.name,
                 control_port=0, seed=scenario.seed * 1000 + i, faults=base_faults(spec),
+                outputs=base_outputs(spec.outputs),
             )  # fmt: skip
             await server.start()
             servers.append(server)
@@ -585,6 +600,14 @@ def _url_of(sim: SimHandle) -> str:
         return sim.server.url
     assert sim.spec.url is not None  # a sim this run does not serve has a url
     return sim.spec.url
+
+
+def _cpu_total(replicas: Sequence[GatewayProcess]) -> float | None:
+    """CPU seconds of every replica so far; None when one cannot be read (or none runs)."""
+    seconds = [g.cpu_seconds() for g in replicas]
+    if not seconds or any(x is None for x in seconds):
+        return None
+    return sum(x for x in seconds if x is not None)
 
 
 async def _count_backend(sims: Mapping[str, SimHandle]) -> int | None:
@@ -616,27 +639,52 @@ def slo_specs(policy_text: str, source: str) -> dict[str, SloBudgetSpec]:
     return out
 
 
+def policy_wants_quality(policy_text: str, source: str) -> bool:
+    """Whether the rendered policy has anything for the quality sampler to read."""
+    return wants_quality(load_policy_text(policy_text, source).routes)
+
+
+async def quality_sample(session: aiohttp.ClientSession, admin_url: str) -> QualitySample | None:
+    """The first replica's `/admin/quality` and `/admin/status`, or None if it did not answer."""
+    answers: list[Any] = []
+    for path in ("/admin/quality", "/admin/status"):
+        try:
+            async with session.get(admin_url + path) as r:
+                answers.append(await r.json(content_type=None) if r.status == 200 else None)
+        except (aiohttp.ClientError, OSError, ValueError):
+            answers.append(None)
+    quality, status = answers
+    if not isinstance(quality, dict):
+        return None
+    return QualitySample.from_answers(quality, status if isinstance(status, dict) else None)
+
+
 _SLO_SAMPLE = re.compile(
     r'^tailguard_slo_events_total\{(?=[^}]*slo="([^"]*)")(?=[^}]*result="([^"]*)")[^}]*\}\s+(\S+)',
     re.MULTILINE,
 )
 
 
-async def slo_counts(session: aiohttp.ClientSession, admin_url: str) -> SloCounts | None:
-    """`tailguard_slo_events_total` summed by SLO and result, from the gateway's /metrics.
+async def slo_counts(
+    session: aiohttp.ClientSession, admin_urls: str | Sequence[str]
+) -> SloCounts | None:
+    """`tailguard_slo_events_total` summed by SLO and result, from the gateways' /metrics
+    (every replica's, summed; None when one of them did not answer).
 
     Only those lines are read (a regular expression, not a full parse): this runs in the
     load generator's event loop every second, where a slow parse would delay requests.
     """
-    try:
-        async with session.get(admin_url + "/metrics") as r:
-            if r.status != 200:
-                return None
-            text = await r.text()
-    except (aiohttp.ClientError, OSError):
-        return None
+    texts = []
+    for admin_url in [admin_urls] if isinstance(admin_urls, str) else admin_urls:
+        try:
+            async with session.get(admin_url + "/metrics") as r:
+                if r.status != 200:
+                    return None
+                texts.append(await r.text())
+        except (aiohttp.ClientError, OSError):
+            return None
     out: dict[str, list[float]] = {}
-    for slo, result, value in _SLO_SAMPLE.findall(text):
+    for slo, result, value in _SLO_SAMPLE.findall("\n".join(texts)):
         pair = out.setdefault(slo, [0.0, 0.0])
         try:
             pair[0 if result == "good" else 1] += float(value)
@@ -715,6 +763,8 @@ async def run_scenario(
     servers: list[SimServer] = []
     redis: PrivateRedis | None = None
     gateway: GatewayProcess | None = None
+    replicas: list[GatewayProcess] = []
+    sample_quality = False
     neighbour = NoisyNeighbour()
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=scenario.traffic.connections)
@@ -732,24 +782,33 @@ async def run_scenario(
                 rendered = render_template(template, values, str(policy_file))
                 policy_file.write_text(rendered)
                 slos = slo_specs(rendered, str(policy_file))
-                gateway = GatewayProcess(policy_file, out / "gateway.log")
-                await gateway.start()
-                await gateway.wait_ready(session, READY_TIMEOUT)
-                base_url = gateway.url
+                sample_quality = policy_wants_quality(rendered, str(policy_file))
+                for k in range(scenario.replicas):
+                    log_name = "gateway.log" if k == 0 else f"gateway-{k + 1}.log"
+                    replicas.append(GatewayProcess(policy_file, out / log_name))
+                # started side by side; one that fails is stopped with the rest below
+                started = await asyncio.gather(*(g.start() for g in replicas),
+                                               return_exceptions=True)  # fmt: skip
+                for failure in started:
+                    if isinstance(failure, BaseException):
+                        raise failure
+                gateway = replicas[0]
+                await asyncio.gather(*(g.wait_ready(session, READY_TIMEOUT) for g in replicas))
+                base_urls = [g.url for g in replicas]
             else:
                 assert target is not None
-                base_url = target
-            show.event(f"{scenario.name}: gateway {base_url}, {len(sims)} sims; "
+                base_urls = [target]
+            base_url = base_urls[0]
+            show.event(f"{scenario.name}: gateway {', '.join(base_urls)}, {len(sims)} sims; "
                        f"warming up for {format_duration(scenario.warmup)}")  # fmt: skip
             await asyncio.sleep(scenario.warmup)
 
-            gw = gateway
-
             async def reload(path: Path) -> str:
-                if gw is None:
+                if not replicas:
                     raise ActionError("this run did not start the gateway")
                 text = render_template(_read(path), values, str(path))
-                return await gw.reload(text, session)
+                done = [await g.reload(text, session) for g in replicas]
+                return done[0] if len(done) == 1 else "; ".join(done)
 
             ctx = FaultContext(
                 scenario=scenario,
@@ -760,25 +819,33 @@ async def run_scenario(
                 redis_stop=redis.stop if redis is not None else None,
                 redis_start=redis.start if redis is not None else None,
                 neighbour=neighbour,
-            )
+                admin=(
+                    AdminClient(AdminClientConfig(gateway.admin_url, timeout=RELOAD_TIMEOUT))
+                    if gateway is not None else None
+                ),
+            )  # fmt: skip
             endpoint_sims = {
                 values[f"sim.{name}"].rstrip("/"): (name, s.spec.region) for name, s in sims.items()
             }
             traffic = OpenLoop(
-                scenario.traffic, base_url, random.Random(scenario.seed),
+                scenario.traffic, base_urls, random.Random(scenario.seed),
                 sim_of=lambda url: endpoint_sims.get(url.rstrip("/")),
             )  # fmt: skip
+            ctx = dataclasses.replace(ctx, shift_inputs=traffic.mix.shift_inputs)
             bounds = sorted({p.from_ for p in scenario.phases} | {p.to for p in scenario.phases}
                             | {0.0, scenario.traffic.duration})  # fmt: skip
             counts: dict[float, int | None] = {}
             slo_samples: dict[float, SloCounts | None] = {}
-            cpu_start = gateway.cpu_seconds() if gateway is not None else None
+            quality_samples: dict[float, QualitySample | None] = {}
+            cpu_start = _cpu_total(replicas)
             start = loop.time() + 0.05
-            admin = gateway.admin_url if gateway is not None and slos else None
+            admins = [g.admin_url for g in replicas] if slos else []
             # the SLO counters every second (for the burn plot) and at every phase bound
-            slo_times = sorted(
+            every_second = sorted(
                 set(bounds) | {float(k) for k in range(math.ceil(scenario.traffic.duration) + 1)}
-            ) if admin is not None else []  # fmt: skip
+            )
+            slo_times = every_second if admins else []
+            quality_times = every_second if sample_quality and gateway is not None else []
 
             async def sample() -> None:
                 for b in bounds:
@@ -788,12 +855,19 @@ async def run_scenario(
                     counts[b] = await _count_backend(sims) if sims else None
 
             async def sample_slos() -> None:
-                assert admin is not None or not slo_times
                 for b in slo_times:
                     delay = start + b - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    slo_samples[b] = await slo_counts(session, str(admin))
+                    slo_samples[b] = await slo_counts(session, admins)
+
+            async def sample_quality_state() -> None:
+                for b in quality_times:
+                    delay = start + b - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    assert gateway is not None
+                    quality_samples[b] = await quality_sample(session, gateway.admin_url)
 
             def on_action(record: ActionRecord) -> None:
                 status = "" if record.ok else " FAILED"
@@ -806,22 +880,22 @@ async def run_scenario(
 
             ticker = asyncio.ensure_future(tick())
             try:
-                _, actions, _, _ = await asyncio.gather(
+                _, actions, _, _, _ = await asyncio.gather(
                     traffic.run(session, start),
                     run_timeline(scenario.timeline, ctx, start, on_action),
                     sample(),
                     sample_slos(),
+                    sample_quality_state(),
                 )
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
                 show.done()
-            cpu_end = gateway.cpu_seconds() if gateway is not None else None
+            cpu_end = _cpu_total(replicas)
         finally:
             await neighbour.stop()
-            if gateway is not None:
-                await gateway.stop()
+            await asyncio.gather(*(g.stop() for g in replicas))
             for server in servers:
                 await server.stop()
             if redis is not None:
@@ -851,6 +925,7 @@ async def run_scenario(
             )  # fmt: skip
             v.append(Verdict(phase.name, f"{name} budget spent", str(bound), measured,
                              value is not None and bound.holds(value)))  # fmt: skip
+        v.extend(Verdict(phase.name, *q) for q in judge_quality(phase, quality_samples))
         verdicts.extend(v)
         phases.append({
             "name": phase.name, "from": phase.from_, "to": phase.to,
@@ -867,6 +942,7 @@ async def run_scenario(
         "passed": all(v.passed for v in verdicts),
         "gateway": {
             "url": base_url,
+            "replicas": base_urls,
             "started_by_run": gateway is not None,
             "cpu_seconds": cpu,
             "cpu_us_per_request": cpu / total.requests * 1e6 if cpu and total.requests else None,
@@ -892,6 +968,9 @@ async def run_scenario(
                    "error_budget": spec.error_budget, "window_s": spec.window}
             for name, spec in slos.items()
         }  # fmt: skip
+    if quality_samples:
+        results["series"]["quality"] = quality_series(quality_samples, scenario.traffic.duration)
+        results["quality"] = quality_summary(quality_samples, scenario.traffic.duration)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     result = RunResult(results, verdicts, out)
     if report:
@@ -915,6 +994,7 @@ def _summary(scenario: ScenarioModel, scenario_file: Path, target: str | None) -
         "policy": scenario.policy if target is None else None,
         "target": target,
         "duration": t.duration,
+        "replicas": scenario.replicas,
         "rate": t.rate,
         "steps": [{"at": s.at, "rate": s.rate} for s in t.steps],
         "concurrency": t.concurrency,
@@ -946,6 +1026,11 @@ def format_verdicts(result: RunResult, scenario: ScenarioModel) -> list[str]:
         lines.extend(v.line() for v in by_phase.get(phase.name, []))
         if not by_phase.get(phase.name):
             lines.append("  (no SLO stated)")
+    if "quality" in result.results:
+        shifts = [
+            (a["done_at"], f"{a['label']}: {a['detail']}") for a in result.results["timeline"]
+        ]
+        lines.extend(quality_lines(result.results["quality"], shifts))
     cpu = result.results["gateway"]["cpu_us_per_request"]
     if cpu is not None:
         lines.append(f"gateway CPU: {cpu:.0f} us per request")

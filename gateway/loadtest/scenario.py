@@ -2,8 +2,9 @@
 
 A scenario says which simulated backends to start, which policy the gateway runs (a
 template in which `${sim.<name>}` becomes that sim's URL and `${redis.url}` the private
-Redis), what traffic to send, which faults happen when (`timeline`), and what must hold
-in each phase (`phases[].slo`). It goes through the same loader as policies, so every
+Redis) on how many `replicas`, what traffic to send, which faults and operator actions
+happen when (`timeline`), and what must hold in each phase (`phases[].slo`).
+docs/loadtests.md describes the language with examples. It goes through the same loader as policies, so every
 problem in the file is reported in one pass, located at the node that caused it.
 
 Paths in a scenario (`policy`, a reload's `policy`) are relative to the scenario file;
@@ -12,12 +13,13 @@ Paths in a scenario (`policy`, a reload's `policy`) are relative to the scenario
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import AfterValidator, BeforeValidator, Field, Strict, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import PolicyError, PolicyIssue
@@ -47,11 +49,14 @@ __all__ = [
     "ACTION_NAMES",
     "SCENARIO_LOADER",
     "ActionModel",
+    "DriftExpectModel",
+    "GeneratedInputModel",
     "PhaseModel",
     "RequestModel",
     "ScenarioModel",
     "ShareBound",
     "SimModel",
+    "SimOutputsModel",
     "SloModel",
     "StepModel",
     "TrafficModel",
@@ -78,13 +83,31 @@ ACTION_NAMES: Mapping[str, tuple[bool, tuple[str, ...], tuple[str, ...]]] = {
     "hang": (True, (), ("rate",)),
     "reset": (True, ("rate",), ()),
     "heal": (True, (), ()),
+    "outputs": (True, (), ("bias", "disagree")),
+    "shift-inputs": (False, (), ("mean", "stddev", "request")),
     "reload": (False, ("policy",), ()),
+    "capture": (False, ("route",), ("backend", "for")),
+    "switch": (False, ("route", "to"), ()),
+    "switch-back": (False, ("route",), ()),
     "redis-stop": (False, (), ()),
     "redis-start": (False, (), ()),
     "neighbour-start": (False, (), ()),
     "neighbour-stop": (False, (), ()),
 }
-_PARAMS = ("latency", "share", "rate", "status", "policy")
+# actions that go through the admin API of a gateway the run starts (as `tailguard ctl` does)
+ADMIN_ACTIONS = frozenset({"capture", "switch", "switch-back"})
+# actions that need at least one of their optional parameters
+_ONE_OF: Mapping[str, tuple[str, ...]] = {
+    "outputs": ("bias", "disagree"),
+    "shift-inputs": ("mean", "stddev"),
+}
+# parameter -> attribute, where the written name is a Python keyword
+_PARAMS = {
+    "latency": "latency", "share": "share", "rate": "rate", "status": "status",
+    "policy": "policy", "route": "route", "backend": "backend", "to": "to", "for": "for_",
+    "mean": "mean", "stddev": "stddev", "request": "request", "bias": "bias",
+    "disagree": "disagree",
+}  # fmt: skip
 
 
 def _error(kind: str, message: str) -> PydanticCustomError:
@@ -102,28 +125,50 @@ PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 
 
 class ShareBound(NamedTuple):
-    """A bound on a share of traffic: `>= 90%` is ShareBound('>=', 0.9)."""
+    """A bound on a share: `>= 90%` is ShareBound('>=', 0.9); `70% ± 5%` is
+    ShareBound('±', 0.7, 0.05), any share from 65 % to 75 %."""
 
-    op: Literal[">=", "<="]
+    op: Literal[">=", "<=", "±"]
     fraction: float
+    tolerance: float = 0.0
 
     def holds(self, measured: float) -> bool:
         # a hair of slack so that 90% measured as 0.8999999 still meets ">= 90%"
         if self.op == ">=":
             return measured >= self.fraction - 1e-9
-        return measured <= self.fraction + 1e-9
+        if self.op == "<=":
+            return measured <= self.fraction + 1e-9
+        return abs(measured - self.fraction) <= self.tolerance + 1e-9
 
     def __str__(self) -> str:
-        return f"{self.op} {round(self.fraction * 100, 6):g}%"
+        if self.op == "±":
+            return f"{_pct_text(self.fraction)} ± {_pct_text(self.tolerance)}"
+        return f"{self.op} {_pct_text(self.fraction)}"
 
 
-_SHARE = re.compile(r"\s*(>=|<=)\s*(\d+(?:\.\d+)?)\s*%\s*")
+def _pct_text(fraction: float) -> str:
+    return f"{round(fraction * 100, 6):g}%"
+
+
+_NUMBER = r"\s*(\d+(?:\.\d+)?)\s*%\s*"
+_SHARE = re.compile(rf"\s*(>=|<=){_NUMBER}")
+_AROUND = re.compile(rf"{_NUMBER}(?:±|\+-|\+/-){_NUMBER}")
 
 
 def _share_bound(value: Any) -> ShareBound:
-    m = _SHARE.fullmatch(value) if isinstance(value, str) else None
-    if m is None:
-        raise _error("share", "expected a bound like '>= 90%' or '<= 5%' (quote it in YAML)")
+    text = value if isinstance(value, str) else ""
+    m, around = _SHARE.fullmatch(text), _AROUND.fullmatch(text)
+    if m is None and around is None:
+        raise _error(
+            "share",
+            "expected a bound like '>= 90%', '<= 5%' or '70% ± 5%' (quote it in YAML)",
+        )
+    if around is not None:
+        pct, tol = float(around.group(1)), float(around.group(2))
+        if pct > 100 or tol > 100:
+            raise _error("share", "must be between 0% and 100%")
+        return ShareBound("±", pct / 100.0, tol / 100.0)
+    assert m is not None
     pct = float(m.group(2))
     if pct > 100:
         raise _error("share", "must be between 0% and 100%")
@@ -143,6 +188,30 @@ class TailModel(FrozenModel):
     factor: Annotated[float, Strict(), Field(ge=1.0, le=10_000.0)]
 
 
+Bias = Annotated[tuple[Annotated[float, Field(ge=-100, le=100)], ...], Field(max_length=1000)]
+
+
+class SimOutputsModel(FrozenModel):
+    """A classifier's answer besides OUTPUT0: a `PROBS` tensor of `classes` probabilities.
+
+    Each row's probabilities are the softmax of its input values plus `bias` per class (a
+    bias shifts which classes win: a model that answers differently); a `disagree` share of
+    answers has its winner moved to the next class (a model that disagrees that often with
+    another of the same settings). See gateway/sim/outputs.py.
+    """
+
+    classes: Annotated[int, Strict(), Field(ge=2, le=1000)]
+    bias: Bias = ()
+    disagree: Percent = 0.0
+
+    @model_validator(mode="after")
+    def _bias_fits(self) -> SimOutputsModel:
+        if len(self.bias) > self.classes:
+            raise checks_failed((("bias",), f"has {len(self.bias)} entries for "
+                                             f"{self.classes} classes"))  # fmt: skip
+        return self
+
+
 class SimModel(FrozenModel):
     """One simulated backend. With `url`, it runs elsewhere and is driven by its control API."""
 
@@ -151,6 +220,7 @@ class SimModel(FrozenModel):
     models: Annotated[tuple[Text, ...], Field(min_length=1)] = ("classifier",)
     latency: DurationOrZero = 0.0
     tail: TailModel | None = None
+    outputs: SimOutputsModel | None = None
     url: HttpUrl | None = None
     control_url: HttpUrl | None = None
 
@@ -178,14 +248,48 @@ class UserHeaderModel(FrozenModel):
     users: PositiveInt = 1000
 
 
+Finite = Annotated[float, Field(ge=-1e6, le=1e6)]
+
+
+class GeneratedInputModel(FrozenModel):
+    """A KServe v2 body made afresh for each request: one tensor of normal random values.
+
+    `mean` and `stddev` are where the values start; the `shift-inputs` action moves them
+    during the run, so the gateway's drift detection sees the inputs change.
+    """
+
+    name: Text = "INPUT0"
+    shape: Annotated[tuple[PositiveInt, ...], Field(min_length=1, max_length=4)] = (1, 4)
+    datatype: Literal["FP32", "FP64"] = "FP32"
+    mean: Finite = 0.0
+    stddev: Annotated[float, Field(ge=0, le=1e6)] = 1.0
+
+    @property
+    def elements(self) -> int:
+        return math.prod(self.shape)
+
+    @model_validator(mode="after")
+    def _small(self) -> GeneratedInputModel:
+        if self.elements > 4096:
+            raise checks_failed((("shape",), "at most 4096 values per request"))
+        return self
+
+
 class RequestModel(FrozenModel):
     method: Annotated[str, AfterValidator(lambda v: v.upper())] = "POST"
     path: UrlPath
     body: Any = None
+    inputs: GeneratedInputModel | None = None
     headers: FrozenMap[HeaderName, str] = FrozenMap()
     user_header: UserHeaderModel | None = None
     weight: Annotated[float, Strict(), Field(gt=0, le=1_000_000)] = 1.0
     name: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_body(self) -> RequestModel:
+        if self.body is not None and self.inputs is not None:
+            raise checks_failed((("inputs",), "give either body or inputs"))
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -244,14 +348,22 @@ class TrafficModel(FrozenModel):
 
 
 class ActionModel(FrozenModel):
-    """One timeline entry: at `at`, do `do` to a sim (`sim`) or every sim of a `region`.
+    """One timeline entry: at `at`, do `do` to a sim (`sim`), every sim of a `region`, the
+    traffic or the gateway.
 
     Parameters by action: latency (`latency`, and `share` for a tail: only that share of
     calls is slow), errors (`rate`, `status`), reset (`rate`), hang (`rate`, default all
-    calls), reload (`policy`: the template to render over the served file).
+    calls), outputs (`bias`, `disagree`: the sim's classifier answers differently),
+    shift-inputs (`mean`, `stddev` of generated inputs; `request` names one request, else
+    all), reload (`policy`: the template to render over the served file), capture (`route`,
+    `backend`, `for`: a drift reference, as `tailguard ctl quality capture`), switch
+    (`route`, `to`) and switch-back (`route`), as `tailguard ctl route switch`.
     `neighbour-start` starts a noisy neighbour, a process that burns one CPU core until
     `neighbour-stop` or the end of the run.
     """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False,
+                              populate_by_name=True)  # fmt: skip
 
     at: DurationOrZero
     do: str
@@ -262,6 +374,15 @@ class ActionModel(FrozenModel):
     rate: Percent | None = None
     status: Annotated[int, Strict(), Field(ge=400, le=599)] | None = None
     policy: Text | None = None
+    route: Name | None = None
+    backend: Name | None = None
+    to: Name | None = None
+    for_: Duration | None = Field(default=None, alias="for")
+    mean: Finite | None = None
+    stddev: Annotated[float, Field(ge=0, le=1e6)] | None = None
+    request: Name | None = None
+    bias: Bias | None = None
+    disagree: Percent | None = None
 
     @model_validator(mode="after")
     def _fits_action(self) -> ActionModel:
@@ -278,23 +399,41 @@ class ActionModel(FrozenModel):
                 if getattr(self, key) is not None:
                     problems.append(((key, AT_KEY), f"'{self.do}' takes no {key}"))
         allowed = {*required, *optional}
-        for key in _PARAMS:
-            if getattr(self, key) is None and key in required:
+        for key, attr in _PARAMS.items():
+            if getattr(self, attr) is None and key in required:
                 problems.append(((), f"'{self.do}' needs {key}"))
-            elif getattr(self, key) is not None and key not in allowed:
+            elif getattr(self, attr) is not None and key not in allowed:
                 problems.append(((key, AT_KEY), f"'{self.do}' takes no {key}"))
+        one_of = _ONE_OF.get(self.do, ())
+        if one_of and all(getattr(self, _PARAMS[k]) is None for k in one_of):
+            problems.append(((), f"'{self.do}' needs {' or '.join(one_of)}"))
         if problems:
             raise checks_failed(*problems)
         return self
 
     @property
     def label(self) -> str:
-        """Short text for the report and the log: `kill region us-east`."""
+        """Short text for the report and the log: `kill region us-east`, `switch classify`."""
         target = f" {self.sim}" if self.sim else f" region {self.region}" if self.region else ""
+        if self.route is not None:
+            target = f" {self.route}" + (f" to {self.to}" if self.to else "")
+        elif self.request is not None:
+            target = f" {self.request}"
         return f"{self.do}{target}"
 
 
 # --- SLOs --------------------------------------------------------------------------------------
+
+
+class DriftExpectModel(FrozenModel):
+    """Whether the gateway judged a feature drifted (any statistic over its threshold) at
+    any moment of the phase: `detected: true`; or judged it and never found it drifted:
+    `detected: false` (a phase in which the feature was never scored fails either way)."""
+
+    route: Name
+    backend: Name
+    feature: Text
+    detected: Annotated[bool, Strict()]
 
 
 class SloModel(FrozenModel):
@@ -311,6 +450,14 @@ class SloModel(FrozenModel):
     # the share of a policy SLO's error budget (over its whole compliance window) that the
     # phase spent, from the gateway's own SLO counters: `{classify-availability: "<= 0.1%"}`
     error_budget: FrozenMap[Name, Share] = FrozenMap()
+    # quality, from the gateway's admin API (the first replica's): drift verdicts, the share
+    # of shadow answers that agreed with the primary over the phase, a canary's phase at
+    # the phase's end (progressing, paused, promoted, rolled-back)
+    drift: tuple[DriftExpectModel, ...] = ()
+    shadow_agreement: FrozenMap[Name, Share] = FrozenMap()
+    canary: FrozenMap[Name, Literal["progressing", "paused", "promoted", "rolled-back"]] = (
+        FrozenMap()
+    )
 
 
 class PhaseModel(FrozenModel):
@@ -337,6 +484,8 @@ class ScenarioModel(FrozenModel):
     policy: Text | None = None
     target: HttpUrl | None = None
     redis: Annotated[bool, Strict()] = False
+    # gateway processes the run starts, all on the same policy; traffic goes round-robin
+    replicas: Annotated[int, Strict(), Field(ge=1, le=8)] = 1
     warmup: DurationOrZero = 1.0
     traffic: TrafficModel
     timeline: tuple[ActionModel, ...] = ()
@@ -396,8 +545,14 @@ def scenario_cross_checks(data: Any) -> list[Problem]:
         for i, sim in _items(data.get("sims")):
             if isinstance(sim, Mapping) and sim.get("url") is None:
                 problems.append((("sims", i), "with target, sims run elsewhere: give each its url"))
+    if target is not None and data.get("replicas", 1) != 1:
+        problems.append((("replicas",), "replicas are started by the run: not with target"))
     traffic = data.get("traffic")
     duration = _seconds(traffic.get("duration")) if isinstance(traffic, Mapping) else None
+    requests = traffic.get("requests") if isinstance(traffic, Mapping) else None
+    generated = {
+        r.get("name") for _, r in _items(requests) if isinstance(r, Mapping) and r.get("inputs")
+    }
     for i, action in _items(data.get("timeline")):
         if not isinstance(action, Mapping):
             continue
@@ -408,8 +563,22 @@ def scenario_cross_checks(data: Any) -> list[Problem]:
         if isinstance(region, str) and region not in regions:
             hint = did_you_mean(region, (str(r) for r in regions))
             problems.append((("timeline", i, "region"), f"no sim is in region '{region}'{hint}"))
-        if do == "reload" and target is not None:
-            problems.append((("timeline", i, "do"), "reload needs a gateway this run starts"))
+        if (do == "reload" or do in ADMIN_ACTIONS) and target is not None:
+            problems.append((("timeline", i, "do"), f"{do} needs a gateway this run starts"))
+        if do == "outputs":
+            for sim_name, sim in sims.items():
+                aimed = sim_name == name or (region is not None and sim.get("region") == region)
+                if aimed and not sim.get("outputs"):
+                    problems.append((("timeline", i, "do"),
+                                     f"sim '{sim_name}' has no outputs to change"))  # fmt: skip
+        if do == "shift-inputs":
+            wanted = action.get("request")
+            if not generated:
+                problems.append((("timeline", i, "do"), "no request has generated inputs"))
+            elif wanted is not None and wanted not in generated:
+                hint = did_you_mean(str(wanted), (str(n) for n in generated if n))
+                problems.append((("timeline", i, "request"),
+                                 f"no request named '{wanted}' has generated inputs{hint}"))  # fmt: skip
         if do in ("redis-stop", "redis-start") and data.get("redis") is not True:
             problems.append((("timeline", i, "do"), f"{do} needs 'redis: true'"))
         at = _seconds(action.get("at"))
@@ -428,6 +597,11 @@ def scenario_cross_checks(data: Any) -> list[Problem]:
         if duration is not None and to is not None and to > duration:
             problems.append((("phases", i, "to"), "ends after the traffic has ended"))
         slo = phase.get("slo")
+        if target is not None and isinstance(slo, Mapping):
+            for key in ("drift", "shadow_agreement", "canary"):
+                if slo.get(key):
+                    problems.append((("phases", i, "slo", key),
+                                     "read from the admin API of a gateway this run starts"))  # fmt: skip
         traffic_slo = slo.get("traffic") if isinstance(slo, Mapping) else None
         for kind, bounds in (traffic_slo or {}).items() if isinstance(traffic_slo, Mapping) else ():
             known = regions if kind == "region" else set(sims) if kind == "sim" else None

@@ -7,7 +7,9 @@ not delayed: it is recorded as `DROPPED` by the generator, so an overload shows 
 the results instead of stretching the test.
 
 The schedule (`intended_times`) and the request mix (`RequestMix`) are pure; only
-`OpenLoop.run` does I/O. Every request leaves one `RequestRecord`.
+`OpenLoop.run` does I/O. Every request leaves one `RequestRecord`. A request with
+generated `inputs` gets a fresh KServe v2 body each time (`InputGenerator`), whose values'
+distribution the timeline can move (`RequestMix.shift_inputs`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import enum
+import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
-from gateway.loadtest.scenario import TrafficModel
+from gateway.loadtest.scenario import GeneratedInputModel, TrafficModel
 
 __all__ = [
+    "InputGenerator",
     "OpenLoop",
     "PreparedRequest",
     "RequestMix",
@@ -89,9 +93,32 @@ def intended_times(traffic: TrafficModel) -> Iterator[float]:
             yield step.at + i / step.rate
 
 
+class InputGenerator:
+    """Makes the body of a request with generated inputs: normal values around `mean`.
+
+    `mean` and `stddev` change during a run (the `shift-inputs` action); each body is drawn
+    from the caller's random source, so a seeded run sends the same values.
+    """
+
+    def __init__(self, spec: GeneratedInputModel) -> None:
+        self.spec = spec
+        self.mean = spec.mean
+        self.stddev = spec.stddev
+        self._head = {"name": spec.name, "shape": list(spec.shape), "datatype": spec.datatype}
+
+    def body(self, rng: random.Random) -> bytes:
+        mean, sd = self.mean, self.stddev
+        data = [round(rng.gauss(mean, sd), 5) for _ in range(self.spec.elements)]
+        return json.dumps({"inputs": [{**self._head, "data": data}]},
+                          separators=(",", ":")).encode()  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedRequest:
-    """A request ready to send; `headers` is shared between requests and must not be changed."""
+    """A request ready to send; `headers` is shared between requests and must not be changed.
+
+    With `inputs`, the body is made per request (`body_for`); otherwise it is `body`.
+    """
 
     name: str
     method: str
@@ -100,6 +127,10 @@ class PreparedRequest:
     headers: dict[str, str]
     user_header: str | None
     users: int
+    inputs: InputGenerator | None = None
+
+    def body_for(self, rng: random.Random) -> bytes | None:
+        return self.body if self.inputs is None else self.inputs.body(rng)
 
 
 class RequestMix:
@@ -111,7 +142,7 @@ class RequestMix:
         total = 0.0
         for r in traffic.requests:
             headers = dict(r.headers)
-            if r.body is not None:
+            if r.body is not None or r.inputs is not None:
                 headers.setdefault("content-type", "application/json")
             self.requests.append(
                 PreparedRequest(
@@ -122,11 +153,28 @@ class RequestMix:
                     headers=headers,
                     user_header=r.user_header.name if r.user_header else None,
                     users=r.user_header.users if r.user_header else 0,
+                    inputs=InputGenerator(r.inputs) if r.inputs is not None else None,
                 )
             )
             total += r.weight
             self._cumulative.append(total)
         self._total = total
+
+    def shift_inputs(
+        self, request: str | None, mean: float | None, stddev: float | None
+    ) -> Sequence[str]:
+        """Move the distribution of generated inputs (of the request named, else of all);
+        returns the names of the requests changed. A value not given stays as it is."""
+        changed = []
+        for req in self.requests:
+            if req.inputs is None or (request is not None and req.name != request):
+                continue
+            if mean is not None:
+                req.inputs.mean = mean
+            if stddev is not None:
+                req.inputs.stddev = stddev
+            changed.append(req.name)
+        return changed
 
     def pick(self, rng: random.Random) -> tuple[PreparedRequest, dict[str, str]]:
         """One request by weight, with its headers (a fresh user id when it has a user header)."""
@@ -143,20 +191,24 @@ class RequestMix:
 class OpenLoop:
     """Drives one scenario's traffic against `base_url`; read `records` when `run` returns.
 
-    `sim_of` maps an endpoint URL (the gateway's `x-tailguard-endpoint`) to a sim name and
-    region, for answers whose backend did not say who it is.
+    `base_url` may be several gateways (replicas): requests go to them in turn, as a
+    round-robin load balancer would send them. `sim_of` maps an endpoint URL (the gateway's
+    `x-tailguard-endpoint`) to a sim name and region, for answers whose backend did not say
+    who it is.
     """
 
     def __init__(
         self,
         traffic: TrafficModel,
-        base_url: str,
+        base_url: str | Sequence[str],
         rng: random.Random,
         *,
         sim_of: Callable[[str], tuple[str, str] | None] = lambda _url: None,
     ) -> None:
         self.traffic = traffic
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self.base_urls = [u.rstrip("/") for u in urls]
+        self.base_url = self.base_urls[0]
         self.mix = RequestMix(traffic)
         self.rng = rng
         self.sim_of = sim_of
@@ -172,7 +224,8 @@ class OpenLoop:
         timeout = aiohttp.ClientTimeout(total=self.traffic.timeout)
         tasks: set[asyncio.Task[None]] = set()
         cap = self.traffic.concurrency
-        for t in intended_times(self.traffic):
+        urls = self.base_urls
+        for k, t in enumerate(intended_times(self.traffic)):
             delay = start + t - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -183,9 +236,11 @@ class OpenLoop:
                 continue
             self.sent += 1
             self.in_flight += 1
+            body = req.body_for(self.rng)
             task = asyncio.ensure_future(
-                self._one(session, req, headers, start + t, t, timeout, loop)
-            )
+                self._one(session, urls[k % len(urls)], req, body, headers, start + t, t,
+                          timeout, loop)
+            )  # fmt: skip
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -194,7 +249,9 @@ class OpenLoop:
     async def _one(
         self,
         session: aiohttp.ClientSession,
+        base_url: str,
         req: PreparedRequest,
+        body: bytes | None,
         headers: dict[str, str],
         due: float,
         t: float,
@@ -203,7 +260,7 @@ class OpenLoop:
     ) -> None:
         try:
             async with session.request(
-                req.method, self.base_url + req.path, data=req.body, headers=headers,
+                req.method, base_url + req.path, data=body, headers=headers,
                 timeout=timeout,
             ) as r:  # fmt: skip
                 await r.read()

@@ -37,6 +37,7 @@ OVERLAYS = ["single-region", "multi-region/us-east", "multi-region/eu-west"]
 # The oldest Kubernetes still commonly run and a current one; both must accept every object.
 KUBERNETES_VERSIONS = ["1.29.0", "1.35.0"]
 SERVICEMONITOR_SCHEMA = KUBE / "schemas" / "servicemonitor-monitoring.coreos.com-v1.json"
+PROMETHEUSRULE_SCHEMA = KUBE / "schemas" / "prometheusrule-monitoring.coreos.com-v1.json"
 
 
 def in_ci() -> bool:
@@ -309,6 +310,9 @@ def validate(obj: dict[str, Any], version: str) -> None:
     if obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "ServiceMonitor":
         jsonschema.validate(obj, json.loads(SERVICEMONITOR_SCHEMA.read_text()))
         return
+    if obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "PrometheusRule":
+        jsonschema.validate(obj, json.loads(PROMETHEUSRULE_SCHEMA.read_text()))
+        return
     kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -322,6 +326,7 @@ def test_every_rendered_object_validates_strictly(
     assert kinds == sorted([
         "Namespace", "ConfigMap", "Secret", "Service", "Service", "Deployment",
         "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor",
+        "PrometheusRule",
     ])  # fmt: skip
     for obj in objects:
         validate(obj, version)
@@ -339,6 +344,29 @@ def test_strict_validation_rejects_an_unknown_field(
     monitor["spec"]["endpoints"][0]["intervall"] = "15s"
     with pytest.raises(jsonschema.ValidationError):
         validate(monitor, version)
+    rule = json.loads(json.dumps(one(rendered["single-region"], "PrometheusRule")))
+    rule["spec"]["groups"][0]["rules"][0]["recrod"] = rule["spec"]["groups"][0]["rules"][0][
+        "record"
+    ]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(rule, version)
+
+
+def generated_rule(objects: list[dict[str, Any]], tmp_path: Path) -> dict[str, Any]:
+    """`tailguard rules --format kubernetes` on the ConfigMap's policy, as a user runs it."""
+    from gateway.cli import main
+
+    policy = one(objects, "ConfigMap", "tailguard-policy")["data"]["policy.yaml"]
+    keys = one(objects, "Secret", "tailguard-secrets")["stringData"]["keys.yaml"]
+    (tmp_path / "keys.yaml").write_text(keys)
+    source = tmp_path / "rules-policy.yaml"
+    source.write_text(
+        policy.replace("/etc/tailguard/secrets/keys.yaml", str(tmp_path / "keys.yaml"))
+    )
+    out = tmp_path / "rule.yaml"
+    assert main(["rules", str(source), "--format", "kubernetes", "--out", str(out)]) == 0
+    generated: dict[str, Any] = yaml.safe_load(out.read_text())
+    return generated
 
 
 def policy_of(objects: list[dict[str, Any]], tmp_path: Path) -> Any:
@@ -421,5 +449,8 @@ def test_the_deployment_keeps_its_promises(
     hpa = one(objects, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 3
-    # the SLO PrometheusRule is generated (`tailguard rules`) and applied apart
-    assert not any(o["kind"] == "PrometheusRule" for o in objects)
+    # the PrometheusRule is what `tailguard rules` writes for the policy the ConfigMap holds
+    rule = one(objects, "PrometheusRule")
+    assert rule["spec"] == generated_rule(objects, tmp_path)["spec"]
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts and all(a["annotations"]["runbook_url"] for a in alerts)

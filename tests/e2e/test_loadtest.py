@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "loadtests" / "policies"
@@ -117,3 +120,55 @@ def test_a_reload_under_load_swaps_the_policy_without_failing_requests(tmp_path:
     assert action["ok"] is True and action["detail"].startswith("reloaded: policy ")
     served = (tmp_path / "out" / "policy.yaml").read_text()
     assert "hedging:" in served and "${sim." not in served
+
+
+def test_quality_drift_detects_the_shift_the_shadow_and_the_canary(tmp_path: Path) -> None:
+    # the shipped scenario is already short (10 s of traffic): run it as it is
+    r = loadtest("loadtests/quality-drift.yaml", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(v["passed"] for p in results["phases"] for v in p["verdicts"])
+    shift = next(a for a in results["timeline"] if a["label"] == "shift-inputs")
+    assert shift["ok"] and 5.0 <= shift["done_at"] < 5.5
+    # drift per feature over time: under the threshold before the shift, over it after
+    q = results["series"]["quality"]
+    cell = q["drift"]["classify"]["stable"]["input.INPUT0.value"]["ks"]
+    before = [v for t, v in zip(q["t"], cell["values"], strict=True) if t <= 5 and v is not None]
+    after = [v for t, v in zip(q["t"], cell["values"], strict=True) if t > 5 and v is not None]
+    assert before and max(before) < cell["threshold"] < max(after)
+    summary = results["quality"]["routes"]["classify"]
+    assert 5.0 < summary["drift"]["stable"]["input.INPUT0.value"] <= 10.0
+    # the shadow disagrees on 30 % of its answers
+    assert abs(summary["shadow"]["agreement"] - 0.7) <= 0.05
+    assert summary["shadow"]["compared"] >= 1500
+    # the canary made no errors and was as fast: its outputs rolled it back
+    canary = summary["canary"]
+    assert canary["phase"] == "rolled-back" and canary["decided_at"] <= 4.0
+    assert "output" in canary["reason"], canary
+    # the text report has the same findings
+    assert "quality (the first replica's admin API" in r.stdout
+    assert "PASS  drift classify/stable input.INPUT0.value" in r.stdout
+    assert "canary classify: rolled-back at" in r.stdout
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server on PATH")
+def test_blue_green_switches_twice_on_two_replicas_without_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    r = loadtest("loadtests/blue-green.yaml", "--out", str(tmp_path), "--no-report")
+    assert r.returncode == 0, r.stdout + r.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["gateway"]["replicas"]) == 2
+    assert [(a["label"], a["ok"]) for a in results["timeline"]] == [
+        ("switch classify to green", True),
+        ("switch-back classify", True),
+    ]
+    totals = results["totals"]
+    assert totals["requests"] == 1200 and totals["outcomes"] == {"ok": 1200}
+    phases = {p["name"]: p["measured"] for p in results["phases"]}
+    # wholly to one side, on both replicas, by the sims' own names
+    assert phases["blue"]["shares"]["sim"] == {"blue": 1.0}
+    assert phases["green"]["shares"]["sim"] == {"green": 1.0}
+    assert phases["blue-again"]["shares"]["sim"] == {"blue": 1.0}
+    assert (tmp_path / "gateway-2.log").exists()
