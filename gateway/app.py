@@ -463,6 +463,7 @@ class Gateway:
         telemetry = snapshot.settings.telemetry
         self._reporter.tenants.set_limit(telemetry.max_label_values)
         self._reporter.models.set_limit(telemetry.max_label_values)
+        self._reporter.model_metrics = telemetry.model_metrics
         if self.access_log is not None and telemetry.access_log is not None:
             self.access_log.set_sample(telemetry.access_log.sample)
 

@@ -406,6 +406,7 @@ def _telemetry(policy: PolicyModel) -> TelemetrySettings:
         else None,
         explain=ExplainConfig(frozenset(x.tenants), x.keep) if x is not None else None,
         max_label_values=t.max_label_values,
+        model_metrics=t.model_metrics,
     )
 
 

@@ -1013,6 +1013,8 @@ class TelemetryModel(FrozenModel):
     explain: ExplainModel | None = None
     # distinct values a data-derived label (model, tenant) may take before folding into "other"
     max_label_values: Annotated[int, Strict(), Field(ge=1, le=10_000)] = 100
+    # the data and model layers (tensor layouts, tokens, finish reasons) read from the bodies
+    model_metrics: Annotated[bool, Strict()] = True
 
 
 # --- the policy ----------------------------------------------------------------------------

@@ -118,6 +118,7 @@ class ExchangeReporter:
         self.tenants = LabelGuard(metrics, "tenant", DEFAULT_MAX_LABEL_VALUES)
         # the data and model layers (tensors, tokens, finish reasons), bounded by model
         self.models = ModelMetrics(metrics, DEFAULT_MAX_LABEL_VALUES)
+        self.model_metrics = True  # the policy's telemetry.model_metrics
         # the access log and the tracer, when the policy turns them on (see gateway.app)
         self.access: AccessWriter | None = None
         self.tracer: ExchangeTracer | None = None
@@ -195,7 +196,7 @@ class ExchangeReporter:
             m.child(m.request_body_size, route_name).observe(len(body))
         if ex.identity is not None:
             m.child(m.tenant_requests, route_name, self.tenants(ex.identity.tenant)).inc()
-        if route.protocol in MODEL_PROTOCOLS:
+        if self.model_metrics and route.protocol in MODEL_PROTOCOLS:
             self.models.observe(ex, route)
         if self._slo is not None and status != CLIENT_CLOSED:
             self._slo.record(ex, status, latency)

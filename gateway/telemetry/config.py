@@ -52,6 +52,9 @@ class TelemetrySettings:
     tracing: TracingConfig | None = None
     explain: ExplainConfig | None = None
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
+    # off spares each KServe/OpenAI request the body scan (a few µs) the data and model
+    # layers cost
+    model_metrics: bool = True
 
 
 __all__ = [

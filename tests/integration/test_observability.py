@@ -220,3 +220,23 @@ async def test_model_and_data_layers_with_the_model_label_bounded(
     assert tensors[("other", "input", sent["datatype"], shape)] == 3
     assert tensors[("other", "output", "FP32", shape)] == 3  # read through the gzip coding
     assert len({k[0] for k in tensors}) == 1
+
+
+async def test_model_metrics_off_reads_no_bodies(
+    sims: SimFactory, gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    sim = await sims(models=["classifier"])
+    policy = MODELS_POLICY.format(a=sim.url).replace(
+        "telemetry: {max_label_values: 3}", "telemetry: {max_label_values: 3, model_metrics: false}"
+    )
+    gw = await gateway(policy)
+    assert gw.listening is not None
+    for _ in range(3):
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer", json=INFER_BODY
+        ) as r:
+            assert r.status == 200
+    s = samples(gw)
+    assert not [n for (n, _), v in s.items() if n == "tailguard_tensors_total" and v]
+    # the other layers still count every request
+    assert sum(v for (n, _), v in s.items() if n == "tailguard_request_body_bytes_count") == 3
