@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import json
 import logging
 import os
 import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,8 @@ from gateway.telemetry.runtime import GcPauseProbe, LoopLagProbe
 from gateway.telemetry.tracing import Tracing
 
 log = logging.getLogger("tailguard")
+# state changes as structured events, when the access log is not their stream
+events_log = logging.getLogger("tailguard.events")
 
 REGION_ENV = "TAILGUARD_REGION"
 
@@ -286,8 +290,16 @@ def _resolve(name: str, base_dir: Path) -> Path:
     return Path(name) if Path(name).is_absolute() else base_dir / name
 
 
-def make_store(settings: StateSettings, clock: Clock, metrics: Metrics) -> StateStore:
-    """The state store the policy asks for (chosen at start; changing it needs a restart)."""
+def make_store(
+    settings: StateSettings,
+    clock: Clock,
+    metrics: Metrics,
+    on_change: Callable[[bool, str], None] | None = None,
+) -> StateStore:
+    """The state store the policy asks for (chosen at start; changing it needs a restart).
+
+    `on_change(up, why)` hears when a shared store goes away and comes back.
+    """
     if settings.store == "redis" and settings.url:
         from gateway.state.redis import RedisStore
 
@@ -298,6 +310,7 @@ def make_store(settings: StateSettings, clock: Clock, metrics: Metrics) -> State
             timeout=settings.timeout,
             retry_after=settings.retry_after,
             prefix=settings.key_prefix,
+            on_change=on_change,
         )
     return MemoryStore(clock)
 
@@ -328,6 +341,7 @@ class Gateway:
         # recent state changes for the status page: breakers, health, ejections, drains,
         # canary steps, reloads (made first: compiling the policy may move a breaker)
         self.changes = StateChanges(self.clock)
+        self.changes.sink = self._state_event
         self._listen_override = listen
         self._admin_override = admin_listen
         self.audit = AuditLog(audit_log, self.clock)
@@ -352,7 +366,9 @@ class Gateway:
         )
         self.gates = AdmissionGates(self.clock, self.metrics)
         self.local_store = MemoryStore(self.clock)
-        self.store = make_store(self.snapshot.settings.state, self.clock, self.metrics)
+        self.store = make_store(
+            self.snapshot.settings.state, self.clock, self.metrics, self._store_changed
+        )
         self.peers = PeerNotifier(self.store, lambda: self.snapshot, self.metrics, self.clock)
         self.runner.on_ejection = lambda b, e: self.peers.notify(b, e, "ejected")
         self.runner.changes = self.changes
@@ -466,6 +482,21 @@ class Gateway:
         self._reporter.model_metrics = telemetry.model_metrics
         if self.access_log is not None and telemetry.access_log is not None:
             self.access_log.set_sample(telemetry.access_log.sample)
+
+    def _state_event(self, entry: dict[str, object]) -> None:
+        """A state change as a structured event: the access log's stream when it is on."""
+        access = getattr(self, "access_log", None)
+        if access is not None:
+            access.event(entry)
+        elif events_log.isEnabledFor(logging.INFO):
+            events_log.info("%s", json.dumps({"event": "state_change", **entry}, default=str))
+
+    def _store_changed(self, up: bool, why: str) -> None:
+        self.changes.record(
+            "store",
+            f"state store {'is back: shared state resumes' if up else f'unavailable ({why})'}",
+            state="up" if up else "down",
+        )
 
     def on_breaker_transition(
         self, backend: str, endpoint: str, old: BreakerState, new: BreakerState

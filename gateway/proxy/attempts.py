@@ -399,7 +399,14 @@ class AttemptRunner:
             # a committed stream reports when it ends; see `finish_stream`
             ex.endpoint = spec.url
             return AttemptResult(index, outcome, response, message, retry_after, now, True)
-        self._finish(backend, index, outcome, clock.now() - now)
+        changes = self.changes
+        if trace is not None and changes is not None:
+            # a breaker this outcome opens, an ejection it triggers: this request's doing
+            changes.trace_id = trace.trace_id
+            self._finish(backend, index, outcome, clock.now() - now)
+            changes.trace_id = None
+        else:
+            self._finish(backend, index, outcome, clock.now() - now)
         if not outcome.is_failure:
             ex.endpoint = spec.url
         return AttemptResult(index, outcome, response, message, retry_after)

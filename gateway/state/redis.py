@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -286,8 +286,11 @@ class RedisStore:
         timeout: float = 0.01,
         retry_after: float = 1.0,
         prefix: str = "tailguard:",
+        on_change: Callable[[bool, str], None] | None = None,
     ) -> None:
+        """`on_change(up, why)` is told when the store goes away or comes back."""
         self._url = url
+        self._on_change = on_change
         self._target = parse_redis_url(url)
         self._clients = _Clients(self._target, timeout)
         self._clock = clock
@@ -330,6 +333,8 @@ class RedisStore:
                 type(err).__name__,
                 self._retry_after,
             )
+            if self._on_change is not None:
+                self._on_change(False, f"{op}: {type(err).__name__}")
         return StoreUnavailable(f"state store {op} failed: {type(err).__name__}")
 
     async def _refresh_slots(self) -> None:
@@ -358,6 +363,8 @@ class RedisStore:
             self._was_up = True
             self._m.store_up.labels(self.kind).set(1)
             log.warning("state store %s is back; shared state resumes", self._safe_url())
+            if self._on_change is not None:
+                self._on_change(True, "")
 
     def _check(self, op: str) -> None:
         if self._clock.now() < self._down_until or self._refresher is not None:

@@ -53,6 +53,16 @@ class AccessLog:
             json.dumps(access_record(ex, duration, self._wall()), separators=(",", ":")) + "\n"
         )
 
+    def event(self, entry: dict[str, object]) -> None:
+        """A state change, on the same stream as the requests (never sampled out)."""
+        wall = entry.get("time")
+        record: dict[str, object] = {
+            "time": _iso(wall if isinstance(wall, float) else self._wall()),
+            "event": "state_change",
+        }
+        record.update((k, v) for k, v in entry.items() if k != "time")
+        self._out.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+
     def close(self) -> None:
         if self._own is not None:
             self._own.close()
@@ -67,8 +77,7 @@ def access_record(ex: Exchange, duration: float, wall: float) -> dict[str, Any]:
         region = next((s.spec.region for s in backend.states if s.spec.url == ex.endpoint), None)
     trace_id = ex.trace.trace_id if ex.trace is not None else None
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall))
-        + f".{int(wall % 1 * 1000):03d}Z",
+        "time": _iso(wall),
         "request_id": ex.request.request_id,
         "trace_id": trace_id,
         "method": ex.request.method,
@@ -87,6 +96,10 @@ def access_record(ex: Exchange, duration: float, wall: float) -> dict[str, Any]:
         "bytes_out": ex.sent_bytes,
         "tenant": ex.identity.tenant if ex.identity is not None else None,
     }
+
+
+def _iso(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
 __all__ = ["AccessLog", "access_record"]

@@ -138,6 +138,9 @@ async def test_counts_made_while_redis_is_down_are_shared_once_it_is_back(
     # 10 the emptied store had lost (each replica writes its absolute count per bucket)
     assert seen(two) == (40, 0)
     assert seen(one) == (40, 0)  # and the replica forgot nothing it had counted
+    # the outage and the return are state changes on the status page (and structured events)
+    store = [c["state"] for c in one.changes if c["kind"] == "store"]
+    assert store[0] == "down" and store[-1] == "up", store
 
 
 async def test_a_share_sent_again_after_a_lost_reply_is_not_counted_twice(

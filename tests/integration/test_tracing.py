@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -214,3 +215,51 @@ async def test_each_attempt_carries_its_own_span_context_upstream(
     assert seen.headers["tracestate"] == "vendor=opaque"
     assert (server.attributes or {})["gen_ai.request.model"] == "classifier"
     assert (attempt.attributes or {})["tailguard.attempt.winner"] is True
+
+
+EVENTS_POLICY = """
+version: 1
+telemetry:
+  tracing: {{endpoint: "http://127.0.0.1:9", sample_ratio: 100%}}
+  access_log: {{path: "{log}"}}
+backends:
+  clf:
+    protocol: kserve-v2
+    endpoints: [{{url: "{a}"}}]
+    circuit_breaker: {{failure_rate: 50%, minimum_calls: 4, window: 10s, open_for: 30s}}
+routes:
+  - {{name: classify, match: {{model: classifier}}, split: [{{backend: clf, weight: 100}}]}}
+"""
+
+
+async def test_state_changes_are_structured_events_with_the_trace_that_caused_them(
+    sims: SimFactory, traced: Traced, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    from gateway.sim.faults import Faults
+
+    sim = await sims(models=["classifier"])
+    sim.faults = Faults(error_rate=1.0, error_status=500)
+    log = tmp_path / "access.jsonl"
+    gw, _ = await traced(EVENTS_POLICY.format(a=sim.url, log=log))
+    assert gw.listening is not None
+    traces = []
+    for k in range(6):
+        trace = f"{k + 1:032x}"
+        traces.append(trace)
+        async with http.post(
+            f"{gw.listening.url}/v2/models/classifier/infer",
+            json=INFER_BODY,
+            headers={"traceparent": f"00-{trace}-{CLIENT_PARENT}-01"},
+        ) as r:
+            await r.read()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    events = [x for x in lines if x.get("event") == "state_change"]
+    requests = [x for x in lines if "request_id" in x]
+    assert len(requests) == 6
+    opened = [e for e in events if e["kind"] == "breaker" and e["state"] == "open"]
+    assert len(opened) == 1, events
+    # the request whose failure opened the breaker is named by its trace
+    assert opened[0]["trace_id"] in traces
+    assert opened[0]["backend"] == "clf" and opened[0]["time"].endswith("Z")
+    # and the same change is on the status page's list
+    assert any(c.get("trace_id") == opened[0]["trace_id"] for c in gw.changes)
