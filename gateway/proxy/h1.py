@@ -163,10 +163,12 @@ class _Connection(asyncio.Protocol):
         """Start reading the answer to a request of `method` sent on this connection."""
         if not self.reusable_parser:
             parser = httptools.HttpResponseParser(self)
-            # interim answers in HTTP/1.0 (or saying close) are followed by the final one
-            parser.set_dangerous_leniencies(
-                lenient_data_after_close=True, lenient_chunked_length=True
-            )
+            # keep-alive: llhttp would stop reading after an interim answer in HTTP/1.0 (or
+            # saying close), and the final answer follows it; whether a connection is
+            # reused is still decided from `should_keep_alive()` and the end of the answer.
+            # chunked length: a Content-Length beside chunked is ignored (RFC 9112 6.3) and
+            # the connection closed after the answer, as before llhttp.
+            parser.set_dangerous_leniencies(lenient_keep_alive=True, lenient_chunked_length=True)
             self.parser = parser
         self.reusable_parser = False
         self.chunk_ended = False
@@ -622,9 +624,8 @@ class _HeadReader:
         self.fields: list[tuple[bytes, bytes]] = []
         self.head: _Head | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.parser.set_dangerous_leniencies(
-            lenient_data_after_close=True, lenient_chunked_length=True
-        )
+        # as `_Connection.begin` sets it up
+        self.parser.set_dangerous_leniencies(lenient_keep_alive=True, lenient_chunked_length=True)
 
     def on_message_begin(self) -> None:
         self.fields = []
