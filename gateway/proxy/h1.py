@@ -191,7 +191,9 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:
+        parser = self.parser
+        if not self.busy or parser is None:
+            # idle, or not asked yet: whatever this is, it answers no request of ours
             self.abort()
             return
         if self.complete or self.failure is not None:
@@ -199,8 +201,6 @@ class _Connection(asyncio.Protocol):
             self.extra = self.complete
             return
         self.received += len(data)
-        parser = self.parser
-        assert parser is not None
         try:
             parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
