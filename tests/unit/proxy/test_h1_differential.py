@@ -334,10 +334,12 @@ def test_nasty_answers_read_alike_or_as_documented(runner: asyncio.Runner, data:
     compare(runner, data)
 
 
-@pytest.mark.parametrize("data", NASTY)
+# byte by byte is for the small ones; the large ones are read whole above
+SMALL = [p for p in NASTY if len(p.values[0]) <= 4096]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("data", SMALL)
 def test_nasty_answers_fed_byte_by_byte(runner: asyncio.Runner, data: bytes) -> None:
-    if len(data) > 4096:
-        pytest.skip("byte by byte is for the small ones")
     compare(runner, data, pieces=list(range(1, len(data))))
 
 
