@@ -1,6 +1,10 @@
 """Microbenchmark: CPU per request of the upstream transports, H1Transport against HttpTransport.
 
     python loadtests/h1_micro.py [--requests 20000] [--rounds 5] [--loop uvloop|asyncio]
+                                 [--against REV]
+
+`--against REV` adds the H1Transport of git revision REV (its `gateway/proxy/h1.py`, loaded
+beside today's) as a third transport, `h1@REV`: a before/after comparison in one run.
 
 The simulated backend runs in its own process (pinned to CPU 0 when there are two), so the
 CPU time measured here (`time.process_time`) is the client side alone. Each round runs both
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import socket
 import statistics
@@ -53,6 +58,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def h1_of(rev: str) -> type[H1Transport]:
+    """`H1Transport` as it was at git revision `rev`."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:gateway/proxy/h1.py"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"h1_{rev.replace('/', '_')}.py"
+    path.write_bytes(source)
+    spec = importlib.util.spec_from_file_location(f"h1_{rev}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    transport: type[H1Transport] = module.H1Transport
+    return transport
+
+
 def start_sim(port: int) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "gateway.sim", "--port", str(port)]
     if (os.cpu_count() or 1) >= 2:
@@ -85,13 +109,16 @@ async def per_request(t: Transport, n: int, concurrency: int) -> float:
     return (time.process_time() - start) / (per * concurrency) * 1e6
 
 
-async def run(url: str, requests: int, rounds: int) -> None:
+async def run(url: str, requests: int, rounds: int, against: str | None) -> None:
     spec = EndpointSpec(id="e", backend="b", url=url, region="local", weight=1, drain=False)
     pool = PoolSpec(max_connections=CONCURRENCY, connect_timeout=1.0, idle_timeout=60.0)
     makers: dict[str, Callable[[], Transport]] = {
         "h1": lambda: H1Transport(spec.url, pool, check_json=True),
         "aiohttp": lambda: HttpTransport(spec.url, pool, check_json=True),
     }
+    if against is not None:
+        before = h1_of(against)
+        makers[f"h1@{against}"] = lambda: before(spec.url, pool, check_json=True)
     transports = {name: make() for name, make in makers.items()}
     results: dict[tuple[str, int], list[float]] = {}
     try:
@@ -116,6 +143,11 @@ async def run(url: str, requests: int, rounds: int) -> None:
         h1 = statistics.median(results[("h1", concurrency)])
         aio = statistics.median(results[("aiohttp", concurrency)])
         print(f"{concurrency:>2} callers: h1/aiohttp = {h1 / aio:.2f} (saves {aio - h1:.1f} µs)")
+        if against is not None:
+            old = statistics.median(results[(f"h1@{against}", concurrency)])
+            print(
+                f"{concurrency:>2} callers: h1/h1@{against} = {h1 / old:.2f} ({h1 - old:+.1f} µs)"
+            )
 
 
 def main() -> None:
@@ -123,11 +155,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--against", metavar="REV", help="also run h1.py of this git revision")
     args = parser.parse_args()
     port = free_port()
     sim = start_sim(port)
     try:
-        coro = run(f"http://127.0.0.1:{port}", args.requests, args.rounds)
+        coro = run(f"http://127.0.0.1:{port}", args.requests, args.rounds, args.against)
         if args.loop == "uvloop":
             import uvloop
 

@@ -1,8 +1,12 @@
 """A lean HTTP/1.1 upstream transport: one bounded keep-alive pool per endpoint.
 
 It implements `gateway.proxy.transport.Transport` at a fraction of aiohttp's CPU cost per
-request: the request is encoded in one string and written in one call, the response head
-is parsed with a few byte scans over one buffer, and a small answer costs one wake-up.
+request: the request is encoded in one string and written in one call, the answer is
+parsed by llhttp (`httptools.HttpResponseParser`, strict mode) as its bytes arrive, and a
+small answer costs one wake-up. llhttp is the parser Node.js runs; the client adds only
+what it refuses beyond llhttp (HTTP versions other than 1.0 and 1.1, control characters
+in the reason phrase, a status below 100, a 101, transfer codings other than chunked) and
+the size limit of a head.
 
 Like every transport, this is the edge where socket trouble becomes the gateway's
 vocabulary: every failure leaves as `AttemptFailed` carrying an `Outcome`.
@@ -33,18 +37,18 @@ from collections.abc import Container, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
+import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed, ClientError
 from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
 from gateway.resilience.outcome import Outcome, classify_status
 
-# An answer's status line and headers must fit in this; more is a broken or hostile server.
+# An answer's status line and headers (and a chunked body's trailer fields) must fit in
+# this; more is a broken or hostile server.
 HEAD_LIMIT = 64 * 1024
-# A chunk-size line (size, extensions) or trailer line longer than this is bad framing.
-CHUNK_LINE_LIMIT = 4096
-# Stop reading from the socket while this much is buffered and unread: a slow client of a
-# streamed answer must not make the gateway hold the whole stream in memory.
+# Stop reading from the socket while this much body is buffered and unread: a slow client
+# of a streamed answer must not make the gateway hold the whole stream in memory.
 READ_HIGH_WATER = 256 * 1024
 # A health probe reads a streamed answer (chunked, an event stream) up to this much so its
 # connection can serve the next probe; a longer one is not worth it and is closed instead.
@@ -59,17 +63,16 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Request headers the transport writes itself (or that must never reach the wire twice).
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
-# RFC 9110 field lines: a token name, a colon, then visible characters, spaces, tabs and
-# obs-text. No folding, no bare CR or LF, no other control characters.
-_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*\r\n)*")
 # What the transport may write: a token method and field names, a request target without
 # spaces or control characters (values are checked for CR, LF and NUL). Anything else could
 # be read by the server as a second field, a second request or a different framing.
 _TOKENS = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-# A reason phrase: tabs, spaces, visible characters and obs-text; never a CR or LF.
+# A reason phrase: tabs, spaces, visible characters and obs-text; never a CR, LF or other
+# control character (llhttp lets those through).
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# The HTTP versions read on an HTTP/1.1 connection (llhttp also takes 0.9 and 2.0 there).
+_VERSIONS = frozenset({"1.1", "1.0"})
 
 # Body framing of one answer.
 _NONE = 0  # no body: HEAD, 1xx, 204, 304
@@ -87,21 +90,49 @@ class PoolStats:
     waiting: int
 
 
-class _Connection(asyncio.Protocol):
-    """One upstream socket: buffers what arrives and wakes the one reader waiting for it.
+class _Head:
+    """A parsed response head and how its body is framed."""
 
-    A connection is `busy` while lent to a request. Anything that arrives while it is idle
-    means the server and the gateway disagree about where the last answer ended, so the
-    connection is dropped.
+    __slots__ = ("framing", "headers", "keep_alive", "length", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: CIMultiDictProxy[str],
+        framing: int,
+        length: int,
+        keep_alive: bool,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.framing = framing
+        self.length = length
+        self.keep_alive = keep_alive
+
+
+class _Stop(Exception):
+    """Raised by a parser callback to stop llhttp; what happened is already recorded."""
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream socket and the llhttp parser that reads it as bytes arrive.
+
+    The parser's callbacks record the answer of the exchange under way (`begin` starts
+    one): its final head, its body pieces not read yet, whether it is complete, or the
+    failure that ended it. Readers wait with `wait()` and take what was recorded.
+
+    A connection is `busy` while lent to a request. Anything that arrives while it is idle,
+    or after the end of the answer, means the server and the gateway disagree about where
+    the last answer ended, so the connection is never reused.
     """
 
     __slots__ = (
-        "buf", "busy", "dead", "eof", "error", "idle_since", "lost", "paused", "transport",
-        "waiter",
+        "body", "busy", "chunk_ended", "complete", "dead", "eof", "error", "extra", "failure",
+        "fields", "head", "head_fed", "head_size", "idle_since", "in_message", "lost", "method",
+        "parser", "paused", "pending", "received", "reusable_parser", "transport", "waiter",
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.busy = True
@@ -111,6 +142,47 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.error: BaseException | None = None
         self.idle_since = 0.0
+        self.parser: httptools.HttpResponseParser | None = None
+        self.reusable_parser = False  # the parser stands between two answers
+        self.method = ""
+        self.head: _Head | None = None
+        self.fields: list[tuple[bytes, bytes]] = []
+        # body pieces not read yet; b"" separates two chunks of a chunked body
+        self.body: list[bytes] = []
+        self.chunk_ended = False
+        self.pending = 0  # bytes in `body`
+        self.complete = False  # the final answer was read to its end
+        self.extra = False  # bytes arrived after the end of the answer
+        self.failure: AttemptFailed | None = None
+        self.received = 0  # bytes of this exchange's answer
+        self.in_message = False  # inside an answer (interim or final), head or body
+        self.head_fed = 0  # bytes fed while the current head was incomplete
+        self.head_size = 0  # bytes of the current head's (or trailer's) fields
+
+    def begin(self, method: str) -> None:
+        """Start reading the answer to a request of `method` sent on this connection."""
+        if not self.reusable_parser:
+            parser = httptools.HttpResponseParser(self)
+            # keep-alive: llhttp would stop reading after an interim answer in HTTP/1.0 (or
+            # saying close), and the final answer follows it; whether a connection is
+            # reused is still decided from `should_keep_alive()` and the end of the answer.
+            # chunked length: a Content-Length beside chunked is ignored (RFC 9112 6.3) and
+            # the connection closed after the answer, as before llhttp.
+            parser.set_dangerous_leniencies(lenient_keep_alive=True, lenient_chunked_length=True)
+            self.parser = parser
+        self.reusable_parser = False
+        self.chunk_ended = False
+        self.method = method
+        self.head = None
+        self.body = []
+        self.pending = 0
+        self.complete = False
+        self.extra = False
+        self.failure = None
+        self.received = 0
+        self.in_message = False
+        self.head_fed = 0
+        self.head_size = 0
 
     # --- protocol callbacks ---------------------------------------------------------------
 
@@ -119,11 +191,25 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy:
+        parser = self.parser
+        if not self.busy or parser is None:
+            # idle, or not asked yet: whatever this is, it answers no request of ours
             self.abort()
             return
-        self.buf += data
-        if len(self.buf) > READ_HIGH_WATER and not self.paused and self.transport is not None:
+        if self.complete or self.failure is not None:
+            # a second answer nobody asked for, or more of a broken one
+            self.extra = self.complete
+            return
+        self.received += len(data)
+        try:
+            parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            self._parse_error(e)
+        if self.head is None and self.failure is None:
+            self.head_fed += len(data)
+            if self.head_fed > HEAD_LIMIT:
+                self.failure = AttemptFailed(Outcome.MALFORMED, "response head too large")
+        if self.pending > READ_HIGH_WATER and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self._wake()
@@ -136,7 +222,15 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.error = exc
+        self.parser = None  # no more bytes; and no cycle through the parser's callbacks
         self._wake()
+
+    def _parse_error(self, e: Exception) -> None:
+        if self.complete:
+            self.extra = True  # not part of the answer: whatever it is, it ends reuse
+        elif self.failure is None:
+            # refused by llhttp itself (a callback records its own reason first)
+            self.failure = AttemptFailed(Outcome.MALFORMED, f"malformed response: {e}")
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -144,6 +238,77 @@ class _Connection(asyncio.Protocol):
             self.waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+
+    # --- llhttp callbacks -----------------------------------------------------------------
+
+    def _refuse(self, message: str) -> None:
+        self.failure = AttemptFailed(Outcome.MALFORMED, message)
+        raise _Stop
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+            raise _Stop
+        self.in_message = True
+        self.fields = []
+        self.head_size = 0
+
+    def on_status(self, reason: bytes) -> None:
+        # called once per piece of the reason phrase; each piece must be clean
+        if _REASON.fullmatch(reason) is None:
+            self._refuse(f"bad status line: reason phrase {reason[:40]!r}")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > HEAD_LIMIT:
+            self._refuse("response head too large")
+        if self.head is None:
+            self.fields.append((name, value))
+        # a trailer field (after the body): checked by llhttp, bounded here, then ignored
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if status < 200:
+            if status < 100:
+                self._refuse(f"bad status code {status}")
+            if status == 101:
+                self._refuse("unrequested protocol switch (101)")
+            if parser.get_http_version() not in _VERSIONS:
+                self._refuse(f"bad status line: HTTP/{parser.get_http_version()}")
+            return  # an interim answer: llhttp reads on to the next one
+        self.head_size = 0  # from here on: trailer fields
+        try:
+            self.head = _make_head(status, parser, self.fields, self.method)
+        except AttemptFailed as e:
+            self.failure = e
+            raise _Stop from None
+        if self.method == "HEAD":
+            # llhttp does not know the request: the answer ends with its head
+            self.complete = True
+
+    def on_body(self, data: bytes) -> None:
+        if self.complete:
+            self.extra = True
+            raise _Stop
+        body = self.body
+        if self.chunk_ended:
+            self.chunk_ended = False
+            if body:
+                body.append(b"")
+        body.append(data)
+        self.pending += len(data)
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_ended = True
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self.head is None or self.complete:
+            return  # an interim answer, or the answer to a HEAD (whose length was ignored)
+        self.complete = True
+        self.reusable_parser = True
 
     # --- used by the request side ---------------------------------------------------------
 
@@ -156,23 +321,36 @@ class _Connection(asyncio.Protocol):
         """True once no more bytes can arrive."""
         return self.eof or self.lost
 
-    async def more(self) -> bool:
-        """Wait until more bytes are buffered; False when the connection has ended instead."""
-        if self.eof or self.lost:
-            return False
+    async def wait(self) -> None:
+        """Wait until something is recorded or the connection ends (the caller checks which)."""
         transport = self.transport
         assert transport is not None
         if self.paused:
             self.paused = False
             transport.resume_reading()
-        size = len(self.buf)
         waiter = asyncio.get_running_loop().create_future()
         self.waiter = waiter
         try:
             await waiter
         finally:
             self.waiter = None
-        return len(self.buf) > size or not (self.eof or self.lost)
+
+    def take(self) -> bytes:
+        """The next piece of body: what is buffered of one chunk, or all that is buffered."""
+        body = self.body
+        if b"" in body:
+            while body[0] == b"":
+                del body[0]
+            cut = body.index(b"") if b"" in body else len(body)
+            piece = body[0] if cut == 1 else b"".join(body[:cut])
+            del body[:cut]
+        else:
+            piece = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+        self.pending -= len(piece)
+        if self.paused and self.pending <= READ_HIGH_WATER:
+            self.resume()
+        return piece
 
     def resume(self) -> None:
         """Read from the socket again: an idle connection must see the server's close."""
@@ -191,6 +369,65 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             return AttemptFailed(Outcome.RESET, f"connection reset while reading {what}")
         return AttemptFailed(Outcome.MALFORMED, f"connection closed before the end of {what}")
+
+
+def _make_head(
+    status: int,
+    parser: httptools.HttpResponseParser,
+    fields: list[tuple[bytes, bytes]],
+    method: str,
+) -> _Head:
+    """The final head from what llhttp read; raises `AttemptFailed(MALFORMED)` for what the
+    client refuses beyond llhttp: another HTTP version, a transfer coding other than chunked.
+    """
+    version = parser.get_http_version()
+    if version not in _VERSIONS:
+        raise AttemptFailed(Outcome.MALFORMED, f"bad status line: HTTP/{version}")
+    # llhttp strips the whitespace before a value, not after it
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                (n.decode("latin-1"), v.rstrip(b" \t").decode("utf-8", "surrogateescape"))
+                for n, v in fields
+            ]
+        )
+    )
+    # an HTTP/1.0 answer is never reused, `Connection: keep-alive` or not: too few servers
+    # get its rules right to be worth the risk. llhttp says close for an answer whose body
+    # runs to the close, and for a `close` token in Connection.
+    keep_alive = version == "1.1" and parser.should_keep_alive()
+    if method == "HEAD" or status == 204 or status == 304:
+        if method == "HEAD" and version == "1.1" and not keep_alive:
+            # llhttp expects a body after a HEAD answer without a length: only the
+            # Connection field decides
+            keep_alive = not any(
+                t.strip(" \t").lower() == "close"
+                for value in headers.getall("Connection", ())
+                for t in value.split(",")
+            )
+        return _Head(status, headers, _NONE, 0, keep_alive)
+    te = headers.get("Transfer-Encoding")
+    if te is not None:
+        codings = [
+            c
+            for joined in headers.getall("Transfer-Encoding")
+            for c in (p.strip(" \t").lower() for p in joined.split(","))
+            if c
+        ]
+        # The request asked for no transfer coding (it sends no TE field), and one the
+        # gateway does not undo would reach the client as a body it cannot read, since
+        # Transfer-Encoding is not forwarded.
+        if codings != ["chunked"]:
+            raise AttemptFailed(Outcome.MALFORMED, f"unrequested Transfer-Encoding {te!r}")
+        # a length beside a transfer coding is ignored, but says the sender is confused
+        if "Content-Length" in headers:
+            keep_alive = False
+        return _Head(status, headers, _CHUNKED, 0, keep_alive)
+    length = headers.get("Content-Length")
+    if length is None:
+        return _Head(status, headers, _UNTIL_CLOSE, 0, False)
+    # llhttp vouched for it: digits only, one field, no overflow
+    return _Head(status, headers, _LENGTH, int(length), keep_alive)
 
 
 class _Pool:
@@ -252,7 +489,7 @@ class _Pool:
                     self._waiters.remove(waiter)
             raise
         if handed is not None:
-            if handed.usable and not handed.buf:
+            if handed.usable and not handed.extra:
                 return handed, True
             handed.abort()
         return await self._open_in_slot(), False
@@ -275,7 +512,7 @@ class _Pool:
 
     def release(self, conn: _Connection) -> None:
         """Give back a connection whose answer was read to its exact end."""
-        if self._closed or not conn.usable or conn.buf:
+        if self._closed or not conn.usable or conn.extra:
             conn.abort()
             self._free(None)
             return
@@ -371,154 +608,100 @@ class _Connector:
         return conn
 
 
-class _Head:
-    """A parsed response head and how its body is framed."""
-
-    __slots__ = ("framing", "headers", "keep_alive", "length", "status")
-
-    def __init__(
-        self,
-        status: int,
-        headers: CIMultiDictProxy[str],
-        framing: int,
-        length: int,
-        keep_alive: bool,
-    ) -> None:
-        self.status = status
-        self.headers = headers
-        self.framing = framing
-        self.length = length
-        self.keep_alive = keep_alive
-
-
-def parse_head(data: bytes, method: str) -> _Head:
-    """Parse a status line and header block (`data` ends with the CRLF of the last field).
-
-    Raises `AttemptFailed(MALFORMED)` for anything RFC 9112 does not allow a sender to
-    produce: a bad status line, folded or malformed fields, contradictory lengths.
-    """
-    end = data.find(b"\r\n")
-    line = data[:end]
-    if (
-        len(line) < 12
-        or not line.startswith(b"HTTP/1.")
-        or line[7] not in b"01"
-        or line[8] != 0x20
-        or not line[9:12].isdigit()
-        or (len(line) > 12 and line[12] != 0x20)
-        or _REASON.fullmatch(line, 13) is None
-    ):
-        raise AttemptFailed(Outcome.MALFORMED, f"bad status line {bytes(line[:80])!r}")
-    status = int(line[9:12])
-    if status < 100:
-        raise AttemptFailed(Outcome.MALFORMED, f"bad status code {status}")
-    if _FIELDS.fullmatch(data, end + 2) is None:
-        raise AttemptFailed(Outcome.MALFORMED, "malformed response header block")
-    # `_FIELDS` vouched for the shape: every line is a name, a colon and a value
-    fields = data[end + 2 :].decode("utf-8", "surrogateescape").split("\r\n")
-    pairs = []
-    for field in fields[:-1]:
-        name, _, value = field.partition(":")
-        pairs.append((name, value.strip(" \t")))
-    headers = CIMultiDictProxy(CIMultiDict(pairs))
-    # an HTTP/1.0 answer is never reused, `Connection: keep-alive` or not: too few servers
-    # get its rules right to be worth the risk
-    keep_alive = line[7] == 0x31
-    if keep_alive and "Connection" in headers:
-        for value in headers.getall("Connection"):
-            if any(t.strip(" \t").lower() == "close" for t in value.split(",")):
-                keep_alive = False
-    if method == "HEAD" or status < 200 or status == 204 or status == 304:
-        return _Head(status, headers, _NONE, 0, keep_alive)
-    te = headers.get("Transfer-Encoding")
-    if te is not None:
-        codings = [
-            c
-            for joined in headers.getall("Transfer-Encoding")
-            for c in (p.strip(" \t").lower() for p in joined.split(","))
-            if c
-        ]
-        # The request asked for no transfer coding (it sends no TE field), and one the
-        # gateway does not undo would reach the client as a body it cannot read, since
-        # Transfer-Encoding is not forwarded.
-        if codings != ["chunked"]:
-            raise AttemptFailed(Outcome.MALFORMED, f"unrequested Transfer-Encoding {te!r}")
-        # a length beside a transfer coding is ignored, but says the sender is confused
-        if "Content-Length" in headers:
-            keep_alive = False
-        return _Head(status, headers, _CHUNKED, 0, keep_alive)
-    lengths = headers.getall("Content-Length", None)
-    if lengths is None:
-        return _Head(status, headers, _UNTIL_CLOSE, 0, False)
-    values = {v.strip() for joined in lengths for v in joined.split(",")}
-    if len(values) != 1:
-        raise AttemptFailed(Outcome.MALFORMED, f"conflicting Content-Length {lengths!r}")
-    value = values.pop()
-    if not (value.isascii() and value.isdigit()) or len(value) > 18:
-        raise AttemptFailed(Outcome.MALFORMED, f"bad Content-Length {value!r}")
-    return _Head(status, headers, _LENGTH, int(value), keep_alive)
-
-
 class _FirstByteLost(Exception):
     """A reused connection ended cleanly before any byte of the answer: most likely the
     server closed it while idle, but it may also have read the request, acted on it and
     gone away; so the caller resends only idempotent requests."""
 
 
-async def _read_head(conn: _Connection, method: str) -> _Head:
-    """Read the final response head, skipping interim (1xx) answers."""
-    buf = conn.buf
-    first = True
-    searched = 0
-    while True:
-        end = buf.find(b"\r\n\r\n", searched)
-        if end < 0:
-            if len(buf) > HEAD_LIMIT:
-                raise AttemptFailed(Outcome.MALFORMED, "response head too large")
-            searched = max(0, len(buf) - 3)
-            if not await conn.more():
-                if first and not buf and conn.error is None:
-                    raise _FirstByteLost
-                if conn.error is not None:
-                    raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
-                if buf:
-                    raise AttemptFailed(
-                        Outcome.MALFORMED, "connection closed inside the response head"
-                    )
-                raise AttemptFailed(Outcome.RESET, "server closed the connection without answering")
-            first = False
-            continue
-        if end > HEAD_LIMIT:
-            raise AttemptFailed(Outcome.MALFORMED, "response head too large")
-        data = bytes(buf[: end + 2])
-        del buf[: end + 4]
-        head = parse_head(data, method)
-        if head.status >= 200:
-            return head
-        if head.status == 101:
+class _HeadReader:
+    """llhttp callbacks for `parse_head`: the first final head of a header block."""
+
+    __slots__ = ("fields", "head", "method", "parser")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.head: _Head | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        # as `_Connection.begin` sets it up
+        self.parser.set_dangerous_leniencies(lenient_keep_alive=True, lenient_chunked_length=True)
+
+    def on_message_begin(self) -> None:
+        self.fields = []
+
+    def on_status(self, reason: bytes) -> None:
+        if _REASON.fullmatch(reason) is None:
+            raise AttemptFailed(Outcome.MALFORMED, f"bad status line: reason {reason[:40]!r}")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 100:
+            raise AttemptFailed(Outcome.MALFORMED, f"bad status code {status}")
+        if status == 101:
             raise AttemptFailed(Outcome.MALFORMED, "unrequested protocol switch (101)")
-        first = False
-        searched = 0
+        if status >= 200 and self.head is None:
+            self.head = _make_head(status, self.parser, self.fields, self.method)
+            raise _Stop
+
+
+def parse_head(data: bytes, method: str) -> _Head:
+    """Parse a status line and header block (`data` ends with the CRLF of the last field),
+    as the transport reads the head of an answer to a request of `method`.
+
+    Raises `AttemptFailed(MALFORMED)` for anything llhttp refuses in strict mode, and for
+    what the client refuses beyond it (see `_make_head`). The transport does not call this:
+    it parses as bytes arrive; this reads one head at rest, for tests and tools.
+    """
+    reader = _HeadReader(method)
+    try:
+        reader.parser.feed_data(data + b"\r\n")
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError as e:
+        if reader.head is None:
+            cause = e.__context__
+            if isinstance(cause, AttemptFailed):
+                raise cause from None
+            raise AttemptFailed(Outcome.MALFORMED, f"malformed response head: {e}") from None
+    if reader.head is None:
+        raise AttemptFailed(Outcome.MALFORMED, "no final response head")
+    return reader.head
+
+
+async def _read_head(conn: _Connection) -> _Head:
+    """Wait for the final response head (interim answers are skipped by the parser)."""
+    while True:
+        head = conn.head
+        if head is not None:
+            return head
+        if conn.failure is not None:
+            raise conn.failure
+        if conn.ended:
+            if conn.error is not None:
+                raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
+            if not conn.received:
+                raise _FirstByteLost
+            if conn.in_message:
+                raise AttemptFailed(Outcome.MALFORMED, "connection closed inside the response head")
+            # only interim answers came
+            raise AttemptFailed(Outcome.RESET, "server closed the connection without answering")
+        await conn.wait()
 
 
 class H1Stream:
     """The body of a streamed answer, read as it arrives.
 
-    Read with `read_chunk` (b"" at the end; failures as `AttemptFailed`). The holder must call `close()` (abandoned or failed) or `release()` (read
-    to the end); both are idempotent, and the connection goes back to the pool by itself
-    once the end has been read.
+    Read with `read_chunk` (b"" at the end; failures as `AttemptFailed`). The holder must
+    call `close()` (abandoned or failed) or `release()` (read to the end); both are
+    idempotent, and the connection goes back to the pool by itself once the end has been
+    read.
     """
 
-    __slots__ = (
-        "_conn",
-        "_done",
-        "_framing",
-        "_keep_alive",
-        "_left",
-        "_pool",
-        "_settled",
-        "headers",
-    )
+    __slots__ = ("_conn", "_done", "_framing", "_keep_alive", "_pool", "_settled", "headers")
 
     def __init__(self, conn: _Connection, pool: _Pool, head: _Head) -> None:
         self.headers = head.headers
@@ -526,10 +709,7 @@ class H1Stream:
         self._pool = pool
         self._framing = head.framing
         self._keep_alive = head.keep_alive
-        # bytes left in the body (_LENGTH) or in the current chunk (_CHUNKED; -1: a size
-        # line is next, -2: the CRLF after a chunk's data is next)
-        self._left = head.length if head.framing == _LENGTH else -1
-        self._done = head.framing == _LENGTH and head.length == 0
+        self._done = conn.complete and not conn.body
         self._settled = False
 
     @property
@@ -537,7 +717,8 @@ class H1Stream:
         return self._done
 
     async def read_chunk(self, timeout: float | None = None) -> bytes:
-        """The next piece of the body (b"" at its end).
+        """The next piece of the body (b"" at its end): what has arrived of one chunk of a
+        chunked body, or all that has arrived of another.
 
         Raises `AttemptFailed` with RESET, MALFORMED, or TIMEOUT when nothing arrived within
         `timeout` seconds; the connection is then already closed.
@@ -585,83 +766,26 @@ class H1Stream:
 
     async def _read(self) -> bytes:
         conn = self._conn
-        buf = conn.buf
-        framing = self._framing
-        if framing == _LENGTH:
-            if not buf and not await conn.more():
-                raise conn.ended_failure("the response body")
-            data = _take(buf, self._left)
-            self._left -= len(data)
-            if self._left == 0:
-                self._end()
-            return data
-        if framing == _UNTIL_CLOSE:
-            if not buf and not await conn.more():
-                if conn.error is not None:
-                    raise conn.ended_failure("the response body")
+        while True:
+            if conn.body:
+                data = conn.take()
+                if self._framing == _LENGTH and conn.complete and not conn.body:
+                    # as many bytes as announced: the end is known without another read
+                    self._end()
+                return data
+            if conn.complete:
                 self._end()
                 return b""
-            data = bytes(buf)
-            buf.clear()
-            return data
-        return await self._read_chunked()
-
-    async def _read_chunked(self) -> bytes:
-        conn = self._conn
-        buf = conn.buf
-        while True:
-            if self._left > 0:
-                if not buf and not await conn.more():
-                    raise conn.ended_failure("a chunk")
-                data = _take(buf, self._left)
-                self._left -= len(data)
-                if self._left == 0:
-                    self._left = -2
-                return data
-            if self._left == -2:
-                while len(buf) < 2:
-                    if not await conn.more():
-                        raise conn.ended_failure("a chunk")
-                if buf[:2] != b"\r\n":
-                    raise AttemptFailed(Outcome.MALFORMED, "chunk data not followed by CRLF")
-                del buf[:2]
-                self._left = -1
-            line = await self._line()
-            size_text, semi, _ = line.partition(b";")
-            if semi:
-                # whitespace may come before an extension (RFC 9112 BWS), never elsewhere
-                size_text = size_text.rstrip(b" \t")
-            if _HEX.fullmatch(size_text) is None:
-                raise AttemptFailed(Outcome.MALFORMED, f"bad chunk size line {line[:40]!r}")
-            size = int(size_text, 16)
-            if size:
-                self._left = size
-                continue
-            # the last chunk: trailer fields (checked, then ignored) up to an empty line
-            while trailer := await self._line():
-                if _FIELDS.fullmatch(trailer + b"\r\n") is None:
-                    raise AttemptFailed(Outcome.MALFORMED, "malformed trailer field")
-            self._end()
-            return b""
-
-    async def _line(self) -> bytes:
-        conn = self._conn
-        buf = conn.buf
-        searched = 0
-        while True:
-            end = buf.find(b"\r\n", searched)
-            if end >= 0:
-                line = bytes(buf[:end])
-                del buf[: end + 2]
-                if end > CHUNK_LINE_LIMIT:
-                    break
-                return line
-            if len(buf) > CHUNK_LINE_LIMIT:
-                break
-            searched = max(0, len(buf) - 1)
-            if not await conn.more():
-                raise conn.ended_failure("the chunk framing")
-        raise AttemptFailed(Outcome.MALFORMED, "chunk framing line too long")
+            if conn.failure is not None:
+                raise conn.failure
+            if conn.ended:
+                if self._framing == _UNTIL_CLOSE and conn.error is None:
+                    self._end()
+                    return b""
+                raise conn.ended_failure(
+                    "a chunk" if self._framing == _CHUNKED else "the response body"
+                )
+            await conn.wait()
 
 
 class H1Transport:
@@ -806,12 +930,13 @@ class H1Transport:
             while True:
                 transport = conn.transport
                 assert transport is not None
+                conn.begin(method)
                 if body and len(body) > 16384:
                     transport.writelines((request, body))
                 else:
                     transport.write(request + body if body else request)
                 try:
-                    head = await _read_head(conn, method)
+                    head = await _read_head(conn)
                     break
                 except _FirstByteLost:
                     if not reused or method not in _IDEMPOTENT:
@@ -855,28 +980,23 @@ class H1Transport:
 
 
 async def _read_body(conn: _Connection, length: int) -> bytes:
-    """Exactly `length` bytes of body; the rest of the buffer (if any) stays."""
-    buf = conn.buf
-    while len(buf) < length:
-        if not await conn.more():
+    """The whole body of an answer of `length` bytes."""
+    while not conn.complete:
+        if conn.failure is not None:
+            raise conn.failure
+        if conn.ended:
             if conn.error is not None:
                 raise AttemptFailed(
                     Outcome.RESET, f"connection reset while reading the body: {conn.error}"
                 )
             raise AttemptFailed(
-                Outcome.MALFORMED, f"truncated response body: {len(buf)} of {length} bytes"
+                Outcome.MALFORMED, f"truncated response body: {conn.pending} of {length} bytes"
             )
-    return _take(buf, length)
-
-
-def _take(buf: bytearray, n: int) -> bytes:
-    """Up to `n` bytes from the front of `buf`, copied once when they are all of it."""
-    if n >= len(buf):
-        data = bytes(buf)
-        buf.clear()
-        return data
-    data = bytes(buf[:n])  # a partial take copies the part taken twice
-    del buf[:n]
+        await conn.wait()
+    body = conn.body
+    data = body[0] if len(body) == 1 else b"".join(body)
+    body.clear()
+    conn.pending = 0
     return data
 
 
