@@ -43,7 +43,7 @@ from gateway.proxy.budgetshed import BudgetShedStage
 from gateway.proxy.contract import ContractStage, ModelContracts
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
-from gateway.proxy.grpc_edge import GrpcEdge
+from gateway.proxy.grpc_edge import GrpcEdge, server_options
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
 from gateway.proxy.listener import GuardedAppRunner, GuardedServer, parser_problem
 from gateway.proxy.pipeline import (
@@ -747,8 +747,7 @@ class Gateway:
         server = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                ("grpc.max_receive_message_length", settings.max_body),
-                ("grpc.max_send_message_length", -1),
+                *server_options(settings.grpc),
             ]
         )
         server.add_generic_rpc_handlers((self.grpc_edge.handler,))

@@ -3,7 +3,7 @@
 The binary lives in a venv of its own (`.venv-triton`, or `TAILGUARD_TRITON_VENV`), because
 nvidia-pytriton pins numpy < 2 while the test venv does not; `.ci/run` makes it. The server
 runs the raw binary with a tiny Python-backend model repository (`classifier`: OUTPUT0 =
-2 x INPUT0, FP32), on loopback ports, with the repository API open so a test can unload a
+2 x INPUT0 and PROBS, the simulator's class probabilities, FP32), on loopback ports, with the repository API open so a test can unload a
 model. Where no binary is installed the tests skip with that reason, except under CI
 (`CI=true`), where a missing server is a failure.
 """
@@ -29,12 +29,28 @@ CONFIG = """name: "classifier"
 backend: "python"
 max_batch_size: 0
 input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [-1, -1] }]
-output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [-1, -1] }]
+output [
+  { name: "OUTPUT0" data_type: TYPE_FP32 dims: [-1, -1] },
+  { name: "PROBS" data_type: TYPE_FP32 dims: [-1, -1] }
+]
 instance_group [{ kind: KIND_CPU count: 1 }]
 """
 
+# The classes of the model's PROBS output; the simulator answers the same with
+# `Outputs(classes=CLASSES)` (softmax over k of x[k % width], row by row).
+CLASSES = 3
+
 MODEL = """import numpy as np
 import triton_python_backend_utils as pb_utils
+
+CLASSES = @CLASSES@
+
+
+def probs(x):
+    rows = x.reshape(x.shape[0] if x.ndim >= 2 and x.shape[0] > 0 else 1, -1).astype(np.float64)
+    logits = rows[:, np.arange(CLASSES) % rows.shape[1]]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class TritonPythonModel:
@@ -42,10 +58,13 @@ class TritonPythonModel:
         out = []
         for r in requests:
             x = pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy()
-            tensor = pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32))
-            out.append(pb_utils.InferenceResponse([tensor]))
+            tensors = [
+                pb_utils.Tensor("OUTPUT0", (x * 2).astype(np.float32)),
+                pb_utils.Tensor("PROBS", probs(x)),
+            ]
+            out.append(pb_utils.InferenceResponse(tensors))
         return out
-"""
+""".replace("@CLASSES@", str(CLASSES))
 
 
 @dataclass

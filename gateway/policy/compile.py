@@ -20,7 +20,19 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from gateway.fallback.cache import CacheConfig
-from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
+from gateway.policy.model import (
+    DEFAULT_FALLBACK_TIMEOUT,
+    DEFAULT_HEALTH_PATHS,
+    GRPC_KEEPALIVE_TIME,
+    GRPC_KEEPALIVE_TIMEOUT,
+    GRPC_MAX_CONCURRENT_STREAMS,
+    GRPC_MAX_CONNECTION_AGE,
+    GRPC_MAX_CONNECTION_AGE_GRACE,
+    GRPC_MAX_PING_STRIKES,
+    GRPC_MAX_PINGS_WITHOUT_DATA,
+    GRPC_MIN_PING_INTERVAL,
+    PRIORITY_VALUES,
+)
 from gateway.proxy.transport import PoolSpec
 from gateway.quality.config import ContractConfig, QualityConfig, ShadowConfig
 from gateway.quality.drift import DriftThresholds
@@ -54,7 +66,13 @@ from gateway.telemetry.config import (
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.fallback.rules import RuleSet
-    from gateway.policy.model import BackendModel, PolicyModel, RouteModel, SloModel
+    from gateway.policy.model import (
+        BackendModel,
+        GatewayModel,
+        PolicyModel,
+        RouteModel,
+        SloModel,
+    )
 
 BreakerListener = Callable[[str, str, BreakerState, BreakerState], None]
 
@@ -332,6 +350,34 @@ class ListenerLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcLimits:
+    """What the gRPC listener allows one client (`gateway.proxy.grpc_edge.server_options`).
+
+    Resolved from `gateway.grpc` and the limits every listener shares: a message may be as
+    large as a request body (`max_body`), metadata as large as `max_header_size`, a new
+    connection has `header_timeout` for its HTTP/2 handshake, a listener takes
+    `max_connections`, and an idle connection is closed after `idle_timeout` unless
+    `grpc.max_connection_idle` says otherwise. Times in seconds; None = never.
+    """
+
+    max_receive_message: int = 4 << 20
+    max_send_message: int = 4 << 20
+    max_metadata_size: int = 16 * 1024
+    max_connections: int = 10_000
+    handshake_timeout: float = 10.0
+    max_concurrent_streams: int = GRPC_MAX_CONCURRENT_STREAMS
+    max_connection_idle: float = 60.0
+    max_connection_age: float | None = GRPC_MAX_CONNECTION_AGE
+    max_connection_age_grace: float = GRPC_MAX_CONNECTION_AGE_GRACE
+    keepalive_time: float = GRPC_KEEPALIVE_TIME
+    keepalive_timeout: float = GRPC_KEEPALIVE_TIMEOUT
+    permit_keepalive_without_calls: bool = False
+    min_ping_interval: float = GRPC_MIN_PING_INTERVAL
+    max_ping_strikes: int = GRPC_MAX_PING_STRIKES
+    max_pings_without_data: int = GRPC_MAX_PINGS_WITHOUT_DATA
+
+
+@dataclass(frozen=True, slots=True)
 class StateSettings:
     store: str
     url: str | None
@@ -358,7 +404,29 @@ class GatewaySettings:
     grpc_listen: tuple[str, int] | None = None
     limits: ListenerLimits = ListenerLimits()
     body_timeout: float = 30.0
+    grpc: GrpcLimits = GrpcLimits()
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+
+
+def _grpc_limits(gw: GatewayModel) -> GrpcLimits:
+    g = gw.grpc
+    return GrpcLimits(
+        max_receive_message=int(gw.max_body),
+        max_send_message=int(g.max_send_message or gw.max_body),
+        max_metadata_size=int(gw.max_header_size),
+        max_connections=gw.max_connections,
+        handshake_timeout=gw.header_timeout,
+        max_concurrent_streams=g.max_concurrent_streams,
+        max_connection_idle=g.max_connection_idle or gw.idle_timeout,
+        max_connection_age=g.max_connection_age,
+        max_connection_age_grace=g.max_connection_age_grace,
+        keepalive_time=g.keepalive_time,
+        keepalive_timeout=g.keepalive_timeout,
+        permit_keepalive_without_calls=g.permit_keepalive_without_calls,
+        min_ping_interval=g.min_ping_interval,
+        max_ping_strikes=g.max_ping_strikes,
+        max_pings_without_data=g.max_pings_without_data,
+    )
 
 
 @dataclass(slots=True)
@@ -458,6 +526,7 @@ def compile_policy(
             max_header_size=int(gw.max_header_size),
         ),
         body_timeout=gw.body_timeout,
+        grpc=_grpc_limits(gw),
         telemetry=_telemetry(policy),
         state=StateSettings(
             store=policy.state.store,

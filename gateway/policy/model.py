@@ -338,6 +338,53 @@ class FrozenModel(BaseModel):
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
+# The gRPC listener's defaults: Triton's own server defaults where it has one (so a client
+# tuned for Triton is treated the same through the gateway), a bound where it has none.
+GRPC_MAX_CONCURRENT_STREAMS = 1000
+GRPC_MAX_CONNECTION_AGE = 30 * 60.0
+GRPC_MAX_CONNECTION_AGE_GRACE = 5 * 60.0
+GRPC_KEEPALIVE_TIME = 2 * 3600.0
+GRPC_KEEPALIVE_TIMEOUT = 20.0
+GRPC_MIN_PING_INTERVAL = 5 * 60.0
+GRPC_MAX_PING_STRIKES = 2
+GRPC_MAX_PINGS_WITHOUT_DATA = 2
+# gRPC takes its times as 32-bit milliseconds: about 24 days at most.
+_GRPC_MAX_MS = 2**31 - 1
+
+
+class GrpcListenerModel(FrozenModel):
+    max_concurrent_streams: Annotated[int, Strict(), Field(ge=1, le=2**31 - 1)] = (
+        GRPC_MAX_CONCURRENT_STREAMS
+    )
+    max_send_message: PositiveSize | None = None  # None: gateway.max_body
+    max_connection_idle: Duration | None = None  # None: gateway.idle_timeout
+    max_connection_age: Duration | None = GRPC_MAX_CONNECTION_AGE  # None: never
+    max_connection_age_grace: Duration = GRPC_MAX_CONNECTION_AGE_GRACE
+    keepalive_time: Duration = GRPC_KEEPALIVE_TIME
+    keepalive_timeout: Duration = GRPC_KEEPALIVE_TIMEOUT
+    permit_keepalive_without_calls: Bool = False
+    min_ping_interval: Duration = GRPC_MIN_PING_INTERVAL
+    max_ping_strikes: Annotated[int, Strict(), Field(ge=0, le=1000)] = GRPC_MAX_PING_STRIKES
+    max_pings_without_data: Annotated[int, Strict(), Field(ge=0, le=1000)] = (
+        GRPC_MAX_PINGS_WITHOUT_DATA
+    )
+
+    @model_validator(mode="after")
+    def _milliseconds(self) -> GrpcListenerModel:
+        for name in (
+            "max_connection_idle",
+            "max_connection_age",
+            "max_connection_age_grace",
+            "keepalive_time",
+            "keepalive_timeout",
+            "min_ping_interval",
+        ):
+            value = getattr(self, name)
+            if value is not None and value * 1000 > _GRPC_MAX_MS:
+                raise checks_failed(((name,), "must be at most 24d (gRPC counts 32-bit ms)"))
+        return self
+
+
 class GatewayModel(FrozenModel):
     region: Text = "local"
     listen: HostPort = ("127.0.0.1", 8080)
@@ -357,6 +404,8 @@ class GatewayModel(FrozenModel):
     body_timeout: Duration = 30.0
     max_connections: Annotated[int, Strict(), Field(ge=1)] = 10_000
     max_header_size: PositiveSize = 16 * 1024
+    # the gRPC listener's own limits (the ones above apply to it too, see GrpcLimits)
+    grpc: GrpcListenerModel = GrpcListenerModel()
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:

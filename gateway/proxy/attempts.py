@@ -205,12 +205,27 @@ class AttemptRunner:
         pending: dict[asyncio.Task[AttemptResult], int] = {}
         last: AttemptResult | None = None
         extra = 0
+        # One future per wait, woken by an attempt's end or the hedge timer: asyncio.wait
+        # would build a waiter, a timer and a callback per attempt on every request.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        due = False
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        def hedge_due() -> None:
+            nonlocal due
+            due = True
+            wake()
 
         def launch(delay: float, avoid_region: str | None) -> int | None:
             index = self._pick(backend, tried, avoid_region, ex)
             if index is not None:
                 tried.add(index)
-                task = asyncio.ensure_future(self._attempt(ex, route, backend, index, delay))
+                task = loop.create_task(self._attempt(ex, route, backend, index, delay))
+                task.add_done_callback(wake)
                 pending[task] = index
             return index
 
@@ -223,15 +238,21 @@ class AttemptRunner:
         estimator = route.hedge_delays.get(backend.name)
         hedge_delay = estimator.delay(started) if estimator is not None else hedge.delay(None)
         next_hedge = started + hedge_delay if hedge_delay is not None else None
+        timer: asyncio.TimerHandle | None = None
         try:
             while pending:
-                wait_for = None
+                timer = None
                 if next_hedge is not None and extra < max_extra:
-                    wait_for = max(0.0, next_hedge - self._clock.now())
-                done, _ = await asyncio.wait(
-                    pending, timeout=wait_for, return_when=asyncio.FIRST_COMPLETED
-                )
+                    timer = loop.call_later(max(0.0, next_hedge - self._clock.now()), hedge_due)
+                await waiter
+                waiter = loop.create_future()
+                if timer is not None:
+                    timer.cancel()
+                done = [task for task in pending if task.done()]
                 if not done:
+                    if not due:
+                        continue  # a late wake-up from an attempt already collected
+                    due = False
                     assert hedge_delay is not None
                     remaining = ex.deadline - self._clock.now()
                     send = hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget)
@@ -242,16 +263,18 @@ class AttemptRunner:
                             send=send,
                             budget=_balance(route.hedge_budget),
                         )
+                    m = self._metrics
                     if send:
                         if launch(0.0, first_region) is not None:
                             extra += 1
-                            self._metrics.hedges_sent.labels(route.name).inc()
+                            m.child(m.hedges_sent, route.name).inc()
                         next_hedge = self._clock.now() + hedge_delay
                     else:
                         if route.hedge_budget is not None and remaining > hedge_delay:
-                            self._metrics.budget_exhausted.labels(route.name, "hedge").inc()
+                            m.child(m.budget_exhausted, route.name, "hedge").inc()
                         next_hedge = None
                     continue
+                due = False
                 winner: AttemptResult | None = None
                 for task in done:
                     pending.pop(task)
@@ -274,7 +297,8 @@ class AttemptRunner:
                         self._discard(backend, last)
                     if winner.index != first:
                         ex.hedged = True
-                        self._metrics.hedges_won.labels(route.name).inc()
+                        m = self._metrics
+                        m.child(m.hedges_won, route.name).inc()
                     return winner
                 if not pending and last is not None:
                     delay = self._retry_delay(ex, route, last)
@@ -285,6 +309,8 @@ class AttemptRunner:
             assert last is not None
             return last
         finally:
+            if timer is not None:
+                timer.cancel()
             for task in pending:
                 task.cancel()
             if pending:

@@ -30,6 +30,7 @@ import grpc
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.clock import Clock
+from gateway.policy.compile import GrpcLimits
 from gateway.proxy.answers import ERROR_HEADER
 from gateway.proxy.exchange import Exchange, GrpcCall, LocalAnswer, ProxyRequest
 from gateway.proxy.grpc_upstream import GrpcCallFailed, GrpcResponse, GrpcStream, Metadata
@@ -131,6 +132,57 @@ METHODS: dict[str, MethodShape] = {
     "LogSettings": MethodShape("POST", _fixed("/v2/logging")),
 }
 STREAM_METHODS = frozenset({"ModelStreamInfer"})
+
+
+# gRPC takes its times as 32-bit milliseconds; a bigger value means "never".
+_MAX_MS = 2**31 - 1
+
+
+def _ms(seconds: float | None) -> int:
+    return _MAX_MS if seconds is None else min(_MAX_MS, max(1, round(seconds * 1000)))
+
+
+def server_options(limits: GrpcLimits) -> list[tuple[str, int]]:
+    """The `grpc.aio.server` options that enforce `limits` on every client connection.
+
+    What each one does, as grpc core has it:
+    - messages larger than the limits end the call `RESOURCE_EXHAUSTED` before the handler
+      runs (received) or instead of the answer (sent);
+    - metadata larger than `max_metadata_size` (names, values and 32 bytes per entry) end the
+      call before it reaches the gateway (soft and hard limit equal: no random refusals);
+    - more than `max_connections` connections: new ones are closed as they arrive;
+    - a connection without its HTTP/2 handshake after `handshake_timeout` is closed;
+    - calls beyond `max_concurrent_streams` on one connection wait in the client (HTTP/2
+      flow control), they are not refused;
+    - a connection with no call for `max_connection_idle`, or older than
+      `max_connection_age` (+-10 % jitter), gets GOAWAY: clients reconnect for the next call;
+      calls in flight at the age get `max_connection_age_grace` to finish;
+    - a client pinging more often than `min_ping_interval` without data (or at all, while
+      it has no call, unless `permit_keepalive_without_calls`) gets a strike; past
+      `max_ping_strikes` the connection is closed with GOAWAY `too_many_pings`
+      (0 strikes: never);
+    - the server pings an idle client every `keepalive_time` and drops it when no answer
+      comes within `keepalive_timeout` (a peer that vanished does not hold a slot).
+    """
+    options = [
+        ("grpc.max_receive_message_length", limits.max_receive_message),
+        ("grpc.max_send_message_length", limits.max_send_message),
+        ("grpc.max_metadata_size", limits.max_metadata_size),
+        ("grpc.absolute_max_metadata_size", limits.max_metadata_size),
+        ("grpc.max_allowed_incoming_connections", limits.max_connections),
+        ("grpc.server_handshake_timeout_ms", _ms(limits.handshake_timeout)),
+        ("grpc.max_concurrent_streams", limits.max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", _ms(limits.max_connection_idle)),
+        ("grpc.max_connection_age_ms", _ms(limits.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", _ms(limits.max_connection_age_grace)),
+        ("grpc.keepalive_time_ms", _ms(limits.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", _ms(limits.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", int(limits.permit_keepalive_without_calls)),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(limits.min_ping_interval)),
+        ("grpc.http2.max_ping_strikes", limits.max_ping_strikes),
+        ("grpc.http2.max_pings_without_data", limits.max_pings_without_data),
+    ]
+    return options
 
 
 def _peer_ip(peer: str) -> str:
@@ -432,4 +484,4 @@ async def _abort_with(
     raise AssertionError("context.abort raises")  # pragma: no cover
 
 
-__all__ = ["METHODS", "SERVICE", "GrpcEdge", "status_code_for"]
+__all__ = ["METHODS", "SERVICE", "GrpcEdge", "server_options", "status_code_for"]

@@ -34,6 +34,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from gateway.sim import kserve
 from gateway.sim.faults import FaultKind, Faults
+from gateway.sim.outputs import PROBS_NAME, Outputs
 
 if TYPE_CHECKING:
     from gateway.sim.server import SimServer
@@ -99,8 +100,13 @@ def _param(params: Any, name: str) -> Any:
     return getattr(p, kind) if kind is not None else None
 
 
-def _first_input(request: Any, model: str) -> tuple[str, list[int], list[float]]:
-    """Name, shape and values of the first input tensor, raw or typed contents."""
+def _first_input(
+    request: Any, model: str, extra: tuple[str, ...] = ()
+) -> tuple[str, list[int], list[float]]:
+    """Name, shape and values of the first input tensor, raw or typed contents.
+
+    A requested output other than OUTPUT0 and those in `extra` is refused, as Triton does.
+    """
     if not request.inputs:
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, "expected at least one input")
     first = request.inputs[0]
@@ -145,7 +151,7 @@ def _first_input(request: Any, model: str) -> tuple[str, list[int], list[float]]
                 f"input '{first.name}': {len(values)} values do not fill shape {shape}",
             )
     for out in request.outputs:
-        if out.name != kserve.OUTPUT_NAME:
+        if out.name != kserve.OUTPUT_NAME and out.name not in extra:
             raise _Abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unexpected inference output '{out.name}' for model '{model}'",
@@ -155,11 +161,32 @@ def _first_input(request: Any, model: str) -> tuple[str, list[int], list[float]]
 
 def _response(request: Any, model: str, shape: list[int], values: list[float]) -> Any:
     out = pb.ModelInferResponse(model_name=model, model_version="1", id=request.id)
+    _add_output(out, kserve.OUTPUT_NAME, shape, values)
+    return out
+
+
+def _add_output(out: Any, name: str, shape: list[int], values: list[float]) -> None:
+    """One FP32 output tensor, its data in `raw_output_contents` as Triton sends it."""
     tensor = out.outputs.add()
-    tensor.name = kserve.OUTPUT_NAME
+    tensor.name = name
     tensor.datatype = "FP32"
     tensor.shape.extend(shape)
     out.raw_output_contents.append(struct.pack(f"<{len(values)}f", *values))
+
+
+def _classified(request: Any, model: str, outputs: Outputs, rng: Any) -> Any:
+    """The answer to a non-decoupled infer: OUTPUT0, and PROBS when configured.
+
+    The same outputs as the HTTP side answers (`gateway.sim.outputs`): a classifier with
+    `classes` set adds `PROBS` ([batch, classes] FP32) after OUTPUT0 and accepts a request
+    that names it.
+    """
+    extra = (PROBS_NAME,) if outputs.classes else ()
+    _name, shape, values = _first_input(request, model, extra)
+    out = _response(request, model, shape, [v * 2.0 for v in values])
+    probs = outputs.probabilities(values, shape, rng)
+    if probs is not None:
+        _add_output(out, PROBS_NAME, probs["shape"], probs["data"])
     return out
 
 
@@ -294,8 +321,7 @@ class GrpcFrontend:
             )
         faults = sim.faults
         await self._fault(faults, model)
-        _name, shape, values = _first_input(request, model)
-        return _response(request, model, shape, [v * 2.0 for v in values])
+        return _classified(request, model, sim.outputs, sim._rng)
 
     async def _fault(self, faults: Faults, model: str) -> None:
         """Serve this call's latency, then its injected fate (raises `_Abort` for a fault)."""
@@ -340,7 +366,10 @@ class GrpcFrontend:
                     stats.by_model[model] += 1
                     self._count_sequence(request)
                     await self._fault(faults, model)
-                    _name, shape, values = _first_input(request, model)
+                    if model in sim.decoupled:
+                        _name, _shape, values = _first_input(request, model)
+                    else:
+                        answer = _classified(request, model, sim.outputs, sim._rng)
                 except _Broken as e:
                     await context.abort(e.code, e.details, tuple(sim._ident.items()))
                 except _Abort as e:
@@ -348,8 +377,7 @@ class GrpcFrontend:
                     yield pb.ModelStreamInferResponse(error_message=e.details)
                     continue
                 if model not in sim.decoupled:
-                    out = _response(request, model, shape, [v * 2.0 for v in values])
-                    yield pb.ModelStreamInferResponse(infer_response=out)
+                    yield pb.ModelStreamInferResponse(infer_response=answer)
                     continue
                 want_final = bool(_param(request.parameters, WANT_FINAL))
                 delay = faults.stream_delay_ms / 1000.0

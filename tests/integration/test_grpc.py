@@ -325,7 +325,9 @@ async def test_hedging_answers_the_latency_tail_from_the_other_endpoint(
     # every request was answered by the fast endpoint, once: directly, or by a hedge when the
     # balancer had sent its first attempt to the slow one
     assert served(b) == n
-    assert won >= 5  # the balancer gave the slow endpoint a share of first attempts
+    # each first attempt the balancer gave the slow endpoint was overtaken by its hedge (how
+    # many it gives depends on the balancer's latency estimate, not on hedging: at least one)
+    assert won == served(a) >= 1
     assert won <= sent <= n  # at most one hedge per request (max_extra: 1)
 
 

@@ -21,7 +21,8 @@ from tritonclient.utils import InferenceServerException
 from gateway.app import Gateway
 from gateway.resilience.breaker import BreakerState
 from gateway.sim import SimServer
-from tests.triton_server import Triton, start_triton, stop_triton
+from gateway.sim.outputs import Outputs
+from tests.triton_server import CLASSES, Triton, start_triton, stop_triton
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,13 @@ routes:
 
 @pytest.fixture
 async def setup(triton: Triton, tmp_path: Path) -> AsyncIterator[tuple[Gateway, SimServer]]:
-    sim = SimServer(models=["classifier"], grpc_port=0, region="other", name="sim")
+    sim = SimServer(
+        models=["classifier"],
+        grpc_port=0,
+        region="other",
+        name="sim",
+        outputs=Outputs(classes=CLASSES),
+    )
     await sim.start()
     path = tmp_path / "policy.yaml"
     path.write_text(
@@ -113,6 +120,28 @@ async def test_infer_and_tritons_own_errors_through_the_gateway(
         == 10
     )
     assert sim.stats.by_kind["infer"] == 0  # nothing retried elsewhere
+
+
+async def test_the_simulator_answers_the_outputs_triton_answers(
+    setup: tuple[Gateway, SimServer], triton: Triton
+) -> None:
+    _gw, sim = setup
+    values = [[1.0, -2.0, 0.5, 3.0], [0.0, 0.25, -1.0, 2.0]]
+    arr = np.array(values, dtype=np.float32)
+    inp = tg.InferInput("INPUT0", list(arr.shape), "FP32")
+    inp.set_data_from_numpy(arr)
+    answers = []
+    for where in (triton.grpc_address, sim.grpc_address):
+        async with tg.InferenceServerClient(where) as client:
+            answers.append(await client.infer("classifier", [inp], request_id="same"))
+    real, simulated = (a.get_response() for a in answers)
+    assert [(o.name, o.datatype, list(o.shape)) for o in simulated.outputs] == [
+        (o.name, o.datatype, list(o.shape)) for o in real.outputs
+    ]
+    assert [o.name for o in real.outputs] == ["OUTPUT0", "PROBS"]
+    assert (real.model_name, real.id) == (simulated.model_name, simulated.id)
+    for name in ("OUTPUT0", "PROBS"):
+        assert np.allclose(answers[0].as_numpy(name), answers[1].as_numpy(name), rtol=1e-5)
 
 
 async def test_a_model_unloaded_on_triton_moves_traffic_by_grpc_health_check(

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import grpc
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.sim import Faults, SimServer
 from gateway.sim.grpc import grpc_status_for
+from gateway.sim.outputs import Outputs
 
 MakeSim = Callable[..., Awaitable[SimServer]]
 
@@ -195,3 +197,44 @@ async def test_sequence_ids_are_counted(make_sim: MakeSim) -> None:
                 sequence_end=end,
             )
     assert sim.stats.by_sequence == {"42": 3}
+
+
+async def test_a_classifier_answers_probs_over_grpc_as_over_http(make_sim: MakeSim) -> None:
+    sim = await make_sim(models=["classifier"], outputs=Outputs(classes=3, bias=(0.5,)))
+    values = [1.0, -2.0, 0.25, 3.0, 0.0, 1.5, -1.0, 2.0]
+    async with aiohttp.ClientSession() as http:
+        body = {"inputs": [{"name": "INPUT0", "shape": [2, 4], "datatype": "FP32", "data": values}]}
+        async with http.post(f"{sim.url}/v2/models/classifier/infer", json=body) as r:
+            over_http = {o["name"]: o for o in (await r.json())["outputs"]}
+    assert list(over_http) == ["OUTPUT0", "PROBS"]
+    async with tg.InferenceServerClient(sim.grpc_address) as client:
+        wanted = [tg.InferRequestedOutput("OUTPUT0"), tg.InferRequestedOutput("PROBS")]
+        for outputs in (None, wanted):
+            r = await client.infer("classifier", [tensor(values, [2, 4])], outputs=outputs)
+            answer = r.get_response()
+            assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [
+                (o["name"], o["datatype"], o["shape"]) for o in over_http.values()
+            ]
+            for name, o in over_http.items():
+                got = r.as_numpy(name)
+                assert got is not None
+                assert np.allclose(got.ravel(), o["data"], rtol=1e-6)
+        assert np.allclose(r.as_numpy("PROBS").sum(axis=1), 1.0, rtol=1e-6)
+
+        # the stream answers the same outputs
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": "classifier", "inputs": [tensor(values, [2, 4])]}
+
+        async for result, error in client.stream_infer(one()):
+            assert error is None
+            assert result.as_numpy("PROBS").shape == (2, 3)
+
+    sim.outputs = Outputs()  # no classes: PROBS is no output of the model
+    async with tg.InferenceServerClient(sim.grpc_address) as client:
+        r = await client.infer("classifier", [tensor(values, [2, 4])])
+        assert [o.name for o in r.get_response().outputs] == ["OUTPUT0"]
+        with pytest.raises(InferenceServerException) as e:
+            await client.infer(
+                "classifier", [tensor(values)], outputs=[tg.InferRequestedOutput("PROBS")]
+            )
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
