@@ -20,7 +20,12 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from gateway.fallback.cache import CacheConfig
-from gateway.policy.model import DEFAULT_FALLBACK_TIMEOUT, DEFAULT_HEALTH_PATHS, PRIORITY_VALUES
+from gateway.policy.model import (
+    DEFAULT_FALLBACK_TIMEOUT,
+    DEFAULT_HEALTH_PATHS,
+    DEFAULT_LISTENER,
+    PRIORITY_VALUES,
+)
 from gateway.proxy.transport import PoolSpec
 from gateway.quality.config import ContractConfig, QualityConfig, ShadowConfig
 from gateway.quality.drift import DriftThresholds
@@ -358,6 +363,8 @@ class GatewaySettings:
     grpc_listen: tuple[str, int] | None = None
     limits: ListenerLimits = ListenerLimits()
     body_timeout: float = 30.0
+    # which server takes the data port: "aiohttp" or "httptools" (llhttp); read at start
+    listener: str = DEFAULT_LISTENER
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
@@ -457,6 +464,7 @@ def compile_policy(
             max_header_size=int(gw.max_header_size),
         ),
         body_timeout=gw.body_timeout,
+        listener=gw.listener,
         telemetry=_telemetry(policy),
         state=StateSettings(
             store=policy.state.store,

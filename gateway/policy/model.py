@@ -336,6 +336,8 @@ class FrozenModel(BaseModel):
 # --- gateway and state ---------------------------------------------------------------------
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+# The data listener when the policy names none (see gateway.proxy.listener and h1_server).
+DEFAULT_LISTENER: Literal["aiohttp", "httptools"] = "aiohttp"
 
 
 class GatewayModel(FrozenModel):
@@ -357,6 +359,8 @@ class GatewayModel(FrozenModel):
     body_timeout: Duration = 30.0
     max_connections: Annotated[int, Strict(), Field(ge=1)] = 10_000
     max_header_size: PositiveSize = 16 * 1024
+    # what serves the data port: aiohttp's server, or the lean one on llhttp (httptools)
+    listener: Literal["aiohttp", "httptools"] = DEFAULT_LISTENER
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:
