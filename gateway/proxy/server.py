@@ -13,7 +13,7 @@ import functools
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Protocol
 
@@ -376,7 +376,7 @@ class _AiohttpWriter:
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def expects_continue(headers: CIMultiDictProxy[str]) -> bool:
+def expects_continue(headers: Mapping[str, str]) -> bool:
     """The client waits for `100 Continue` before it sends the body (RFC 9110 10.1.1)."""
     expect = headers.get("Expect")
     return expect is not None and expect.lower() == "100-continue"
@@ -400,9 +400,14 @@ async def _read_body(request: web.BaseRequest, timeout: float, limit: int) -> by
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
-    if request.version == HttpVersion11 and expects_continue(request.headers):
-        if not request.content.is_eof() and not request.content.total_bytes:
-            await request.writer.write(CONTINUE)
+    content = request.content
+    if (
+        request.version == HttpVersion11
+        and expects_continue(request.headers)
+        and not content.is_eof()
+        and not content.total_bytes
+    ):
+        await request.writer.write(CONTINUE)
     try:
         async with asyncio.timeout(timeout):
             if length is not None:
