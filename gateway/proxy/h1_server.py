@@ -164,6 +164,7 @@ class H1Connection(asyncio.Protocol):
         self._queue: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time a head must arrive by (0: none due)
         self._read_paused = False
         self._done_reading = False  # nothing more is read as a request (error, upgrade, close)
         self._lost = False
@@ -197,6 +198,9 @@ class H1Connection(asyncio.Protocol):
         self._done_reading = True
         self._listener.connections.discard(self)
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             # the client left: the request's attempts and hedges are cancelled with it
             self._task.cancel()
@@ -373,7 +377,7 @@ class H1Connection(asyncio.Protocol):
         finally:
             self._task = None
         if not self._lost and not queue:
-            if self._timer is None:
+            if not self._deadline:
                 self._arm(self._limits.idle_timeout)
             self._resume()
 
@@ -560,17 +564,33 @@ class H1Connection(asyncio.Protocol):
             transport.resume_reading()
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self._overdue)
+        """A request head (or the rest of a lingering body) is due within `seconds`.
+
+        The timer is moved lazily: most requests arrive long before it fires, so one timer
+        per connection re-checks the deadline when it fires rather than one per request.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline = loop.time() + seconds
+        timer = self._timer
+        if timer is not None and timer.when() > deadline:
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._timer = loop.call_at(deadline, self._overdue)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = 0.0
 
     def _overdue(self) -> None:
         """No request head in time (first, next, or the rest of a lingering body)."""
         self._timer = None
+        deadline = self._deadline
+        if not deadline:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._timer = loop.call_at(deadline, self._overdue)
+            return
         if self._task is None and self._transport is not None:
             self._done_reading = True
             self._transport.close()
