@@ -162,7 +162,10 @@ class H1Connection(asyncio.Protocol):
         self._head_bytes = 0
         # requests whose head is whole, in arrival order; the first is being answered
         self._queue: deque[_Request] = deque()
+        # the connection's serving task (made with its first request), busy while answering
         self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._wakeup: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # loop time a head must arrive by (0: none due)
         self._read_paused = False
@@ -294,11 +297,7 @@ class H1Connection(asyncio.Protocol):
             self._stop_reading()
         self._disarm()
         self._in_head = False
-        self._queue.append(r)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._serve())
-        else:
-            self._pause()  # pipelined: it waits for the answers before it
+        self._enqueue(r)
 
     def on_body(self, body: bytes) -> None:
         r = self._parsing
@@ -321,19 +320,44 @@ class H1Connection(asyncio.Protocol):
         self._parsing = None
         r.complete = True
         r.wake()
-        if r.discard and self._task is None and not self._queue:
+        if r.discard and not self._busy:
             # the rest of a body answered without it: now the connection is merely idle
             self._arm(self._limits.idle_timeout)
 
     # --- serving ---------------------------------------------------------------------------
 
+    def _enqueue(self, r: _Request) -> None:
+        """A request to answer after those before it, by the connection's one serving task."""
+        self._queue.append(r)
+        if self._task is None:
+            self._busy = True
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+        elif self._busy:
+            self._pause()  # pipelined: it waits for the answers before it
+        else:
+            self._busy = True
+            wakeup = self._wakeup
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(None)
+
     async def _serve(self) -> None:
-        """Answer the queued requests in order; then wait, idle, for the next head."""
+        """Answer the queued requests in order, waiting idle between them, until the
+        connection closes (one task per connection: none is made per request)."""
         queue = self._queue
         proxy = self._listener.proxy
         scheme = self._listener.scheme
+        loop = asyncio.get_running_loop()
         try:
-            while queue and not self._lost:
+            while not self._lost:
+                if not queue:
+                    self._busy = False
+                    if not self._deadline:
+                        self._arm(self._limits.idle_timeout)
+                    self._resume()
+                    wakeup = self._wakeup = loop.create_future()
+                    await wakeup
+                    self._wakeup = None
+                    continue
                 r = queue[0]
                 r.opened = True
                 ex, handler, problem, close = proxy.open(
@@ -365,7 +389,6 @@ class H1Connection(asyncio.Protocol):
                     r.discard = True
                     r.body = []
                     self._arm(min(LINGER, self._limits.idle_timeout))
-                    self._resume()
         except ConnectionError:
             # the client went away while its answer was written (the exchange has ended)
             if self._transport is not None:
@@ -375,11 +398,7 @@ class H1Connection(asyncio.Protocol):
             if self._transport is not None:
                 self._transport.abort()
         finally:
-            self._task = None
-        if not self._lost and not queue:
-            if not self._deadline:
-                self._arm(self._limits.idle_timeout)
-            self._resume()
+            self._busy = False
 
     async def _read_body(self, r: _Request, timeout: float, limit: int) -> bytes:
         """The whole request body as sent (content codings untouched), bounded in size and time."""
@@ -416,34 +435,39 @@ class H1Connection(asyncio.Protocol):
     def _head(self, status: int, headers: CIMultiDict[str], length: int | None) -> bytes:
         """Status line and fields, framed as aiohttp frames them (so clients see no change)."""
         minor = self._minor
-        bodiless = self._bodiless or status in _EMPTY_BODY_STATUSES
-        if status in _EMPTY_BODY_STATUSES:
-            headers.popall("Content-Length", None)
+        empty = status in _EMPTY_BODY_STATUSES
+        bodiless = self._bodiless or empty
+        if "Content-Length" in headers:
+            del headers["Content-Length"]  # the framing is this writer's to say
+        if empty:
+            framing = ""
         elif length is not None:
-            headers["Content-Length"] = str(length)
+            framing = f"Content-Length: {length}\r\n"
+        elif bodiless:
+            framing = ""
         elif minor:
-            if not bodiless:
-                self._chunked = True
-                headers["Transfer-Encoding"] = "chunked"
-        elif not bodiless:
+            self._chunked = True
+            framing = "Transfer-Encoding: chunked\r\n"
+        else:
+            framing = ""
             self._close_after = True  # an HTTP/1.0 client sees the end by the close
         if not bodiless and length != 0 and "Content-Type" not in headers:
-            headers["Content-Type"] = "application/octet-stream"
+            framing += "Content-Type: application/octet-stream\r\n"
         if "Date" not in headers:
-            headers["Date"] = self._listener.date()
+            framing += self._listener.date_field()
         if "Connection" not in headers:
             if self._close_after:
                 if minor:
-                    headers["Connection"] = "close"
+                    framing += "Connection: close\r\n"
             elif not minor:
-                headers["Connection"] = "keep-alive"
+                framing += "Connection: keep-alive\r\n"
         line = _STATUS_LINES.get((minor, status)) or _status_line(minor, status)
-        fields = [f"{k}: {v}\r\n" for k, v in headers.items()]
-        head = line + "".join(fields) + "\r\n"
+        fields = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
         # one line per field: a value holding CR or LF would split the answer (injection)
-        if head.count("\n") != len(fields) + 2 or head.count("\r") != len(fields) + 2:
+        n = len(headers)
+        if fields.count("\n") != n or fields.count("\r") != n:
             raise ValueError("a header field holds a line break")
-        return head.encode("utf-8", "surrogateescape")
+        return (line + fields + framing + "\r\n").encode("utf-8", "surrogateescape")
 
     def _writable(self) -> asyncio.Transport:
         transport = self._transport
@@ -531,16 +555,14 @@ class H1Connection(asyncio.Protocol):
             if not any(q is r for q in self._queue):
                 # already answered (without its body): nothing more to say, only to close
                 self._close_after = True
-                if self._task is None and self._transport is not None:
+                if not self._busy and self._transport is not None:
                     self._transport.close()
             return
         refusal = r if r is not None else _Request()
         refusal.problem = problem
         refusal.complete = True
         self._disarm()
-        self._queue.append(refusal)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+        self._enqueue(refusal)
 
     def _stop_reading(self) -> None:
         self._done_reading = True
@@ -591,7 +613,7 @@ class H1Connection(asyncio.Protocol):
         if loop.time() < deadline:
             self._timer = loop.call_at(deadline, self._overdue)
             return
-        if self._task is None and self._transport is not None:
+        if not self._busy and self._transport is not None:
             self._done_reading = True
             self._transport.close()
 
@@ -599,13 +621,14 @@ class H1Connection(asyncio.Protocol):
         """The listener stops: close now if idle, else after the answer being written."""
         self._shutting_down = True
         self._close_after = True
-        if self._task is None and self._transport is not None:
+        if not self._busy and self._transport is not None:
             self._done_reading = True
             self._transport.close()
 
     @property
     def busy(self) -> asyncio.Task[None] | None:
-        return self._task
+        """The task answering a request, if one is being answered."""
+        return self._task if self._busy else None
 
 
 class H1Listener:
@@ -661,12 +684,12 @@ class H1Listener:
             conn.abort()
         await server.wait_closed()
 
-    def date(self) -> str:
-        """The Date field of answers, made once a second."""
+    def date_field(self) -> str:
+        """The Date field of answers (with its line end), made once a second."""
         now = int(time.time())
         if now != self._date_at:
             self._date_at = now
-            self._date = formatdate(now, usegmt=True)
+            self._date = f"Date: {formatdate(now, usegmt=True)}\r\n"
         return self._date
 
 
