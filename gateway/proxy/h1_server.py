@@ -147,8 +147,10 @@ class H1Connection(asyncio.Protocol):
     It is also the `AnswerWriter` of the request it is answering (one at a time).
     """
 
-    def __init__(self, listener: H1Listener) -> None:
+    def __init__(self, listener: H1Listener, loop: asyncio.AbstractEventLoop) -> None:
         self._listener = listener
+        # kept: asyncio.get_running_loop() costs a getpid() system call each time
+        self._loop = loop
         self._limits = listener.limits
         self._line_limit = listener.limits.max_header_size
         # a head whose bytes pass this is cut off: a request line and a field block, each
@@ -331,7 +333,7 @@ class H1Connection(asyncio.Protocol):
         self._queue.append(r)
         if self._task is None:
             self._busy = True
-            self._task = asyncio.get_running_loop().create_task(self._serve())
+            self._task = self._loop.create_task(self._serve())
         elif self._busy:
             self._pause()  # pipelined: it waits for the answers before it
         else:
@@ -346,7 +348,7 @@ class H1Connection(asyncio.Protocol):
         queue = self._queue
         proxy = self._listener.proxy
         scheme = self._listener.scheme
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         try:
             while not self._lost:
                 if not queue:
@@ -412,7 +414,7 @@ class H1Connection(asyncio.Protocol):
             if r.size <= limit:
                 if r.expect and r.http11 and not r.size and self._transport is not None:
                     self._transport.write(CONTINUE)
-                waiter = r.waiter = asyncio.get_running_loop().create_future()
+                waiter = r.waiter = self._loop.create_future()
                 self._resume()
                 try:
                     async with asyncio.timeout(timeout):
@@ -478,7 +480,7 @@ class H1Connection(asyncio.Protocol):
     async def _drain(self) -> None:
         if self._write_paused:
             self._writable()
-            drained = self._drained = asyncio.get_running_loop().create_future()
+            drained = self._drained = self._loop.create_future()
             await drained
 
     async def whole(self, status: int, headers: CIMultiDict[str], body: bytes, close: bool) -> None:
@@ -591,7 +593,7 @@ class H1Connection(asyncio.Protocol):
         The timer is moved lazily: most requests arrive long before it fires, so one timer
         per connection re-checks the deadline when it fires rather than one per request.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = self._deadline = loop.time() + seconds
         timer = self._timer
         if timer is not None and timer.when() > deadline:
@@ -609,7 +611,7 @@ class H1Connection(asyncio.Protocol):
         deadline = self._deadline
         if not deadline:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < deadline:
             self._timer = loop.call_at(deadline, self._overdue)
             return
@@ -656,7 +658,7 @@ class H1Listener:
         self.scheme = "https" if tls is not None else "http"
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: H1Connection(self),
+            lambda: H1Connection(self, loop),
             host,
             port,
             ssl=tls,
