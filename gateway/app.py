@@ -417,6 +417,7 @@ class Gateway:
         self.listening: Listening | None = None
         self._runners: list[web.BaseRunner] = []
         self._h1_listener: H1Listener | None = None
+        self._data_server: GuardedServer | None = None
         self._publish_policy()
 
     # --- policy ----------------------------------------------------------------------------
@@ -702,6 +703,7 @@ class Gateway:
             # content codings pass through byte for byte; the gateway decodes only to look
             auto_decompress=False,
         )
+        self._data_server = server
         data_runner = web.ServerRunner(
             server, access_log=None, shutdown_timeout=settings.drain_timeout
         )
@@ -717,6 +719,23 @@ class Gateway:
         await site.start()
         self._runners.append(data_runner)
         return _bound_port(site)
+
+    def unsent_bytes(self) -> int:
+        """Answer bytes the data listener holds that its clients have not taken yet.
+
+        Flow control keeps this near one transport write buffer per connection, however
+        slowly a client reads a long stream.
+        """
+        if self._h1_listener is not None:
+            return self._h1_listener.unsent_bytes()
+        server = self._data_server
+        if server is None:
+            return 0
+        return sum(
+            h.transport.get_write_buffer_size()
+            for h in server.connections
+            if h.transport is not None
+        )
 
     async def _start_grpc(self, settings: GatewaySettings) -> int | None:
         """The gRPC listener, in this event loop beside the HTTP ones; None when not asked for.

@@ -229,8 +229,7 @@ class H1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done_reading:
             return
-        counted = self._in_head
-        if counted:
+        if self._in_head:
             self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
@@ -627,6 +626,10 @@ class H1Connection(asyncio.Protocol):
             self._done_reading = True
             self._transport.close()
 
+    def unsent_bytes(self) -> int:
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
     @property
     def busy(self) -> asyncio.Task[None] | None:
         """The task answering a request, if one is being answered."""
@@ -685,6 +688,10 @@ class H1Listener:
                 conn.busy.cancel()
             conn.abort()
         await server.wait_closed()
+
+    def unsent_bytes(self) -> int:
+        """Answer bytes written to the transports and not yet taken by the clients."""
+        return sum(c.unsent_bytes() for c in self.connections)
 
     def date_field(self) -> str:
         """The Date field of answers (with its line end), made once a second."""
