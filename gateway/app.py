@@ -45,6 +45,7 @@ from gateway.proxy.exchange import Exchange
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.grpc_edge import GrpcEdge, server_options
 from gateway.proxy.guards import AuthenticateStage, AuthorizeStage
+from gateway.proxy.h1_server import H1Listener
 from gateway.proxy.listener import GuardedAppRunner, GuardedServer, parser_problem
 from gateway.proxy.pipeline import (
     AdmitStage,
@@ -331,8 +332,11 @@ class Gateway:
         reuse_port: bool = False,
         span_processor: SpanProcessor | None = None,
         grpc_listen: tuple[str, int] | None = None,
+        listener: str | None = None,
     ) -> None:
         self.policy_path = Path(policy_path)
+        # the data listener's kind when the caller overrides the policy's (tests run both)
+        self._listener_override = listener
         self._grpc_override = grpc_listen
         self._reuse_port = reuse_port
         self.clock = clock or MonotonicClock()
@@ -431,6 +435,8 @@ class Gateway:
         self.ready = False
         self.listening: Listening | None = None
         self._runners: list[web.BaseRunner] = []
+        self._h1_listener: H1Listener | None = None
+        self._data_server: GuardedServer | None = None
         self._publish_policy()
 
     # --- policy ----------------------------------------------------------------------------
@@ -660,30 +666,9 @@ class Gateway:
         settings = self.snapshot.settings
         host, port = self._listen_override or settings.listen
         ahost, aport = self._admin_override or settings.admin_listen
-        # listener limits are read at start; changing them takes a restart
-        server = GuardedServer(
-            self.proxy.handle,
-            limits=settings.limits,
-            handler_cancellation=True,
-            access_log=None,
-            # content codings pass through byte for byte; the gateway decodes only to look
-            auto_decompress=False,
-        )
-        data_runner = web.ServerRunner(
-            server, access_log=None, shutdown_timeout=settings.drain_timeout
-        )
-        await data_runner.setup()
+        # listener limits and kind are read at start; changing them takes a restart
         tls = self._tls_context(settings.tls)
-        site = web.TCPSite(
-            data_runner,
-            host,
-            port,
-            backlog=1024,
-            ssl_context=tls,
-            reuse_port=self._reuse_port or None,
-        )
-        await site.start()
-        self._runners.append(data_runner)
+        port = await self._start_data_listener(settings, host, port, tls)
 
         from gateway.admin.server import build_admin_app
 
@@ -717,7 +702,7 @@ class Gateway:
         self.health.sync()
         self.listening = Listening(
             host,
-            _bound_port(site),
+            port,
             ahost,
             _bound_port(admin_site),
             "https" if tls is not None else "http",
@@ -733,6 +718,59 @@ class Gateway:
             self.listening.admin_url,
         )
         return self.listening
+
+    async def _start_data_listener(
+        self, settings: GatewaySettings, host: str, port: int, tls: ssl.SSLContext | None
+    ) -> int:
+        """Bind the data port with the server the policy names; returns the bound port."""
+        if (self._listener_override or settings.listener) == "httptools":
+            listener = H1Listener(self.proxy, settings.limits)
+            bound = await listener.start(
+                host, port, tls=tls, reuse_port=self._reuse_port, backlog=1024
+            )
+            self._h1_listener = listener
+            return bound
+        server = GuardedServer(
+            self.proxy.handle,
+            limits=settings.limits,
+            handler_cancellation=True,
+            access_log=None,
+            # content codings pass through byte for byte; the gateway decodes only to look
+            auto_decompress=False,
+        )
+        self._data_server = server
+        data_runner = web.ServerRunner(
+            server, access_log=None, shutdown_timeout=settings.drain_timeout
+        )
+        await data_runner.setup()
+        site = web.TCPSite(
+            data_runner,
+            host,
+            port,
+            backlog=1024,
+            ssl_context=tls,
+            reuse_port=self._reuse_port or None,
+        )
+        await site.start()
+        self._runners.append(data_runner)
+        return _bound_port(site)
+
+    def unsent_bytes(self) -> int:
+        """Answer bytes the data listener holds that its clients have not taken yet.
+
+        Flow control keeps this near one transport write buffer per connection, however
+        slowly a client reads a long stream.
+        """
+        if self._h1_listener is not None:
+            return self._h1_listener.unsent_bytes()
+        server = self._data_server
+        if server is None:
+            return 0
+        return sum(
+            h.transport.get_write_buffer_size()
+            for h in server.connections
+            if h.transport is not None
+        )
 
     async def _start_grpc(self, settings: GatewaySettings) -> int | None:
         """The gRPC listener, in this event loop beside the HTTP ones; None when not asked for.
@@ -789,6 +827,9 @@ class Gateway:
         await self.slo.close()
         await self.quality.close()
         await self.switches.close()
+        if self._h1_listener is not None:
+            await self._h1_listener.stop(self.snapshot.settings.drain_timeout)
+            self._h1_listener = None
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

@@ -5,9 +5,11 @@
 Targets, each a separate process so its CPU time is its own:
   direct   the simulated backend called directly (the floor)
   bare     loadtests/baselines/bare_proxy.py, the least a Python aiohttp proxy can do (the yardstick)
-  minimal  the gateway with one route and one endpoint
+  nginx    nginx, one worker, upstream keep-alive (when /usr/sbin/nginx or `nginx` is installed)
+  minimal  the gateway with one route and one endpoint (data listener: aiohttp)
   full     the gateway with the full policy stack: sticky split, breakers, outlier detection,
-           retries with budget, hedging armed (adaptive delay), metrics on
+           retries with budget, hedging armed (adaptive delay), metrics on (aiohttp)
+  minimal-h, full-h  the same two on the llhttp data listener (`gateway.listener: httptools`)
 
 For each round and target: closed loop (wrk, 32 connections) for req/s, p50/p99 and CPU µs per
 request of the proxy process (from /proc utime+stime); then an open-loop fixed rate at half the
@@ -42,7 +44,8 @@ OPEN_LOOP_MAX_RATE = 1000.0
 
 MINIMAL = """
 version: 1
-gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}
+gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}",
+          listener: {listener}}}
 backends:
   clf:
     protocol: kserve-v2
@@ -56,7 +59,8 @@ routes:
 
 FULL = """
 version: 1
-gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}"}}
+gateway: {{region: local, listen: "127.0.0.1:{port}", admin_listen: "127.0.0.1:{admin}",
+          listener: {listener}}}
 backends:
   clf-v1:
     protocol: kserve-v2
@@ -79,6 +83,28 @@ routes:
     hedging: {{delay: p95, min_delay: 20ms, max_delay: 500ms, budget: 5%}}
 """
 
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
 WRK_LUA = """
 wrk.method = "POST"
 wrk.body = '{body}'
@@ -97,6 +123,16 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children (nginx's worker serves, its master waits)."""
+    total = cpu_seconds(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            total += cpu_seconds(int(child))
+    return total
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -222,10 +258,27 @@ def main() -> int:
                 bare_port,
             ),
         )
-        for name, template in (("minimal", MINIMAL), ("full", FULL)):
+        nginx = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
+        if nginx is not None:
+            nginx_port = free_port()
+            conf = tmp / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(tmp=tmp, up_port=sim_port, port=nginx_port))
+            targets["nginx"] = (
+                f"http://127.0.0.1:{nginx_port}",
+                spawn("1", [nginx, "-c", str(conf), "-p", str(tmp)], nginx_port),
+            )
+        gateways = (
+            ("minimal", MINIMAL, "aiohttp"),
+            ("full", FULL, "aiohttp"),
+            ("minimal-h", MINIMAL, "httptools"),
+            ("full-h", FULL, "httptools"),
+        )
+        for name, template, listener in gateways:
             port, admin = free_port(), free_port()
             policy = tmp / f"{name}.yaml"
-            policy.write_text(template.format(port=port, admin=admin, up=up))
+            policy.write_text(template.format(port=port, admin=admin, up=up, listener=listener))
             targets[name] = (
                 f"http://127.0.0.1:{port}",
                 spawn(
@@ -249,10 +302,10 @@ def main() -> int:
             wrk(url + PATH, 1.0, lua)
         for r in range(a.rounds):
             for name, (url, proc) in targets.items():
-                before = cpu_seconds(proc.pid) if proc else 0.0
+                before = tree_cpu_seconds(proc.pid) if proc else 0.0
                 res = wrk(url + PATH, a.duration, lua)
                 if proc:
-                    res["cpu_us"] = (cpu_seconds(proc.pid) - before) / res["requests"] * 1e6
+                    res["cpu_us"] = (tree_cpu_seconds(proc.pid) - before) / res["requests"] * 1e6
                 closed[name].append(res)
                 print(f"round {r + 1} {name:8s} {res}", file=sys.stderr)
 
@@ -288,17 +341,24 @@ def main() -> int:
         f"closed loop = wrk, 32 connections; open loop = {rate:g} req/s.",
         "",
         "| target | req/s (closed) | p50 / p99 ms (closed) | CPU µs/req | CPU vs bare | "
-        "p50 ms at fixed rate | added p50 vs direct |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "CPU vs nginx | p50 ms at fixed rate | added p50 vs direct |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    nginx_cpu = med(closed["nginx"], "cpu_us") if "nginx" in closed else None
     for name in targets:
         cpu = f"{med(closed[name], 'cpu_us'):.0f}" if name != "direct" else "—"
         ratio = f"{med(closed[name], 'cpu_us') / bare_cpu:.2f}x" if name != "direct" else "—"
+        vs_nginx = (
+            f"{med(closed[name], 'cpu_us') / nginx_cpu:.1f}x"
+            if name != "direct" and nginx_cpu
+            else "—"
+        )
         p50o = med(opened[name], "p50_ms")
         added = f"+{p50o - direct_p50:.2f} ms" if name != "direct" else "—"
         lines.append(
             f"| {name} | {med(closed[name], 'rps'):,.0f} | {med(closed[name], 'p50_ms'):.2f} / "
-            f"{med(closed[name], 'p99_ms'):.2f} | {cpu} | {ratio} | {p50o:.2f} | {added} |"
+            f"{med(closed[name], 'p99_ms'):.2f} | {cpu} | {ratio} | {vs_nginx} | {p50o:.2f} | "
+            f"{added} |"
         )
     print("\n".join(lines))
     return 0

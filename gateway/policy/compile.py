@@ -23,6 +23,7 @@ from gateway.fallback.cache import CacheConfig
 from gateway.policy.model import (
     DEFAULT_FALLBACK_TIMEOUT,
     DEFAULT_HEALTH_PATHS,
+    DEFAULT_LISTENER,
     GRPC_KEEPALIVE_TIME,
     GRPC_KEEPALIVE_TIMEOUT,
     GRPC_MAX_CONCURRENT_STREAMS,
@@ -405,6 +406,8 @@ class GatewaySettings:
     limits: ListenerLimits = ListenerLimits()
     body_timeout: float = 30.0
     grpc: GrpcLimits = GrpcLimits()
+    # which server takes the data port: "aiohttp" or "httptools" (llhttp); read at start
+    listener: str = DEFAULT_LISTENER
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
 
@@ -527,6 +530,7 @@ def compile_policy(
         ),
         body_timeout=gw.body_timeout,
         grpc=_grpc_limits(gw),
+        listener=gw.listener,
         telemetry=_telemetry(policy),
         state=StateSettings(
             store=policy.state.store,

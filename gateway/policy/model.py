@@ -336,6 +336,8 @@ class FrozenModel(BaseModel):
 # --- gateway and state ---------------------------------------------------------------------
 
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+# The data listener when the policy names none (see gateway.proxy.listener and h1_server).
+DEFAULT_LISTENER: Literal["aiohttp", "httptools"] = "httptools"
 
 
 # The gRPC listener's defaults: Triton's own server defaults where it has one (so a client
@@ -406,6 +408,8 @@ class GatewayModel(FrozenModel):
     max_header_size: PositiveSize = 16 * 1024
     # the gRPC listener's own limits (the ones above apply to it too, see GrpcLimits)
     grpc: GrpcListenerModel = GrpcListenerModel()
+    # what serves the data port: aiohttp's server, or the lean one on llhttp (httptools)
+    listener: Literal["aiohttp", "httptools"] = DEFAULT_LISTENER
 
     @model_validator(mode="after")
     def _distinct_listeners(self) -> GatewayModel:

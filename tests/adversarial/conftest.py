@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 
 from tests.adversarial.edge import Edge, running_edge
+from tests.conftest import LISTENERS
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every case here runs against both data listeners."""
+    if "listener" in metafunc.fixturenames:
+        metafunc.parametrize("listener", LISTENERS, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    with running_edge(Path(tmp_path_factory.mktemp("edge"))) as e:
+def edge(tmp_path_factory: pytest.TempPathFactory, listener: str) -> Iterator[Edge]:
+    with running_edge(Path(tmp_path_factory.mktemp("edge")), listener) as e:
         yield e
 
 

@@ -248,8 +248,9 @@ class EchoBackend:
 class Edge:
     """A gateway and its echo backend serving from a uvloop loop on a background thread."""
 
-    def __init__(self, policy_dir: Path) -> None:
+    def __init__(self, policy_dir: Path, listener: str = "aiohttp") -> None:
         self._dir = policy_dir
+        self.listener = listener
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.backend = EchoBackend()
@@ -268,7 +269,12 @@ class Edge:
         path.write_text(textwrap.dedent(EDGE_POLICY.format(url=url)))
 
         async def boot() -> Gateway:
-            gw = Gateway(path, listen=("127.0.0.1", 0), admin_listen=("127.0.0.1", 0))
+            gw = Gateway(
+                path,
+                listen=("127.0.0.1", 0),
+                admin_listen=("127.0.0.1", 0),
+                listener=self.listener,
+            )
             await gw.start()
             return gw
 
@@ -530,8 +536,8 @@ def join_lines(lines: list[bytes], odd_end: tuple[int, bytes] | None) -> bytes:
 
 
 @contextlib.contextmanager
-def running_edge(policy_dir: Path) -> Iterator[Edge]:
-    edge = Edge(policy_dir)
+def running_edge(policy_dir: Path, listener: str = "aiohttp") -> Iterator[Edge]:
+    edge = Edge(policy_dir, listener)
     edge.start()
     try:
         yield edge

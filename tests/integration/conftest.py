@@ -34,13 +34,15 @@ async def sims() -> AsyncIterator[SimFactory]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+async def gateway(tmp_path: Path, listener: str) -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
     async def make(policy: str) -> Gateway:
         path = tmp_path / f"policy-{len(started)}.yaml"
         path.write_text(textwrap.dedent(policy))
-        gw = Gateway(path, listen=("127.0.0.1", 0), admin_listen=("127.0.0.1", 0))
+        gw = Gateway(
+            path, listen=("127.0.0.1", 0), admin_listen=("127.0.0.1", 0), listener=listener
+        )
         await gw.start()
         started.append(gw)
         return gw

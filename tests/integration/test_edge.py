@@ -18,6 +18,9 @@ from gateway.sim import SimServer
 from gateway.sim.faults import Faults, Latency
 from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
 
+# the HTTP a client sees must not tell the data listeners apart
+pytestmark = pytest.mark.both_listeners
+
 KSERVE = """
 version: 1
 backends:

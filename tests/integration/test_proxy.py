@@ -10,8 +10,12 @@ from collections import Counter
 
 import aiohttp
 import numpy as np
+import pytest
 
 from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
+
+# the HTTP a client sees must not tell the data listeners apart
+pytestmark = pytest.mark.both_listeners
 
 ONE_BACKEND = """
 version: 1

@@ -8,12 +8,16 @@ import ssl
 from pathlib import Path
 
 import aiohttp
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.integration.conftest import INFER_BODY, GatewayFactory, SimFactory
+
+# the HTTP a client sees must not tell the data listeners apart
+pytestmark = pytest.mark.both_listeners
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
