@@ -9,12 +9,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.app import Gateway
 from gateway.sim import SimServer
 
 SimFactory = Callable[..., Awaitable[SimServer]]
 GatewayFactory = Callable[[str], Awaitable[Gateway]]
+# a gateway whose spans go to an in-memory exporter the test reads
+Traced = Callable[[str], Awaitable[tuple[Gateway, InMemorySpanExporter]]]
 
 
 @pytest.fixture
@@ -62,3 +66,26 @@ INFER_BODY = {
     "id": "r1",
     "inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}],
 }
+
+
+@pytest.fixture
+async def traced(tmp_path: Path) -> AsyncIterator[Traced]:
+    started: list[Gateway] = []
+
+    async def make(policy: str) -> tuple[Gateway, InMemorySpanExporter]:
+        path = tmp_path / f"traced-policy-{len(started)}.yaml"
+        path.write_text(textwrap.dedent(policy))
+        exporter = InMemorySpanExporter()
+        gw = Gateway(
+            path,
+            listen=("127.0.0.1", 0),
+            admin_listen=("127.0.0.1", 0),
+            span_processor=SimpleSpanProcessor(exporter),
+        )
+        await gw.start()
+        started.append(gw)
+        return gw, exporter
+
+    yield make
+    for gw in started:
+        await gw.stop()

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
 from gateway.app import Gateway
-from tests.integration.conftest import INFER_BODY, SimFactory
+from tests.integration.conftest import INFER_BODY, SimFactory, Traced
 from tests.prometheus_tools import Prometheus, require
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -32,31 +28,6 @@ backends:
 routes:
   - {{name: classify, match: {{model: classifier}}, split: [{{backend: clf, weight: 100}}]}}
 """
-
-Traced = Callable[[str], Awaitable[tuple[Gateway, InMemorySpanExporter]]]
-
-
-@pytest.fixture
-async def traced(tmp_path: Path) -> AsyncIterator[Traced]:
-    started: list[Gateway] = []
-
-    async def make(policy: str) -> tuple[Gateway, InMemorySpanExporter]:
-        path = tmp_path / f"policy-{len(started)}.yaml"
-        path.write_text(textwrap.dedent(policy))
-        exporter = InMemorySpanExporter()
-        gw = Gateway(
-            path,
-            listen=("127.0.0.1", 0),
-            admin_listen=("127.0.0.1", 0),
-            span_processor=SimpleSpanProcessor(exporter),
-        )
-        await gw.start()
-        started.append(gw)
-        return gw, exporter
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 async def scrape(http: aiohttp.ClientSession, gw: Gateway, accept: str | None) -> tuple[str, str]:

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from gateway.app import Gateway
-from tests.integration.conftest import INFER_BODY, SimFactory
+from tests.integration.conftest import INFER_BODY, SimFactory, Traced
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
@@ -42,31 +36,6 @@ routes:
       - backend: backup
         timeout: 2s
 """
-
-Traced = Callable[[str], Awaitable[tuple[Gateway, InMemorySpanExporter]]]
-
-
-@pytest.fixture
-async def traced(tmp_path: Path) -> AsyncIterator[Traced]:
-    started: list[Gateway] = []
-
-    async def make(policy: str) -> tuple[Gateway, InMemorySpanExporter]:
-        path = tmp_path / f"policy-{len(started)}.yaml"
-        path.write_text(textwrap.dedent(policy))
-        exporter = InMemorySpanExporter()
-        gw = Gateway(
-            path,
-            listen=("127.0.0.1", 0),
-            admin_listen=("127.0.0.1", 0),
-            span_processor=SimpleSpanProcessor(exporter),
-        )
-        await gw.start()
-        started.append(gw)
-        return gw, exporter
-
-    yield make
-    for gw in started:
-        await gw.stop()
 
 
 def by_id(spans: tuple[ReadableSpan, ...]) -> dict[int, ReadableSpan]:
