@@ -6,7 +6,7 @@ high enough never to refuse), drives it open-loop at a fixed rate with many dist
 sticky users and cache keys, and samples the gateway's resident memory every few
 seconds. After a warm-up, every sample must stay within ±10 % of the first one.
 
-    python loadtests/soak.py --minutes 10 --rate 500 [--out soak.json]
+    python loadtests/soak.py --minutes 10 --rate 500 [--listener httptools|aiohttp] [--out soak.json]
 
 Prints one line per sample and a verdict; exits 1 when memory was not flat.
 """
@@ -86,7 +86,9 @@ def main_sync(a: argparse.Namespace) -> int:
     sim_port, port, admin = free_port(), free_port(), free_port()
     up = f"http://127.0.0.1:{sim_port}"
     policy = tmp / "soak.yaml"
-    policy.write_text(FULL.format(port=port, admin=admin, up=up) + SOAK_EXTRA.format())
+    policy.write_text(
+        FULL.format(port=port, admin=admin, up=up, listener=a.listener) + SOAK_EXTRA.format()
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         subprocess.Popen(
@@ -168,6 +170,7 @@ def main() -> int:
     p.add_argument("--users", type=int, default=2000, help="distinct sticky users")
     p.add_argument("--bodies", type=int, default=2000, help="distinct request bodies")
     p.add_argument("--out", help="write the samples and verdict as JSON")
+    p.add_argument("--listener", choices=("httptools", "aiohttp"), default="httptools")
     return main_sync(p.parse_args())
 
 
