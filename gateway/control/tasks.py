@@ -22,7 +22,7 @@ class Ticker:
     next turn.
     """
 
-    __slots__ = ("_interval", "_log", "_task", "_turn", "_what")
+    __slots__ = ("_closed", "_interval", "_log", "_task", "_turn", "_what")
 
     def __init__(
         self,
@@ -36,17 +36,20 @@ class Ticker:
         self._log = log
         self._what = what
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     @property
     def running(self) -> bool:
         return self._task is not None
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closed:
             self._task = asyncio.ensure_future(self._loop())
 
     async def _loop(self) -> None:
-        while True:
+        # the flag, not only the cancellation, ends the loop: a turn inside a library that
+        # swallows a cancellation (redis-py's connection code has) must not keep it alive
+        while not self._closed:
             await asyncio.sleep(self._interval())
             try:
                 await self._turn()
@@ -54,11 +57,12 @@ class Ticker:
                 self._log.exception("%s failed", self._what)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
 
 class BackgroundTasks:

@@ -110,6 +110,12 @@ end
 return out
 """
 
+# What a call into redis-py can raise when the store fails. redis-py's own errors and the
+# socket's, and, mid-reconnect in a cluster, its internals' (an AttributeError from a
+# connection whose writer was dropped under a concurrent call): any of them means "the store
+# did not answer", never a bug of the request that asked. Cancellation is not an Exception.
+_FAILED = (RedisError, OSError, TimeoutError, AttributeError, IndexError, KeyError, TypeError)
+
 # Connections to Redis per replica; calls beyond this many wait for one to come free.
 MAX_CONNECTIONS = 256
 
@@ -351,7 +357,7 @@ class RedisStore:
                 try:
                     async with asyncio.timeout(_CLUSTER_MAP_TIMEOUT):
                         await self._redis.initialize()
-                except (RedisError, OSError, TimeoutError) as e:
+                except _FAILED as e:
                     log.debug("cluster slot map refresh failed (%r); retrying", e)
                     continue
                 return
@@ -393,7 +399,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 value = await self._redis.get(self.key(key))
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("get", e) from None
         self._ok()
         return value if isinstance(value, bytes) or value is None else str(value).encode()
@@ -403,7 +409,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.set(self.key(key), value, px=max(1, int(ttl * 1000)))
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("set", e) from None
         self._ok()
 
@@ -414,7 +420,7 @@ class RedisStore:
                 held = await self._lease_script(
                     keys=[self.key(key)], args=[owner, max(1, int(ttl * 1000))]
                 )
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("hold_lease", e) from None
         self._ok()
         return bool(int(held))
@@ -426,7 +432,7 @@ class RedisStore:
                 allowed, tokens, wait = await self._take_script(
                     keys=[self.key(key)], args=[rate, burst, cost]
                 )
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("take", e) from None
         self._ok()
         w = float(wait)
@@ -447,7 +453,7 @@ class RedisStore:
                     keys=[self.key(k) for k, _ in items],
                     args=[member, ttl_ms, *(count for _, count in items)],
                 )
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("put_counts", e) from None
         self._ok()
         return [int(v) for v in sums]
@@ -459,7 +465,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 sums = await self._sum_counts_script(keys=[self.key(k) for k in keys])
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("sum_counts", e) from None
         self._ok()
         return [int(v) for v in sums]
@@ -471,7 +477,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.publish(self._prefix + channel, message)
-        except (RedisError, OSError, TimeoutError) as e:
+        except _FAILED as e:
             raise self._failed("publish", e) from None
         self._ok()
 
@@ -540,8 +546,10 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._subscriber
             self._subscriber = None
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
+        # bounded: closing a dead cluster node's connections must not hold up a shutdown
+        with contextlib.suppress(*_FAILED):
+            async with asyncio.timeout(_CONTROL_TIMEOUT):
+                await self._redis.aclose()
         await self._clients.close_sentinels()
 
 

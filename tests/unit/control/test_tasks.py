@@ -56,3 +56,25 @@ async def test_background_calls_are_kept_until_done_and_drained_on_close() -> No
     await tasks.drain()
     assert sorted(done) == [0, 1, 2]
     assert len(tasks) == 0
+
+
+async def test_close_ends_a_ticker_whose_turn_swallowed_the_cancellation() -> None:
+    entered = asyncio.Event()
+    turns = 0
+
+    async def turn() -> None:
+        nonlocal turns
+        turns += 1
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # forever, unless cancelled
+        except asyncio.CancelledError:
+            pass  # as a library that swallows the cancellation does
+
+    ticker = Ticker(turn, lambda: 0.0, log, "stubborn turn")
+    ticker.start()
+    await entered.wait()
+    await ticker.close()
+    assert turns == 1 and not ticker.running
+    ticker.start()  # a closed ticker stays closed
+    assert not ticker.running
