@@ -429,10 +429,11 @@ class AttemptRunner:
         if trace is not None and changes is not None:
             # a breaker this outcome opens, an ejection it triggers: this request's doing
             changes.trace_id = trace.trace_id
+        try:
             self._finish(backend, index, outcome, clock.now() - now)
-            changes.trace_id = None
-        else:
-            self._finish(backend, index, outcome, clock.now() - now)
+        finally:
+            if changes is not None:
+                changes.trace_id = None
         if not outcome.is_failure:
             ex.endpoint = spec.url
         return AttemptResult(index, outcome, response, message, retry_after)
