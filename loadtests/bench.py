@@ -5,6 +5,8 @@
 Targets, each a separate process so its CPU time is its own:
   direct   the simulated backend called directly (the floor)
   bare     loadtests/baselines/bare_proxy.py, the least a Python aiohttp proxy can do (the yardstick)
+  floor    loadtests/baselines/floor_proxy.py, the least a Python uvloop + llhttp proxy can do
+           (callbacks only, no logic: the floor under any Python proxy)
   nginx    nginx, one worker, upstream keep-alive (when /usr/sbin/nginx or `nginx` is installed)
   minimal  the gateway with one route and one endpoint (data listener: aiohttp)
   full     the gateway with the full policy stack: sticky split, breakers, outlier detection,
@@ -260,6 +262,22 @@ def main() -> int:
                     up,
                 ],
                 bare_port,
+            ),
+        )
+        floor_port = free_port()
+        targets["floor"] = (
+            f"http://127.0.0.1:{floor_port}",
+            spawn(
+                "1",
+                [
+                    sys.executable,
+                    str(ROOT / "loadtests" / "baselines" / "floor_proxy.py"),
+                    "--port",
+                    str(floor_port),
+                    "--upstream",
+                    up,
+                ],
+                floor_port,
             ),
         )
         nginx = shutil.which("nginx") or (
