@@ -3,7 +3,7 @@
     python loadtests/bench.py [--rounds 3] [--duration 5] [--markdown]
 
 Targets, each a separate process so its CPU time is its own:
-  direct   the simulated backend called directly (the floor)
+  direct   the simulated backend called directly (no proxy at all)
   bare     loadtests/baselines/bare_proxy.py, the least a Python aiohttp proxy can do (the yardstick)
   floor    loadtests/baselines/floor_proxy.py, the least a Python uvloop + llhttp proxy can do
            (callbacks only, no logic: the floor under any Python proxy)

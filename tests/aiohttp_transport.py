@@ -9,6 +9,7 @@ from collections.abc import Container, Mapping
 import aiohttp
 
 from gateway.errors import AttemptFailed
+from gateway.proxy.h1 import no_answer_within
 from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
 from gateway.resilience.outcome import Outcome, classify_status
 
@@ -68,13 +69,29 @@ class HttpTransport:
         )
 
     async def send(
-        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
-        """One attempt. The caller bounds it with its own timeout and classifies nothing further.
+        """One attempt within `timeout`; the caller classifies nothing further.
 
         Raises `AttemptFailed` for every failure that produced no usable HTTP answer. HTTP error
         statuses are returned (with their outcome), not raised, so they can be passed through.
         """
+        if timeout is None:
+            return await self._send(method, path_qs, headers, body)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._send(method, path_qs, headers, body)
+        except TimeoutError:
+            raise AttemptFailed(Outcome.TIMEOUT, no_answer_within(timeout)) from None
+
+    async def _send(
+        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
+    ) -> UpstreamResponse:
         try:
             resp = await self._session.request(
                 method,

@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed
 from gateway.policy.compile import EndpointSpec
+from gateway.proxy.h1 import no_answer_within
 from gateway.proxy.transport import PoolSpec, UpstreamResponse
 from gateway.resilience.outcome import Outcome, classify_status
 
@@ -95,8 +96,22 @@ class ScriptedTransport:
         self.cancelled = 0
 
     async def send(
-        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float | None = None,
     ) -> UpstreamResponse:
+        # bounded as `H1Transport` bounds an attempt: a TIMEOUT failure, on the loop's clock
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._answer(method, path_qs)
+        except TimeoutError:
+            assert timeout is not None
+            raise AttemptFailed(Outcome.TIMEOUT, no_answer_within(timeout)) from None
+
+    async def _answer(self, method: str, path_qs: str) -> UpstreamResponse:
         loop = asyncio.get_running_loop()
         self.calls.append((method, path_qs, loop.time()))
         step = self._steps[min(len(self.calls) - 1, len(self._steps) - 1)]

@@ -380,15 +380,15 @@ class AttemptRunner:
         message = ""
         retry_after: float | None = None
         try:
-            if call is not None and not call.stream:
+            if call is None:
+                # the transport bounds the attempt itself (one timer, no asyncio.timeout)
+                response = await transport.send(req.method, req.path_qs, headers, req.body, timeout)
+            elif not call.stream:
                 # the call's own gRPC deadline bounds it (and tells the backend): no second timer
                 response = await self._grpc_call(ex, call, backend, spec, now, timeout)
             else:
                 async with asyncio.timeout(timeout):
-                    if call is None:
-                        response = await transport.send(req.method, req.path_qs, headers, req.body)
-                    else:
-                        response = await self._grpc_call(ex, call, backend, spec, now, timeout)
+                    response = await self._grpc_call(ex, call, backend, spec, now, timeout)
             outcome = response.outcome
             if (
                 outcome is Outcome.STATUS_5XX

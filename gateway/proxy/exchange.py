@@ -8,7 +8,7 @@ edge turns into `x-tailguard-*` headers, metrics and logs.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -46,24 +46,68 @@ class GrpcCall:
         return self.stream or self.sequence is not None
 
 
-@dataclass(frozen=True, slots=True)
 class ProxyRequest:
-    """The client's request as received: never modified after the edge builds it."""
+    """The client's request as received: never modified after the edge builds it.
 
-    method: str
-    path: str
-    path_qs: str
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    request_id: str
-    client_ip: str
-    scheme: str
-    received_at: float
-    grpc: GrpcCall | None = None
+    A plain slotted class rather than a frozen dataclass: one is built for every request, and
+    a frozen dataclass pays an `object.__setattr__` per field (and `dataclasses.replace` a
+    field scan) on the hot path. Treat it as immutable; `with_body` makes the one change.
+    """
+
+    __slots__ = (
+        "body",
+        "client_ip",
+        "grpc",
+        "headers",
+        "method",
+        "path",
+        "path_qs",
+        "received_at",
+        "request_id",
+        "scheme",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        path_qs: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes,
+        request_id: str,
+        client_ip: str,
+        scheme: str,
+        received_at: float,
+        grpc: GrpcCall | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.path_qs = path_qs
+        self.headers = headers
+        self.body = body
+        self.request_id = request_id
+        self.client_ip = client_ip
+        self.scheme = scheme
+        self.received_at = received_at
+        self.grpc = grpc
+
+    def __repr__(self) -> str:
+        return f"ProxyRequest({self.method} {self.path_qs!r}, id={self.request_id})"
 
     def with_body(self, body: bytes) -> ProxyRequest:
         """The same request with its body read (the edge reads it after authentication)."""
-        return replace(self, body=body)
+        return ProxyRequest(
+            self.method,
+            self.path,
+            self.path_qs,
+            self.headers,
+            body,
+            self.request_id,
+            self.client_ip,
+            self.scheme,
+            self.received_at,
+            self.grpc,
+        )
 
 
 class Permit(Protocol):

@@ -139,8 +139,16 @@ class Transport(Protocol):
     pool: PoolSpec
 
     async def send(
-        self, method: str, path_qs: str, headers: Mapping[str, str], body: bytes
-    ) -> UpstreamResponse: ...
+        self,
+        method: str,
+        path_qs: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """One attempt, failed with `AttemptFailed(TIMEOUT)` when `timeout` seconds pass
+        before a buffered answer's last byte (or a streamed answer's head)."""
+        ...
 
     async def get_status(
         self, path: str, timeout: float, expect: Container[int] | None = None
