@@ -522,6 +522,70 @@ async def test_stream_read_timeout_closes_the_connection(servers: Servers) -> No
     assert t.stats() == IDLE
 
 
+async def test_an_attempt_without_an_answer_in_time_fails_with_timeout(servers: Servers) -> None:
+    async def silent(srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        await srv.request(reader)  # never answers; waits until the client closes
+
+    srv = await servers(silent)
+    t = transport(srv.url)
+    e = await failure(t.send("GET", "/", {}, b"", 0.05))
+    assert e.outcome is Outcome.TIMEOUT
+    assert e.message == "no answer within 50 ms"
+    assert t.stats() == IDLE  # the half-used connection is dropped, never reused
+
+
+async def test_a_body_that_stalls_past_the_time_limit_fails_with_timeout(servers: Servers) -> None:
+    async def stalls(srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await srv.request(reader)
+
+    srv = await servers(stalls)
+    t = transport(srv.url)
+    e = await failure(t.send("GET", "/", {}, b"", 0.05))
+    assert e.outcome is Outcome.TIMEOUT
+    assert t.stats() == IDLE
+
+
+async def test_a_wait_for_a_pool_slot_counts_against_the_time_limit(servers: Servers) -> None:
+    async def silent(srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        await srv.request(reader)
+
+    srv = await servers(silent)
+    t = transport(srv.url, max_connections=1)
+    holder = asyncio.create_task(t.send("GET", "/", {}, b""))  # takes the only slot, for good
+    await asyncio.sleep(0.02)
+    e = await failure(t.send("GET", "/", {}, b"", 0.05))
+    assert e.outcome is Outcome.TIMEOUT
+    assert t.stats() == PoolStats(in_use=1, idle=0, waiting=0)  # the waiter left the queue
+    holder.cancel()
+    await asyncio.gather(holder, return_exceptions=True)
+    assert t.stats() == IDLE
+
+
+async def test_an_answer_in_time_leaves_no_timer_behind(servers: Servers) -> None:
+    async def second_is_slow(
+        srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter
+    ) -> None:
+        await srv.request(reader)
+        w.write(OK)
+        await srv.request(reader)
+        await asyncio.sleep(0.15)
+        w.write(OK)
+        await srv.request(reader)
+
+    srv = await servers(second_is_slow)
+    t = transport(srv.url)
+    assert (await t.send("GET", "/", {}, b"", 0.1)).status == 200
+    # on the same connection: a timer left by the first attempt would fail this one at 0.1 s
+    resp = await t.send("GET", "/", {}, b"", 1.0)
+    assert resp.status == 200 and resp.body == b'{"ok":true}'
+    assert srv.connections == 1
+    await t.close()
+
+
 # --- connection reuse ----------------------------------------------------------------------
 
 
