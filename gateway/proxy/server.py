@@ -321,7 +321,12 @@ class ProxyServer:
             timeout = ex.snapshot.settings.body_timeout
             ex.body_reader = functools.partial(_read_body, request, timeout)
         out = _AiohttpWriter(request)
-        await self.serve(ex, handler, problem, close, out)
+        try:
+            await self.serve(ex, handler, problem, close, out)
+        except ConnectionError:
+            # the client left while its answer was written: the exchange ended as a 499, and
+            # aiohttp, finding the connection closed, writes nothing more (no error to log)
+            pass
         return out.response
 
 
