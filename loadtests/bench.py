@@ -1,6 +1,6 @@
 """Benchmark: the gateway against a direct call and the bare aiohttp proxy, interleaved in one run.
 
-    python loadtests/bench.py [--rounds 3] [--duration 5] [--markdown]
+    python loadtests/bench.py [--rounds 3] [--duration 5] [--markdown] [--against REV]
 
 Targets, each a separate process so its CPU time is its own:
   direct   the simulated backend called directly (no proxy at all)
@@ -12,6 +12,8 @@ Targets, each a separate process so its CPU time is its own:
   full     the gateway with the full policy stack: sticky split, breakers, outlier detection,
            retries with budget, hedging armed (adaptive delay), metrics on (aiohttp)
   minimal-h, full-h  the same two on the llhttp data listener (`gateway.listener: httptools`)
+  minimal-h@REV, full-h@REV  with `--against REV`: the same two as git revision REV has them
+           (a detached worktree), to measure a change interleaved in one run
 
 For each round and target: closed loop (wrk, 32 connections) for req/s, p50/p99 and CPU µs per
 request of the proxy process (from /proc utime+stime); then an open-loop fixed rate at half the
@@ -211,6 +213,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--markdown", action="store_true", help="print the README table")
+    ap.add_argument(
+        "--against",
+        metavar="REV",
+        help="also run the gateway of git revision REV (llhttp listener, both policies)",
+    )
     a = ap.parse_args()
     if not shutil.which("wrk"):
         print("the benchmark needs wrk (apt-get install wrk)", file=sys.stderr)
@@ -224,8 +231,11 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def spawn(cpu: str, argv: list[str], port: int) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(pinned(cpu, argv), env=env, stdout=subprocess.DEVNULL)
+    def spawn(
+        cpu: str, argv: list[str], port: int, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        # `python -m gateway` run from `cwd` imports the gateway found there first
+        p = subprocess.Popen(pinned(cpu, argv), env=env, stdout=subprocess.DEVNULL, cwd=cwd)
         procs.append(p)
         wait_port(port)
         return p
@@ -297,7 +307,21 @@ def main() -> int:
             ("minimal-h", MINIMAL, "httptools"),
             ("full-h", FULL, "httptools"),
         )
-        for name, template, listener in gateways:
+        runs: list[tuple[str, str, str, Path | None]] = [(*g, None) for g in gateways]
+        if a.against is not None:
+            # the earlier gateway from a detached worktree of that revision: same policies,
+            # same machine, same rounds, so the change between them is measured interleaved
+            old = tmp / "against"
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), a.against],
+                check=True,
+                capture_output=True,
+            )
+            runs += [
+                (f"minimal-h@{a.against}", MINIMAL, "httptools", old),
+                (f"full-h@{a.against}", FULL, "httptools", old),
+            ]
+        for name, template, listener, source in runs:
             port, admin = free_port(), free_port()
             policy = tmp / f"{name}.yaml"
             policy.write_text(template.format(port=port, admin=admin, up=up, listener=listener))
@@ -316,6 +340,7 @@ def main() -> int:
                         "warning",
                     ],
                     port,
+                    source,
                 ),
             )
 
@@ -346,6 +371,12 @@ def main() -> int:
     finally:
         for p in procs:
             p.terminate()
+        if a.against is not None and (tmp / "against").exists():
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "against")],
+                check=False,
+                capture_output=True,
+            )
         for p in procs:
             try:
                 p.wait(timeout=15)
