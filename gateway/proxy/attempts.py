@@ -198,9 +198,19 @@ class AttemptRunner:
     async def _hedged(
         self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
     ) -> AttemptResult:
+        """The first attempt runs in the request's own task; hedges (and retries) in tasks.
+
+        Most requests never hedge, so they pay no task, done callback or extra wake-up for
+        the race: a hedge is started by a timer, and a hedge that wins while the first
+        attempt still runs cancels the request's task, whose cancellation is then taken back
+        (as `asyncio.timeout` does), unless someone else (the client leaving) cancelled it
+        too. Once the first attempt has ended without an answer to give, the request waits
+        for what is still racing.
+        """
         hedge = route.hedge
         assert hedge is not None
         max_extra = hedge.config.max_extra
+        clock = self._clock
         tried: set[int] = set()
         pending: dict[asyncio.Task[AttemptResult], int] = {}
         last: AttemptResult | None = None
@@ -210,77 +220,139 @@ class AttemptRunner:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         due = False
+        me = asyncio.current_task(loop)
+        assert me is not None
+        cancelling = me.cancelling()
+        inline = True  # the first attempt is running in this task
+        overtaken = False  # a hedge won while it ran: this task is being cancelled for it
 
         def wake(_: object = None) -> None:
             if not waiter.done():
                 waiter.set_result(None)
 
-        def hedge_due() -> None:
-            nonlocal due
-            due = True
+        def attempt_done(task: asyncio.Task[AttemptResult]) -> None:
+            nonlocal overtaken
             wake()
+            if (
+                inline
+                and not overtaken
+                and not task.cancelled()
+                and task.exception() is None
+                and task.result().acceptable
+            ):
+                overtaken = True
+                me.cancel()
 
         def launch(delay: float, avoid_region: str | None) -> int | None:
             index = self._pick(backend, tried, avoid_region, ex)
             if index is not None:
                 tried.add(index)
                 task = loop.create_task(self._attempt(ex, route, backend, index, delay))
-                task.add_done_callback(wake)
+                task.add_done_callback(attempt_done)
                 pending[task] = index
             return index
 
-        first = launch(0.0, None)
+        first = self._pick(backend, tried, None, ex)
         if first is None:
             raise NoHealthyEndpoint(_no_endpoint(ex, backend))
-        first_task = next(iter(pending))
+        tried.add(first)
         first_region = backend.endpoints[first].region
-        started = self._clock.now()
+        started = clock.now()
         estimator = route.hedge_delays.get(backend.name)
         hedge_delay = estimator.delay(started) if estimator is not None else hedge.delay(None)
         next_hedge = started + hedge_delay if hedge_delay is not None else None
         timer: asyncio.TimerHandle | None = None
+
+        def fire_hedge() -> None:
+            """The hedge delay passed: send a hedge if the policy and the budget allow."""
+            nonlocal extra, next_hedge
+            assert hedge is not None and hedge_delay is not None
+            remaining = ex.deadline - clock.now()
+            send = hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget)
+            if ex.trace is not None:
+                ex.trace.note(
+                    "hedge_timer",
+                    delay=hedge_delay,
+                    send=send,
+                    budget=_balance(route.hedge_budget),
+                )
+            m = self._metrics
+            if send:
+                if launch(0.0, first_region) is not None:
+                    extra += 1
+                    m.child(m.hedges_sent, route.name).inc()
+                next_hedge = clock.now() + hedge_delay
+            else:
+                if route.hedge_budget is not None and remaining > hedge_delay:
+                    m.child(m.budget_exhausted, route.name, "hedge").inc()
+                next_hedge = None
+
+        def hedge_due_inline() -> None:
+            nonlocal timer
+            timer = None
+            if not inline or overtaken:
+                return
+            fire_hedge()
+            if next_hedge is not None and extra < max_extra:
+                timer = loop.call_later(max(0.0, next_hedge - clock.now()), hedge_due_inline)
+
+        def hedge_due() -> None:
+            nonlocal due
+            due = True
+            wake()
+
         try:
+            if next_hedge is not None and extra < max_extra:
+                timer = loop.call_later(max(0.0, next_hedge - clock.now()), hedge_due_inline)
+            try:
+                result: AttemptResult | None = await self._attempt(ex, route, backend, first)
+            except asyncio.CancelledError:
+                if not overtaken or me.uncancel() > cancelling:
+                    raise  # the client left (or the gateway stops): the race ends with it
+                result = None  # a hedge won; the first attempt reported itself CANCELLED
+                if estimator is not None:
+                    # overtaken: the first attempt took at least this long
+                    now = clock.now()
+                    estimator.observe(now, now - started)
+            finally:
+                inline = False
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+            if result is not None and overtaken:
+                me.uncancel()  # the attempt swallowed the cancellation; take it back all the same
+            if result is not None:
+                if estimator is not None:
+                    _observe_first(estimator, result, started, clock.now())
+                if result.acceptable:
+                    return result  # the usual end: no hedge was sent, or all lost
+                last = result
+                if not pending:
+                    delay = self._retry_delay(ex, route, last)
+                    if delay is None or launch(delay, None) is None:
+                        return last
+                    if last.response is not None and last.response.stream is not None:
+                        self._discard(backend, last)
             while pending:
-                timer = None
                 if next_hedge is not None and extra < max_extra:
-                    timer = loop.call_later(max(0.0, next_hedge - self._clock.now()), hedge_due)
+                    timer = loop.call_later(max(0.0, next_hedge - clock.now()), hedge_due)
                 await waiter
                 waiter = loop.create_future()
                 if timer is not None:
                     timer.cancel()
+                    timer = None
                 done = [task for task in pending if task.done()]
                 if not done:
                     if not due:
                         continue  # a late wake-up from an attempt already collected
                     due = False
-                    assert hedge_delay is not None
-                    remaining = ex.deadline - self._clock.now()
-                    send = hedge.should_hedge(extra, remaining, hedge_delay, route.hedge_budget)
-                    if ex.trace is not None:
-                        ex.trace.note(
-                            "hedge_timer",
-                            delay=hedge_delay,
-                            send=send,
-                            budget=_balance(route.hedge_budget),
-                        )
-                    m = self._metrics
-                    if send:
-                        if launch(0.0, first_region) is not None:
-                            extra += 1
-                            m.child(m.hedges_sent, route.name).inc()
-                        next_hedge = self._clock.now() + hedge_delay
-                    else:
-                        if route.hedge_budget is not None and remaining > hedge_delay:
-                            m.child(m.budget_exhausted, route.name, "hedge").inc()
-                        next_hedge = None
+                    fire_hedge()
                     continue
                 due = False
                 winner: AttemptResult | None = None
                 for task in done:
                     pending.pop(task)
                     result = task.result()
-                    if task is first_task and estimator is not None:
-                        _observe_first(estimator, result, started, self._clock.now())
                     if winner is None and result.acceptable:
                         winner = result
                         continue
@@ -289,10 +361,6 @@ class AttemptRunner:
                     else:
                         last = self._keep_most_informative(backend, last, result)
                 if winner is not None:
-                    if first_task in pending and estimator is not None:
-                        # overtaken: the first attempt took at least this long
-                        now = self._clock.now()
-                        estimator.observe(now, now - started)
                     if last is not None:
                         self._discard(backend, last)
                     if winner.index != first:
@@ -312,7 +380,12 @@ class AttemptRunner:
             if timer is not None:
                 timer.cancel()
             for task in pending:
-                task.cancel()
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    # ended while the first attempt ran, and nobody will read it: a failed
+                    # answer may still hold a streamed connection
+                    self._discard(backend, task.result())
             if pending:
                 # cancelled losers report CANCELLED and close their connections before we go on
                 await asyncio.gather(*pending, return_exceptions=True)

@@ -9,7 +9,7 @@ import random
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.errors import DeadlineExceeded
+from gateway.errors import DeadlineExceeded, UpstreamUnavailable
 from gateway.policy.compile import Snapshot, compile_policy
 from gateway.policy.load import load_policy_text
 from gateway.proxy.attempts import AttemptRunner
@@ -168,6 +168,73 @@ def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer() -> None:
                 assert clock.now() - start == pytest.approx(0.100)
                 assert not ex.hedged and ex.attempts == 2
                 assert net.by_url[first].cancelled == 1
+
+    run_virtual(main)
+
+
+def test_a_winning_hedge_leaves_the_request_task_uncancelled() -> None:
+    # the first attempt runs in the request's own task; a hedge that wins cancels that task
+    # and takes the cancellation back, so the request goes on (to write its answer) unharmed
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        for first, second in ((A, B), (B, A)):
+            run, net = runner(clock, {first: [Step(after=0.5)], second: [Step(after=0.020)]})
+            me = asyncio.current_task()
+            assert me is not None
+            start = clock.now()
+            ex = exchange(snap, clock)
+            result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            assert result.outcome is Outcome.SUCCESS
+            assert me.cancelling() == 0
+            await asyncio.sleep(0.001)  # a cancellation left pending would land here
+            if first in net.by_url and net.by_url[first].calls[0][2] == start:
+                assert ex.hedged and net.by_url[first].cancelled == 1
+                assert clock.now() - start == pytest.approx(0.071)
+            else:
+                assert not ex.hedged and ex.attempts == 1
+
+    run_virtual(main)
+
+
+def test_a_hedge_that_fails_while_the_first_attempt_runs_is_reported_once() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        seen = 0
+        for slow, failing in ((A, B), (B, A)):
+            run, net = runner(
+                clock, {slow: [Step(after=0.100)], failing: [Step(after=0.010, fail=Outcome.RESET)]}
+            )
+            start = clock.now()
+            ex = exchange(snap, clock)
+            try:
+                result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            except UpstreamUnavailable:
+                # the failing one went first and failed before any hedge was due
+                assert slow not in net.by_url and ex.attempts == 1
+                continue
+            seen += 1
+            # the hedge left at 50 ms and failed at 60 ms, while the first answered at 100 ms
+            assert result.outcome is Outcome.SUCCESS and not ex.hedged
+            assert clock.now() - start == pytest.approx(0.100)
+            assert ex.attempts == 2
+            m = run._metrics
+            reported = [
+                m.child(m.attempts, "clf", url, o.value).value
+                for url, o in ((slow, Outcome.SUCCESS), (failing, Outcome.RESET),
+                               (slow, Outcome.CANCELLED), (failing, Outcome.CANCELLED))
+            ]  # fmt: skip
+            assert reported == [1, 1, 0, 0]
+        assert seen == 1
 
     run_virtual(main)
 
