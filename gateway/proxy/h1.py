@@ -359,6 +359,14 @@ class _Connection(asyncio.Protocol):
             self.resume()
         return piece
 
+    def take_all(self) -> bytes:
+        """Every body piece buffered, as one (a buffered answer read to its end)."""
+        body = self.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.pending = 0
+        return data
+
     def resume(self) -> None:
         """Read from the socket again: an idle connection must see the server's close."""
         if self.paused and self.transport is not None:
@@ -711,24 +719,28 @@ async def _within(opening: Awaitable[_T], deadline: float, timeout: float) -> _T
         raise AttemptFailed(Outcome.TIMEOUT, no_answer_within(timeout)) from None
 
 
-async def _read_head(conn: _Connection) -> _Head:
-    """Wait for the final response head (interim answers are skipped by the parser)."""
-    while True:
-        head = conn.head
-        if head is not None:
-            return head
-        if conn.failure is not None:
-            raise conn.failure
-        if conn.ended:
-            if conn.error is not None:
-                raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
-            if not conn.received:
-                raise _FirstByteLost
-            if conn.in_message:
-                raise AttemptFailed(Outcome.MALFORMED, "connection closed inside the response head")
-            # only interim answers came
-            raise AttemptFailed(Outcome.RESET, "server closed the connection without answering")
-        await conn.wait()
+def _head_so_far(conn: _Connection) -> _Head | None:
+    """The final response head if it has arrived, None if it is still to come; raises when
+    it never will (interim answers are skipped by the parser).
+
+    Not a coroutine: the caller waits on `conn.wait()` between looks, so a request pays no
+    frame of its own for reading the head.
+    """
+    head = conn.head
+    if head is not None:
+        return head
+    if conn.failure is not None:
+        raise conn.failure
+    if conn.ended:
+        if conn.error is not None:
+            raise AttemptFailed(Outcome.RESET, f"connection reset: {conn.error}")
+        if not conn.received:
+            raise _FirstByteLost
+        if conn.in_message:
+            raise AttemptFailed(Outcome.MALFORMED, "connection closed inside the response head")
+        # only interim answers came
+        raise AttemptFailed(Outcome.RESET, "server closed the connection without answering")
+    return None
 
 
 class H1Stream:
@@ -920,7 +932,10 @@ class H1Transport:
                 else:
                     transport.write(request + body if body else request)
                 try:
-                    head = await _read_head(conn)
+                    head = _head_so_far(conn)
+                    while head is None:
+                        await conn.wait()
+                        head = _head_so_far(conn)
                     break
                 except _FirstByteLost:
                     if not reused or method not in _IDEMPOTENT:
@@ -951,7 +966,8 @@ class H1Transport:
                     stream.release()
                 return UpstreamResponse(status, head.headers, None, stream, outcome)
             else:
-                data = await _read_body(conn, head.length)
+                # the body most often came with the head: then no coroutine to read it
+                data = conn.take_all() if conn.complete else await _read_body(conn, head.length)
         except BaseException:
             pool.discard(conn)
             raise
@@ -1055,11 +1071,7 @@ async def _read_body(conn: _Connection, length: int) -> bytes:
                 Outcome.MALFORMED, f"truncated response body: {conn.pending} of {length} bytes"
             )
         await conn.wait()
-    body = conn.body
-    data = body[0] if len(body) == 1 else b"".join(body)
-    body.clear()
-    conn.pending = 0
-    return data
+    return conn.take_all()
 
 
 __all__ = ["H1Stream", "H1Transport", "PoolStats", "parse_head"]

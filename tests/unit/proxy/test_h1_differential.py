@@ -4,7 +4,7 @@ Each answer (generated, or picked by hand for being nasty) is read three ways:
 
 - `ours`: the client's own connection (llhttp under `_Connection`), fed the bytes in the
   pieces drawn (so every llhttp callback is also seen split across reads), then the
-  server's close, and read by the client's own coroutines (`_read_head`, `_read_body`,
+  server's close, and read by the client's own readers (`_head_so_far`, `_read_body`,
   `H1Stream`) exactly as an attempt reads it;
 - `legacy`: the hand-written parser the client used before (`legacy_h1_parser`);
 - `aiohttp`: aiohttp's pure-Python response parser (`aiohttp.http_parser`), an
@@ -93,7 +93,8 @@ async def _ours(data: bytes, method: str, pieces: list[int]) -> Reading:
         conn.eof_received()  # the server's close: the end of everything it sent
     pool = h1.H1Transport("http://127.0.0.1:9", PoolSpec(1, 1.0, 30.0), check_json=False)._pool
     try:
-        head = await h1._read_head(conn)
+        head = h1._head_so_far(conn)
+        assert head is not None  # every byte and the server's close were fed: it is decided
         if head.framing == h1._NONE:
             body = b""
         elif head.framing == h1._LENGTH and head.length <= BUFFER_LIMIT:
