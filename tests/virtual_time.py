@@ -83,6 +83,30 @@ class Step:
     body: bytes = b'{"ok": true}'
     fail: Outcome | None = None  # raise AttemptFailed with this outcome instead
     hang: bool = False  # never answer (until cancelled)
+    stream: bool = False  # answer as a stream (a held connection) instead of a buffered body
+
+
+class ScriptedStream:
+    """A streamed answer's connection: it must be closed or released exactly once."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.closed = 0
+        self.released = 0
+
+    @property
+    def settled(self) -> int:
+        return self.closed + self.released
+
+    async def read_chunk(self, timeout: float | None = None) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def release(self) -> None:
+        self.released += 1
 
 
 class ScriptedTransport:
@@ -94,6 +118,7 @@ class ScriptedTransport:
         self._steps = steps
         self.calls: list[tuple[str, str, float]] = []
         self.cancelled = 0
+        self.streams: list[ScriptedStream] = []  # every streamed answer it gave
 
     async def send(
         self,
@@ -125,6 +150,12 @@ class ScriptedTransport:
         if step.fail is not None:
             raise AttemptFailed(step.fail, f"scripted {step.fail.value}")
         headers_out = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+        if step.stream:
+            stream = ScriptedStream(step.body)
+            self.streams.append(stream)
+            return UpstreamResponse(
+                step.status, headers_out, None, stream, classify_status(step.status)
+            )
         return UpstreamResponse(
             step.status, headers_out, step.body, None, classify_status(step.status)
         )

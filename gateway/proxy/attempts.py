@@ -174,26 +174,33 @@ class AttemptRunner:
         tried: set[int] = set()
         last: AttemptResult | None = None
         call = ex.request.grpc
-        while True:
-            index = self._pick(backend, tried, None, ex)
-            if index is None:
-                if last is not None:
+        try:
+            while True:
+                index = self._pick(backend, tried, None, ex)
+                if index is None:
+                    if last is not None:
+                        return last
+                    raise NoHealthyEndpoint(_no_endpoint(ex, backend))
+                tried.add(index)
+                result = await self._attempt(ex, route, backend, index)
+                if result.acceptable:
+                    if last is not None:
+                        self._discard(backend, last)
+                    return result
+                last = self._keep_most_informative(backend, last, result)
+                if call is not None and call.single_shot:
+                    return last  # a stream or a sequence step goes to one endpoint, once
+                delay = self._retry_delay(ex, route, result)
+                if delay is None:
                     return last
-                raise NoHealthyEndpoint(_no_endpoint(ex, backend))
-            tried.add(index)
-            result = await self._attempt(ex, route, backend, index)
-            if result.acceptable:
-                if last is not None:
-                    self._discard(backend, last)
-                return result
-            last = self._keep_most_informative(backend, last, result)
-            if call is not None and call.single_shot:
-                return last  # a stream or a sequence step goes to one endpoint, once
-            delay = self._retry_delay(ex, route, result)
-            if delay is None:
-                return last
-            if delay > 0:
-                await asyncio.sleep(delay)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        except BaseException:
+            # the client left during a backoff (or an attempt raised): a failed answer kept
+            # for the client may hold a streamed connection, which nobody else will close
+            if last is not None:
+                self._discard(backend, last)
+            raise
 
     async def _hedged(
         self, ex: Exchange, route: RouteRuntime, backend: BackendRuntime
@@ -287,13 +294,18 @@ class AttemptRunner:
                     m.child(m.budget_exhausted, route.name, "hedge").inc()
                 next_hedge = None
 
-        def hedge_due_inline(again: Callable[..., None]) -> None:
+        def hedge_due_inline(again: Callable[..., None], deferred: bool = False) -> None:
             # `again` is this function: naming itself would make a closure that refers to
             # itself, a reference cycle leaving every hedged request's exchange to the cyclic
             # GC (under load: pauses of 20 ms every few thousand requests)
             nonlocal timer
             timer = None
             if not inline or overtaken:
+                return
+            if not deferred:
+                # decided after the wake-ups already due: a first answer read in this loop turn
+                # ends the first attempt before a hedge is paid for, counted and sent
+                loop.call_soon(again, again, True)
                 return
             fire_hedge()
             if next_hedge is not None and extra < max_extra:
@@ -331,7 +343,14 @@ class AttemptRunner:
                     _observe_first(estimator, result, started, clock.now())
                 if result.acceptable:
                     return result  # the usual end: no hedge was sent, or all lost
-                last = result
+                # hedges that already ended did so while the first attempt ran: its failure is
+                # the newer one (a winner among them is left for the loop below to return)
+                ended = [task for task in pending if task.done()]
+                if not any(task.result().acceptable for task in ended):
+                    for task in ended:
+                        pending.pop(task)
+                        last = self._keep_most_informative(backend, last, task.result())
+                last = self._keep_most_informative(backend, last, result)
                 if not pending:
                     delay = self._retry_delay(ex, route, last)
                     if delay is None or launch(delay, None) is None:
@@ -381,6 +400,10 @@ class AttemptRunner:
                         self._discard(backend, last)
             assert last is not None
             return last
+        except BaseException:
+            if last is not None:
+                self._discard(backend, last)  # may hold a streamed connection nobody will read
+            raise
         finally:
             if timer is not None:
                 timer.cancel()

@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import re
 import ssl
-import time
 from collections import deque
 from collections.abc import Awaitable, Container, Mapping
 from typing import TypeVar, cast
@@ -359,6 +358,12 @@ class _Connection(asyncio.Protocol):
             self.resume()
         return piece
 
+    def loop_time(self) -> float:
+        """The event loop's clock (idle times are kept on it, as the idle sweep's timer is);
+        read through the loop kept at connect, not `asyncio.get_running_loop()`."""
+        loop = self.loop
+        return loop.time() if loop is not None else asyncio.get_running_loop().time()
+
     def take_all(self) -> bytes:
         """Every body piece buffered, as one (a buffered answer read to its end)."""
         body = self.body
@@ -485,7 +490,7 @@ class _Pool:
         """
         idle = self._idle
         if idle:
-            now = time.monotonic()
+            now = idle[-1].loop_time()
             while idle:
                 conn = idle.pop()
                 if conn.usable and now - conn.idle_since < self._idle_timeout:
@@ -568,16 +573,18 @@ class _Pool:
         if conn is None:
             return
         conn.busy = False
-        conn.idle_since = time.monotonic()
+        conn.idle_since = conn.loop_time()
         self._idle.append(conn)
         if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(self._idle_timeout, self._expire)
+            self._sweep = asyncio.get_running_loop().call_at(
+                conn.idle_since + self._idle_timeout, self._expire
+            )
 
     def _expire(self) -> None:
         """Close connections idle for `idle_timeout`; runs while any connection is idle."""
         self._sweep = None
-        now = time.monotonic()
-        cutoff = now - self._idle_timeout
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self._idle_timeout
         idle = self._idle
         keep = []
         for conn in idle:
@@ -588,9 +595,7 @@ class _Pool:
         idle[:] = keep
         if keep:
             oldest = min(c.idle_since for c in keep)
-            self._sweep = asyncio.get_running_loop().call_later(
-                oldest + self._idle_timeout - now, self._expire
-            )
+            self._sweep = loop.call_at(oldest + self._idle_timeout, self._expire)
 
     def close(self) -> None:
         """Close idle connections; connections in use are closed when given back."""
@@ -961,6 +966,12 @@ class H1Transport:
                 or head.length > BUFFER_LIMIT
                 or ctype.startswith("text/event-stream")
             ):
+                failure = conn.failure
+                if failure is not None and failure.outcome is Outcome.TIMEOUT:
+                    # the time ran out between the head's arrival and this reader's turn:
+                    # bytes after it may already be dropped, so no stream is handed out (a
+                    # TIMEOUT now can still be retried; a cut stream could not)
+                    raise failure
                 stream = H1Stream(conn, pool, head)
                 if stream.at_eof:
                     stream.release()

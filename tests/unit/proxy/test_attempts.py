@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+import socket
+import time
 
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.clock import MonotonicClock
 from gateway.errors import DeadlineExceeded, UpstreamUnavailable
 from gateway.policy.compile import Snapshot, compile_policy
 from gateway.policy.load import load_policy_text
@@ -17,6 +20,7 @@ from gateway.proxy.attempts import AttemptRunner
 from gateway.proxy.exchange import Exchange, ProxyRequest
 from gateway.proxy.fallback import FallbackStage, ResponseCaches
 from gateway.proxy.pipeline import AttemptStage, compose
+from gateway.proxy.transport import UpstreamResponse
 from gateway.resilience.outcome import Outcome
 from gateway.state.memory import MemoryStore
 from gateway.telemetry.catalog import Metrics
@@ -273,6 +277,140 @@ def test_a_hedged_request_leaves_no_reference_cycles() -> None:
             gc.enable()
 
     run_virtual(main)
+
+
+def test_the_newer_of_two_failed_answers_is_passed_on() -> None:
+    # the hedge's 502 came while the first attempt still ran; the first attempt's 503 is newer
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 20ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        seen = 0
+        for slow, fast in ((A, B), (B, A)):
+            run, net = runner(
+                clock,
+                {slow: [Step(after=0.100, status=503)], fast: [Step(after=0.010, status=502)]},
+            )
+            start = clock.now()
+            ex = exchange(snap, clock)
+            result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+            assert result.response is not None
+            if net.by_url[fast].calls[0][2] == start:
+                assert result.response.status == 502 and ex.attempts == 1  # no hedge was due
+                continue
+            seen += 1
+            assert result.response.status == 503 and ex.attempts == 2
+        assert seen == 1
+
+    run_virtual(main)
+
+
+def test_a_failed_stream_kept_for_the_client_is_closed_when_the_client_leaves() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 20ms, budget: 100%}"
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        for failing, hanging in ((A, B), (B, A)):
+            # a streamed 502 at 30 ms after its start, from whichever attempt goes there; the
+            # other endpoint never answers; the client leaves at 60 ms
+            run, net = runner(
+                clock,
+                {failing: [Step(after=0.030, status=502, stream=True)], hanging: [Step(hang=True)]},
+            )
+            ex = exchange(snap, clock)
+            task = asyncio.ensure_future(run.run(ex, ex.route, ex.backend))  # type: ignore[arg-type]
+            await asyncio.sleep(0.060)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            streams = net.by_url[failing].streams
+            assert len(streams) == 1 and streams[0].settled == 1 and streams[0].closed == 1
+
+    run_virtual(main)
+
+
+def test_a_failed_stream_kept_during_a_backoff_is_closed_when_the_client_leaves() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 5s\n"
+        "    idempotent: true\n"
+        "    retries: {attempts: 3, backoff: {base: 1s, max: 1s}}",
+        endpoints=f"{{url: {A}}}",
+    ))  # fmt: skip
+
+    async def main(clock: VirtualClock) -> None:
+        run, net = runner(clock, {A: [Step(status=503, stream=True)]})
+        ex = exchange(snap, clock)
+        task = asyncio.ensure_future(run.run(ex, ex.route, ex.backend))  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)  # the first 503 is kept while the retry waits its backoff
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        streams = net.by_url[A].streams  # one per attempt made before the client left
+        assert streams and all(x.settled == 1 and x.closed == 1 for x in streams)
+
+    run_virtual(main)
+
+
+class _AnsweredThenStalled:
+    """The first attempt's answer is on a socket at 10 ms, then the loop stalls past the
+    hedge delay: the answer and the hedge timer are both due in the same loop turn."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get(self, spec: object, pool: object, protocol: str) -> _AnsweredThenStalled:
+        return self
+
+    async def send(
+        self, method: str, path_qs: str, headers: object, body: bytes, timeout: float = 0
+    ) -> UpstreamResponse:
+        self.calls += 1
+        loop = asyncio.get_running_loop()
+        r, w = socket.socketpair()
+        answered: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(r, lambda: answered.done() or answered.set_result(None))
+
+        def answer_then_stall() -> None:
+            w.send(b"x")
+            time.sleep(0.06)  # a slow callback: the loop is busy past the 50 ms hedge delay
+
+        loop.call_later(0.01, answer_then_stall)
+        try:
+            await answered
+        finally:
+            loop.remove_reader(r)
+            r.close()
+            w.close()
+        headers_out = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"}))
+        return UpstreamResponse(200, headers_out, b"{}", None, Outcome.SUCCESS)
+
+
+async def test_a_hedge_due_in_the_turn_the_first_answer_arrived_is_not_sent() -> None:
+    snap = snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        "    hedging: {delay: 50ms, budget: 100%}",
+        endpoints=f"{{url: {A}}}",
+    ))  # fmt: skip
+    transport = _AnsweredThenStalled()
+    metrics = Metrics()
+    clock = MonotonicClock()
+    run = AttemptRunner(transport, metrics, clock, random.Random(1), lambda: None)  # type: ignore[arg-type]
+    ex = exchange(snap, clock)  # type: ignore[arg-type]
+    budget = ex.route.hedge_budget  # type: ignore[union-attr]
+    assert budget is not None
+    before = budget.balance
+    result = await run.run(ex, ex.route, ex.backend)  # type: ignore[arg-type]
+    assert result.outcome is Outcome.SUCCESS and transport.calls == 1 and ex.attempts == 1
+    assert metrics.hedges_sent.labels("classify")._value.get() == 0
+    # the request's own deposit, and no token withdrawn for a hedge that was never needed
+    assert budget.balance == before + budget.config.ratio
 
 
 def test_a_post_is_never_hedged_unless_the_route_says_it_may_be() -> None:

@@ -586,6 +586,34 @@ async def test_an_answer_in_time_leaves_no_timer_behind(servers: Servers) -> Non
     await t.close()
 
 
+def stall_the_loop(seconds: float) -> None:
+    """Block the event loop for a while, as any slow callback on it would."""
+    time.sleep(seconds)
+
+
+async def test_a_stream_whose_time_ran_out_before_its_reader_woke_is_a_timeout(
+    servers: Servers,
+) -> None:
+    # the head and a first chunk are on the socket before the deadline, but the loop is busy
+    # past it (here: the server blocks it), so the timer and the bytes land in the same turn:
+    # the attempt fails as a TIMEOUT, still retryable, never as a stream cut after its start
+    async def busy(srv: RawServer, reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await srv.request(reader)
+        w.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n"
+        )
+        stall_the_loop(0.08)
+        await srv.request(reader)
+
+    srv = await servers(busy)
+    t = transport(srv.url)
+    e = await failure(t.send("GET", "/", {}, b"", 0.05))
+    assert e.outcome is Outcome.TIMEOUT
+    assert t.stats() == IDLE
+    await t.close()
+
+
 # --- connection reuse ----------------------------------------------------------------------
 
 
