@@ -9,6 +9,7 @@ pass there by skipping what it was meant to prove.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,11 +21,35 @@ from pathlib import Path
 import pytest
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports handed to child processes are picked below the kernel's ephemeral range: a port the
+# kernel picked (bind to 0) can be taken again, between the pick and the child's own bind, as
+# the local end of any outgoing connection on the host (seen: a replica's "address already in
+# use"). Below that range only another explicit bind can take it.
+_LOW_PORTS = range(20000, max(20001, min(_ephemeral_low(), 32768)))
+_pick = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port on 127.0.0.1 free now and outside the ephemeral range, for a child to listen on."""
+    for _ in range(200):
+        port = _pick.choice(_LOW_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the low range is crowded: fall back to the kernel's pick
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        fallback: int = s.getsockname()[1]
+        return fallback
 
 
 def _ping(port: int) -> bool:

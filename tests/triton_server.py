@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sysconfig
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,12 +110,6 @@ def _site_packages(venv: Path) -> Path | None:
     return found[0].parents[3] if found else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_triton(workdir: Path) -> Triton:
     """Start a Triton with the `classifier` model; skip (or fail under CI) when there is none."""
     venv = Path(os.environ.get("TAILGUARD_TRITON_VENV") or ROOT / ".venv-triton")
@@ -137,7 +132,7 @@ def start_triton(workdir: Path) -> Triton:
     (repo / "1").mkdir(parents=True)
     (repo / "config.pbtxt").write_text(CONFIG)
     (repo / "1" / "model.py").write_text(MODEL)
-    http, grpc_port, metrics = _free_port(), _free_port(), _free_port()
+    http, grpc_port, metrics = free_port(), free_port(), free_port()
     # the stub links libpython dynamically: the venv's interpreter's, not the system's
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     env = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 from urllib.request import Request, urlopen
 
 import pytest
+
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,12 +26,6 @@ def tailguard(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
         timeout=timeout,
         cwd=ROOT,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> str:

@@ -4,7 +4,6 @@ the answer wrong would make every ratio against it meaningless."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,16 +13,11 @@ import pytest
 
 from gateway.sim.faults import Faults
 from tests.integration.conftest import INFER_BODY, SimFactory
+from tests.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINES = ("bare_proxy.py", "floor_proxy.py")
 INFER = "/v2/models/classifier/infer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def started(script: str, upstream: str) -> tuple[asyncio.subprocess.Process, str]:
