@@ -26,7 +26,8 @@ telemetry:
 backends:
   clf:
     protocol: kserve-v2
-    endpoints: [{url: "URL_A"}, {url: "URL_B"}]
+    # a, which fails, almost always goes first; the retry goes to b (a was tried)
+    endpoints: [{url: "URL_A", weight: 100}, {url: "URL_B", weight: 1}]
 routes:
   - name: classify
     match: {model: classifier}
@@ -78,7 +79,7 @@ async def test_an_allowed_caller_gets_the_decisions_of_its_request(
         ):
             return r.status, await r.json()
 
-    # until one answers: a's 503s are retried on b (which endpoint comes first is the pick's)
+    # until a goes first (all but certain with its weight): its 503 is retried on b
     for _ in range(10):
         status, headers = await ask("acme-key", **{"x-tailguard-explain": "1"})
         assert status == 200
