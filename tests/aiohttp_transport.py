@@ -9,8 +9,13 @@ from collections.abc import Container, Mapping
 import aiohttp
 
 from gateway.errors import AttemptFailed
-from gateway.proxy.h1 import no_answer_within
-from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
+from gateway.proxy.transport import (
+    BUFFER_LIMIT,
+    PoolSpec,
+    UpstreamResponse,
+    looks_like_json,
+    no_answer_within,
+)
 from gateway.resilience.outcome import Outcome, classify_status
 
 

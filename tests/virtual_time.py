@@ -20,8 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed
 from gateway.policy.compile import EndpointSpec
-from gateway.proxy.h1 import no_answer_within
-from gateway.proxy.transport import PoolSpec, UpstreamResponse
+from gateway.proxy.transport import PoolSpec, UpstreamResponse, no_answer_within
 from gateway.resilience.outcome import Outcome, classify_status
 
 T = TypeVar("T")

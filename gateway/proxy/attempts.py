@@ -34,7 +34,7 @@ from gateway.policy.compile import (
     RouteRuntime,
 )
 from gateway.proxy.exchange import Exchange, GrpcCall, ProxyRequest, json_body_problem
-from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse
+from gateway.proxy.transport import HOP_BY_HOP, UpstreamResponse, no_answer_within
 from gateway.proxy.transports import Transports
 from gateway.resilience.budget import TokenBudget
 from gateway.resilience.hedge import HedgeDelayEstimator
@@ -336,9 +336,9 @@ class AttemptRunner:
                 if timer is not None:
                     timer.cancel()
                     timer = None
-            if result is not None and overtaken:
-                me.uncancel()  # the attempt swallowed the cancellation; take it back all the same
             if result is not None:
+                if overtaken:
+                    me.uncancel()  # the attempt swallowed the cancellation: take it back anyway
                 if estimator is not None:
                     _observe_first(estimator, result, started, clock.now())
                 if result.acceptable:
@@ -513,7 +513,7 @@ class AttemptRunner:
             message = f"{spec.url}: {e.message}"
         except TimeoutError:
             outcome = Outcome.TIMEOUT
-            message = f"{spec.url}: no answer within {timeout * 1000:.0f} ms"
+            message = f"{spec.url}: {no_answer_within(timeout)}"
         except asyncio.CancelledError:
             self._finish(backend, index, Outcome.CANCELLED, clock.now() - now)
             if trace is not None:

@@ -41,7 +41,13 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import AttemptFailed, ClientError
-from gateway.proxy.transport import BUFFER_LIMIT, PoolSpec, UpstreamResponse, looks_like_json
+from gateway.proxy.transport import (
+    BUFFER_LIMIT,
+    PoolSpec,
+    UpstreamResponse,
+    looks_like_json,
+    no_answer_within,
+)
 from gateway.resilience.outcome import Outcome, classify_status
 
 # An answer's status line and headers (and a chunked body's trailer fields) must fit in
@@ -710,11 +716,6 @@ def parse_head(data: bytes, method: str) -> _Head:
     return reader.head
 
 
-def no_answer_within(timeout: float) -> str:
-    """What an attempt that ran out of time reports."""
-    return f"no answer within {timeout * 1000:.0f} ms"
-
-
 async def _within(opening: Awaitable[_T], deadline: float, timeout: float) -> _T:
     """`opening` (a connection from the pool, or a new one), failed with TIMEOUT at `deadline`."""
     try:
@@ -915,9 +916,10 @@ class H1Transport:
             check_json = self.check_json
         if pool is None:
             pool = self._pool
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout is not None else 0.0
         idle = pool.take_idle()
+        # the loop an idle connection kept saves the getpid() behind get_running_loop()
+        loop = idle.loop if idle is not None and idle.loop else asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout is not None else 0.0
         if idle is not None:
             conn, reused = idle, True
         elif timeout is None:

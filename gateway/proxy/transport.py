@@ -106,6 +106,11 @@ def forward_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+def no_answer_within(timeout: float) -> str:
+    """What an attempt that ran out of time reports, whichever transport timed it."""
+    return f"no answer within {timeout * 1000:.0f} ms"
+
+
 def looks_like_json(body: bytes, content_encoding: str | None = None) -> bool:
     """A cheap guard against garbage or cut-off JSON without parsing the whole answer.
 
@@ -170,4 +175,5 @@ __all__ = [
     "UpstreamStream",
     "forward_headers",
     "looks_like_json",
+    "no_answer_within",
 ]

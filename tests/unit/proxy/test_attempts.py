@@ -47,6 +47,16 @@ def snapshot_of(text: str) -> Snapshot:
     return compile_policy(load_policy_text(text, "p.yaml"), source="p.yaml", text=text)
 
 
+def hedged(delay: str, more: str = "") -> Snapshot:
+    """An idempotent route over two endpoints, hedged after `delay` with budget to spare."""
+    extra = f", {more}" if more else ""
+    return snapshot_of(policy(
+        "    timeout: 1s\n"
+        "    idempotent: true\n"
+        f"    hedging: {{delay: {delay}, budget: 100%{extra}}}"
+    ))  # fmt: skip
+
+
 def exchange(snap: Snapshot, clock: VirtualClock, method: str = "POST") -> Exchange:
     req = ProxyRequest(
         method=method,
@@ -98,11 +108,7 @@ def test_a_per_try_timeout_moves_on_to_the_other_endpoint() -> None:
 
 
 def test_a_hedge_leaves_after_its_delay_and_the_loser_is_cancelled() -> None:
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("50ms")
 
     async def main(clock: VirtualClock) -> None:
         slow, fast = Step(after=0.5), Step(after=0.020)
@@ -126,11 +132,7 @@ def test_a_hedge_leaves_after_its_delay_and_the_loser_is_cancelled() -> None:
 
 
 def test_a_client_that_leaves_mid_race_cancels_the_first_attempt_and_the_hedges() -> None:
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("50ms")
 
     async def main(clock: VirtualClock) -> None:
         run, net = runner(clock, {A: [Step(after=0.5)], B: [Step(after=0.5)]})
@@ -147,11 +149,7 @@ def test_a_client_that_leaves_mid_race_cancels_the_first_attempt_and_the_hedges(
 
 
 def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer() -> None:
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("50ms")
 
     async def main(clock: VirtualClock) -> None:
         for first, second in ((A, B), (B, A)):
@@ -180,11 +178,7 @@ def test_a_first_attempt_that_fails_leaves_the_hedge_to_answer() -> None:
 def test_a_winning_hedge_leaves_the_request_task_uncancelled() -> None:
     # the first attempt runs in the request's own task; a hedge that wins cancels that task
     # and takes the cancellation back, so the request goes on (to write its answer) unharmed
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("50ms")
 
     async def main(clock: VirtualClock) -> None:
         for first, second in ((A, B), (B, A)):
@@ -207,11 +201,7 @@ def test_a_winning_hedge_leaves_the_request_task_uncancelled() -> None:
 
 
 def test_a_hedge_that_fails_while_the_first_attempt_runs_is_reported_once() -> None:
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("50ms")
 
     async def main(clock: VirtualClock) -> None:
         seen = 0
@@ -247,11 +237,7 @@ def test_a_hedge_that_fails_while_the_first_attempt_runs_is_reported_once() -> N
 def test_a_hedged_request_leaves_no_reference_cycles() -> None:
     # a cycle would leave each request's exchange to the cyclic GC: under load the gateway
     # then pauses for tens of milliseconds every few thousand requests
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 50ms, budget: 100%, max_extra: 2}"
-    ))  # fmt: skip
+    snap = hedged("50ms", "max_extra: 2")
 
     async def main(clock: VirtualClock) -> None:
         scripts: list[dict[str, list[Step]]] = [
@@ -281,11 +267,7 @@ def test_a_hedged_request_leaves_no_reference_cycles() -> None:
 
 def test_the_newer_of_two_failed_answers_is_passed_on() -> None:
     # the hedge's 502 came while the first attempt still ran; the first attempt's 503 is newer
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 20ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("20ms")
 
     async def main(clock: VirtualClock) -> None:
         seen = 0
@@ -309,11 +291,7 @@ def test_the_newer_of_two_failed_answers_is_passed_on() -> None:
 
 
 def test_a_failed_stream_kept_for_the_client_is_closed_when_the_client_leaves() -> None:
-    snap = snapshot_of(policy(
-        "    timeout: 1s\n"
-        "    idempotent: true\n"
-        "    hedging: {delay: 20ms, budget: 100%}"
-    ))  # fmt: skip
+    snap = hedged("20ms")
 
     async def main(clock: VirtualClock) -> None:
         for failing, hanging in ((A, B), (B, A)):
